@@ -1,0 +1,1 @@
+"""The ``histdata`` sub-commands, one module each (see ``histdata.cli``)."""

@@ -1,0 +1,114 @@
+"""The one Trade type and the one Candle type of histdata.
+
+Prices and volumes are :class:`decimal.Decimal`, never floats: they are parsed from the text
+Kraken sent and stored as PostgreSQL ``numeric``, so what goes in comes out digit for digit.
+Trade times are integer nanoseconds since the Unix epoch, which holds every source's full
+precision (REST: 100 ns, WebSocket v2: µs or ns, CSV: seconds). Candle times are bucket
+starts in UTC, and a candle covers ``[time, time + interval)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+__all__ = [
+    "NS_PER_S",
+    "Candle",
+    "CandleSource",
+    "Side",
+    "Trade",
+    "datetime_to_ns",
+    "ns_to_datetime",
+]
+
+NS_PER_S = 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Side(enum.StrEnum):
+    """The taker's side of a trade."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+
+class CandleSource(enum.StrEnum):
+    """Where a 1-minute candle came from; stored with the candle."""
+
+    LIVE = "live"  # WebSocket v2 ohlc channel
+    REST = "rest"  # REST OHLC endpoint
+    CSV = "csv"  # Kraken's downloadable OHLCVT files
+    TRADES = "trades"  # derived by histdata from stored trades
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """One executed trade.
+
+    ``trade_id`` is Kraken's per-pair sequence number when the source carries it (REST,
+    WebSocket v2, quarterly CSV) and ``None`` for the 3-column CSV files. ``seq`` orders
+    id-less trades that share a timestamp: it is the trade's position among the trades with
+    the same time in its source file, so a re-import produces the same key and adds nothing.
+    """
+
+    symbol: str
+    time_ns: int
+    price: Decimal
+    volume: Decimal
+    side: Side | None = None
+    ord_type: str | None = None  # "market" | "limit" when known
+    trade_id: int | None = None
+    seq: int = 0
+
+    @property
+    def time(self) -> datetime:
+        """The trade time as an aware UTC datetime (truncated to microseconds)."""
+        return ns_to_datetime(self.time_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One OHLCV candle of ``interval_min`` minutes starting at ``time``.
+
+    ``vwap`` is ``None`` where the source has none (Kraken's OHLCVT CSVs). ``final`` is False
+    while the interval is still in progress; such a candle is upserted, never trusted as
+    complete, and never the point a repair resumes from.
+    """
+
+    symbol: str
+    time: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    vwap: Decimal | None
+    trades: int
+    interval_min: int = 1
+    source: CandleSource = CandleSource.LIVE
+    final: bool = True
+
+    @property
+    def end(self) -> datetime:
+        """The exclusive end of the candle's interval."""
+        return self.time + timedelta(minutes=self.interval_min)
+
+
+def ns_to_datetime(time_ns: int) -> datetime:
+    """Convert Unix nanoseconds to an aware UTC datetime, truncating below a microsecond."""
+    return _EPOCH + timedelta(microseconds=time_ns // 1000)
+
+
+def datetime_to_ns(value: datetime) -> int:
+    """Convert an aware datetime to Unix nanoseconds exactly.
+
+    Raises:
+        ValueError: ``value`` is naive (a naive time is ambiguous; histdata is UTC throughout).
+    """
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value.isoformat()} has no time zone; use UTC")
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000

@@ -1,0 +1,666 @@
+"""The Storage API: the only code in histdata that speaks SQL to the time-series tables.
+
+psycopg 3's async objects run only on asyncio, so histdata drives the *sync*
+:class:`psycopg_pool.ConnectionPool` from trio through :func:`trio.to_thread.run_sync`, with a
+:class:`trio.CapacityLimiter` sized to the pool so no more threads wait than there are
+connections. Every connection carries a server-side ``statement_timeout``, which bounds how
+long a cancelled caller can wait for its thread.
+
+Writes are idempotent per row. A batch is sent with binary ``COPY`` into a temporary staging
+table and moved with ``INSERT … ON CONFLICT DO NOTHING`` (trades) or a guarded upsert
+(candles): one duplicate never rolls back the batch, re-sending a batch adds nothing, and
+trades that share a timestamp are all kept (they differ in ``trade_id`` or ``seq``).
+Coverage and cursor updates passed with a write commit in the same transaction, so a kill
+between them cannot leave a cursor ahead of its data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, Literal, ParamSpec, TypeVar
+
+import psycopg
+import psycopg_pool
+import structlog
+import trio
+
+from histdata.errors import DatabaseUnavailable, StorageNotOpen
+from histdata.model import Candle, CandleSource, Side, Trade, datetime_to_ns
+from histdata.storage.migrations import migrate
+from histdata.symbols import SymbolInfo, SymbolRegistry
+
+__all__ = [
+    "CandleWriteResult",
+    "CoverageSpan",
+    "Storage",
+    "StorageStatistics",
+    "Stream",
+    "TradeSource",
+    "WriteResult",
+    "open_storage",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Connection = psycopg.Connection[Any]
+Stream = Literal["trades", "candles"]
+TradeSource = Literal["live", "rest", "csv"]
+CoverageSource = Literal["live", "rest", "csv", "derived"]
+
+_log = structlog.get_logger("storage")
+_SOURCE_CODE: dict[str, str] = {"live": "w", "rest": "r", "csv": "c"}
+_SIDE_CODE = {Side.BUY: "b", Side.SELL: "s"}
+_SIDE_FROM_CODE = {"b": Side.BUY, "s": Side.SELL}
+_ORD_CODE = {"market": "m", "limit": "l"}
+_ORD_FROM_CODE = {"m": "market", "l": "limit"}
+# A trade id seen from two sources (WS µs stamps, REST 100 ns stamps) may carry times that
+# differ below a millisecond; the duplicate probe looks this far either side.
+_SAME_TRADE_WINDOW = timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Rows of a trade batch that were new (``inserted``) or already stored (``present``)."""
+
+    inserted: int
+    present: int
+
+
+@dataclass(frozen=True, slots=True)
+class CandleWriteResult:
+    """Candles that were new, changed an existing row, or matched what was stored."""
+
+    inserted: int
+    updated: int
+    unchanged: int
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageSpan:
+    """A half-open time range ``[start, end)`` of one stream observed from one source."""
+
+    stream: Stream
+    source: CoverageSource
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStatistics:
+    """Pool and query counters, for ``/metrics`` and ``histdata status``."""
+
+    pool_size: int
+    pool_available: int
+    requests_waiting: int
+    queries: int
+    failures: int
+    timescale: bool
+
+
+class Storage:
+    """Async facade over a psycopg connection pool; obtain one with :func:`open_storage`.
+
+    Every method raises :class:`DatabaseUnavailable` when the database cannot be reached
+    (a transient error: callers keep their data and retry) and :class:`StorageNotOpen` when
+    used outside ``open_storage``.
+    """
+
+    def __init__(
+        self, pool: psycopg_pool.ConnectionPool[Any], registry: SymbolRegistry, *, timescale: bool
+    ) -> None:
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = pool
+        self._limiter = trio.CapacityLimiter(pool.max_size)
+        self.registry = registry
+        self.timescale = timescale
+        self._symbol_ids: dict[str, int] = {}
+        self._queries = 0
+        self._failures = 0
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in a worker thread with a pooled connection, in one transaction.
+
+        The transaction commits when ``fn`` returns and rolls back if it raises. This is the
+        hook for the other ``histdata.storage`` modules; code outside storage does not call it.
+
+        Raises:
+            StorageNotOpen: storage is closed.
+            DatabaseUnavailable: no connection could be had, or the connection broke.
+        """
+        pool = self._pool
+        if pool is None:
+            raise StorageNotOpen("storage is not open; use `async with open_storage(...)`")
+        self._queries += 1
+        try:
+            return await trio.to_thread.run_sync(
+                partial(self._call, pool, fn, *args), limiter=self._limiter
+            )
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            self._failures += 1
+            raise DatabaseUnavailable(f"database unavailable: {exc}".strip()) from exc
+
+    @staticmethod
+    def _call(pool: psycopg_pool.ConnectionPool[Any], fn: Callable[..., T], *args: Any) -> T:
+        with pool.connection() as conn, conn.transaction():
+            return fn(conn, *args)
+
+    async def ping(self) -> None:
+        """Round-trip one trivial query (raises :class:`DatabaseUnavailable` when down)."""
+        await self.run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    def statistics(self) -> StorageStatistics:
+        """Current pool and query counters."""
+        stats = self._pool.get_stats() if self._pool is not None else {}
+        return StorageStatistics(
+            pool_size=int(stats.get("pool_size", 0)),
+            pool_available=int(stats.get("pool_available", 0)),
+            requests_waiting=int(stats.get("requests_waiting", 0)),
+            queries=self._queries,
+            failures=self._failures,
+            timescale=self.timescale,
+        )
+
+    # -- symbols ----------------------------------------------------------------------------
+
+    def symbol_id(self, conn: Connection, symbol: str) -> int:
+        """Return the database id of ``symbol`` (any spelling), registering it on first use.
+
+        Raises:
+            UnknownSymbol: the registry does not know the spelling.
+        """
+        info = self.registry.resolve(symbol)
+        cached = self._symbol_ids.get(info.symbol)
+        if cached is not None:
+            return cached
+        row = conn.execute(
+            "INSERT INTO symbols (symbol, rest_key, altname, wsname, price_decimals,"
+            " volume_decimals) VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (symbol) DO UPDATE SET rest_key = EXCLUDED.rest_key,"
+            " altname = EXCLUDED.altname, wsname = EXCLUDED.wsname,"
+            " price_decimals = EXCLUDED.price_decimals, volume_decimals = EXCLUDED.volume_decimals"
+            " RETURNING id",
+            (
+                info.symbol,
+                info.rest_key,
+                info.altname,
+                info.wsname,
+                info.price_decimals,
+                info.volume_decimals,
+            ),
+        ).fetchone()
+        assert row is not None  # RETURNING always yields the row
+        self._symbol_ids[info.symbol] = int(row[0])
+        return int(row[0])
+
+    async def stored_symbols(self) -> list[SymbolInfo]:
+        """Symbols that have a row in the database, in name order."""
+
+        def query(conn: Connection) -> list[SymbolInfo]:
+            rows = conn.execute(
+                "SELECT symbol, rest_key, altname, wsname, price_decimals, volume_decimals"
+                " FROM symbols ORDER BY symbol"
+            ).fetchall()
+            return [SymbolInfo(*row) for row in rows]
+
+        return await self.run(query)
+
+    # -- trades -----------------------------------------------------------------------------
+
+    async def write_trades(
+        self,
+        trades: Sequence[Trade],
+        *,
+        source: TradeSource,
+        coverage: Sequence[tuple[str, CoverageSpan]] = (),
+        cursor: tuple[str, str] | None = None,
+    ) -> WriteResult:
+        """Store ``trades`` idempotently; optionally record coverage and a cursor atomically.
+
+        ``coverage`` is a list of ``(symbol, span)``; ``cursor`` is ``(name, value)``. All of
+        it commits in one transaction, or none of it does.
+        """
+        if not trades and not coverage and cursor is None:
+            return WriteResult(0, 0)
+        return await self.run(self._write_trades, trades, source, coverage, cursor)
+
+    def _write_trades(
+        self,
+        conn: Connection,
+        trades: Sequence[Trade],
+        source: TradeSource,
+        coverage: Sequence[tuple[str, CoverageSpan]],
+        cursor: tuple[str, str] | None,
+    ) -> WriteResult:
+        inserted = 0
+        if trades:
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _stage_trades (symbol_id int2, time timestamptz,"
+                " time_ns int2, price numeric, volume numeric, side text, ord_type text,"
+                " trade_id int8, seq int4) ON COMMIT DELETE ROWS"
+            )
+            ids = {symbol: self.symbol_id(conn, symbol) for symbol in {t.symbol for t in trades}}
+            with conn.cursor() as cur:
+                with cur.copy(
+                    "COPY _stage_trades (symbol_id, time, time_ns, price, volume, side, ord_type,"
+                    " trade_id, seq) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(
+                        [
+                            *("int2", "timestamptz", "int2", "numeric", "numeric"),
+                            *("text", "text", "int8", "int4"),
+                        ]
+                    )
+                    for t in trades:
+                        copy.write_row(
+                            (
+                                ids[t.symbol],
+                                t.time,
+                                t.time_ns % 1000,
+                                t.price,
+                                t.volume,
+                                _SIDE_CODE.get(t.side) if t.side else None,
+                                _ORD_CODE.get(t.ord_type) if t.ord_type else None,
+                                t.trade_id,
+                                t.seq,
+                            )
+                        )
+                cur.execute(
+                    "INSERT INTO trades (symbol_id, time, time_ns, price, volume, side, ord_type,"
+                    " trade_id, seq, source)"
+                    ' SELECT s.symbol_id, s.time, s.time_ns, s.price, s.volume, s.side::"char",'
+                    ' s.ord_type::"char", s.trade_id, s.seq, %s::"char" FROM _stage_trades s'
+                    " WHERE s.trade_id IS NULL OR NOT EXISTS (SELECT 1 FROM trades t"
+                    "  WHERE t.symbol_id = s.symbol_id AND t.trade_id = s.trade_id"
+                    "  AND t.time BETWEEN s.time - %s AND s.time + %s)"
+                    " ON CONFLICT DO NOTHING",
+                    (_SOURCE_CODE[source], _SAME_TRADE_WINDOW, _SAME_TRADE_WINDOW),
+                )
+                inserted = max(cur.rowcount, 0)
+        for symbol, span in coverage:
+            self._add_coverage(conn, symbol, span)
+        if cursor is not None:
+            self._set_cursor(conn, *cursor)
+        return WriteResult(inserted=inserted, present=len(trades) - inserted)
+
+    async def read_trades(
+        self, symbol: str, start: datetime, end: datetime, *, limit: int | None = None
+    ) -> list[Trade]:
+        """Trades of ``symbol`` with ``start <= time < end``, in trade order."""
+        return await self.run(self._read_trades, symbol, start, end, limit, None)
+
+    async def iter_trades(
+        self, symbol: str, start: datetime, end: datetime, *, chunk: int = 50_000
+    ) -> AsyncIterator[list[Trade]]:
+        """Yield the trades of ``[start, end)`` in trade order, ``chunk`` rows at a time.
+
+        Each chunk is one keyset-paged query, so memory stays flat for any range.
+        """
+        after: tuple[datetime, int | None, int] | None = None
+        while True:
+            rows = await self.run(self._read_trades, symbol, start, end, chunk, after)
+            if rows:
+                yield rows
+            if len(rows) < chunk:
+                return
+            last = rows[-1]
+            after = (last.time, last.trade_id, last.seq)
+
+    def _read_trades(
+        self,
+        conn: Connection,
+        symbol: str,
+        start: datetime,
+        end: datetime,
+        limit: int | None,
+        after: tuple[datetime, int | None, int] | None,
+    ) -> list[Trade]:
+        info = self.registry.resolve(symbol)
+        sid = self.symbol_id(conn, info.symbol)
+        keyset = ""
+        params: list[Any] = [sid, start, end]
+        if after is not None:
+            # Row comparison in index order; COALESCE matches NULLS NOT DISTINCT ordering
+            # (NULL trade ids sort last in a btree).
+            keyset = (
+                " AND (time, COALESCE(trade_id, 9223372036854775807), seq)"
+                " > (%s, COALESCE(%s::int8, 9223372036854775807), %s)"
+            )
+            params += [after[0], after[1], after[2]]
+        params.append(limit)
+        rows = conn.execute(
+            "SELECT time, time_ns, price, volume, side, ord_type, trade_id, seq FROM trades"
+            " WHERE symbol_id = %s AND time >= %s AND time < %s" + keyset + " ORDER BY time,"
+            " COALESCE(trade_id, 9223372036854775807), seq LIMIT %s",
+            params,
+        ).fetchall()
+        return [
+            Trade(
+                symbol=info.symbol,
+                time_ns=datetime_to_ns(time) + time_ns,
+                price=price,
+                volume=volume,
+                side=_SIDE_FROM_CODE.get(side) if side else None,
+                ord_type=_ORD_FROM_CODE.get(ord_type) if ord_type else None,
+                trade_id=trade_id,
+                seq=seq,
+            )
+            for time, time_ns, price, volume, side, ord_type, trade_id, seq in rows
+        ]
+
+    async def last_trade(self, symbol: str) -> Trade | None:
+        """The newest stored trade of ``symbol`` (by time, then trade id), or None."""
+
+        def query(conn: Connection) -> Trade | None:
+            info = self.registry.resolve(symbol)
+            sid = self.symbol_id(conn, info.symbol)
+            row = conn.execute(
+                "SELECT time FROM trades WHERE symbol_id = %s ORDER BY time DESC LIMIT 1", (sid,)
+            ).fetchone()
+            if row is None:
+                return None
+            found = self._read_trades(
+                conn, info.symbol, row[0], row[0] + timedelta(microseconds=1), None, None
+            )
+            return found[-1] if found else None
+
+        return await self.run(query)
+
+    async def count_trades(self, symbol: str, start: datetime, end: datetime) -> int:
+        """How many trades of ``symbol`` are stored in ``[start, end)``."""
+
+        def query(conn: Connection) -> int:
+            sid = self.symbol_id(conn, symbol)
+            row = conn.execute(
+                "SELECT count(*) FROM trades WHERE symbol_id = %s AND time >= %s AND time < %s",
+                (sid, start, end),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self.run(query)
+
+    # -- candles ----------------------------------------------------------------------------
+
+    async def write_candles(
+        self,
+        candles: Sequence[Candle],
+        *,
+        coverage: Sequence[tuple[str, CoverageSpan]] = (),
+    ) -> CandleWriteResult:
+        """Upsert 1-minute candles and log the changed ranges for the rollup actor.
+
+        A stored row is replaced only when it is not final yet, or when the new candle is
+        final and from the same source (a corrected re-delivery); Kraken's candles are never
+        overwritten by candles derived from trades, nor a final candle by an in-progress one.
+        Rows whose values did not change count as ``unchanged`` and are not rewritten.
+
+        Raises:
+            ValueError: a candle is not a 1-minute candle.
+        """
+        if any(c.interval_min != 1 for c in candles):
+            raise ValueError("write_candles stores 1-minute candles; rollups are derived")
+        if not candles and not coverage:
+            return CandleWriteResult(0, 0, 0)
+        return await self.run(self._write_candles, candles, coverage)
+
+    def _write_candles(
+        self,
+        conn: Connection,
+        candles: Sequence[Candle],
+        coverage: Sequence[tuple[str, CoverageSpan]],
+    ) -> CandleWriteResult:
+        inserted = updated = 0
+        if candles:
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _stage_candles (symbol_id int2, time timestamptz,"
+                " open numeric, high numeric, low numeric, close numeric, volume numeric,"
+                " vwap numeric, trades int4, source text, final bool) ON COMMIT DELETE ROWS"
+            )
+            ids = {symbol: self.symbol_id(conn, symbol) for symbol in {c.symbol for c in candles}}
+            # The last version of a candle in the batch wins (a live minute re-emitted).
+            latest = {(c.symbol, c.time): c for c in candles}
+            with conn.cursor() as cur:
+                with cur.copy("COPY _stage_candles FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(
+                        [
+                            *("int2", "timestamptz", "numeric", "numeric", "numeric"),
+                            *("numeric", "numeric", "numeric", "int4", "text", "bool"),
+                        ]
+                    )
+                    for c in latest.values():
+                        copy.write_row(
+                            (
+                                ids[c.symbol],
+                                c.time,
+                                c.open,
+                                c.high,
+                                c.low,
+                                c.close,
+                                c.volume,
+                                c.vwap,
+                                c.trades,
+                                c.source.value,
+                                c.final,
+                            )
+                        )
+                cur.execute(
+                    "INSERT INTO candles_1m AS c (symbol_id, time, open, high, low, close, volume,"
+                    " vwap, trades, source, final)"
+                    " SELECT symbol_id, time, open, high, low, close, volume, vwap, trades, source,"
+                    " final FROM _stage_candles"
+                    " ON CONFLICT (symbol_id, time) DO UPDATE SET open = EXCLUDED.open,"
+                    " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
+                    " volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, trades = EXCLUDED.trades,"
+                    " source = EXCLUDED.source, final = EXCLUDED.final, updated_at = now()"
+                    " WHERE (NOT c.final OR (EXCLUDED.final AND c.source = EXCLUDED.source))"
+                    " AND (c.open, c.high, c.low, c.close, c.volume, c.vwap, c.trades, c.source,"
+                    " c.final) IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low,"
+                    " EXCLUDED.close, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.trades,"
+                    " EXCLUDED.source, EXCLUDED.final)"
+                    " RETURNING symbol_id, time, (xmax = 0) AS inserted"
+                )
+                changed = cur.fetchall()
+            inserted = sum(1 for row in changed if row[2])
+            updated = len(changed) - inserted
+            self._mark_dirty(conn, ((sid, time) for sid, time, _ in changed))
+        for symbol, span in coverage:
+            self._add_coverage(conn, symbol, span)
+        return CandleWriteResult(inserted, updated, len(candles) - inserted - updated)
+
+    @staticmethod
+    def _mark_dirty(conn: Connection, changed: Iterable[tuple[int, datetime]]) -> None:
+        """Append one dirty range per symbol spanning the changed minutes."""
+        spans: dict[int, tuple[datetime, datetime]] = {}
+        for sid, time in changed:
+            low, high = spans.get(sid, (time, time))
+            spans[sid] = (min(low, time), max(high, time))
+        for sid, (low, high) in spans.items():
+            conn.execute(
+                "INSERT INTO rollup_dirty (symbol_id, start_time, end_time) VALUES (%s, %s, %s)",
+                (sid, low, high + timedelta(minutes=1)),
+            )
+
+    async def read_candles(self, symbol: str, start: datetime, end: datetime) -> list[Candle]:
+        """Stored 1-minute candles of ``symbol`` with ``start <= time < end``, oldest first."""
+
+        def query(conn: Connection) -> list[Candle]:
+            info = self.registry.resolve(symbol)
+            sid = self.symbol_id(conn, info.symbol)
+            rows = conn.execute(
+                "SELECT time, open, high, low, close, volume, vwap, trades, source, final"
+                " FROM candles_1m WHERE symbol_id = %s AND time >= %s AND time < %s ORDER BY time",
+                (sid, start, end),
+            ).fetchall()
+            return [
+                Candle(
+                    symbol=info.symbol,
+                    time=time,
+                    open=o,
+                    high=h,
+                    low=lo,
+                    close=c,
+                    volume=v,
+                    vwap=vwap,
+                    trades=n,
+                    source=CandleSource(source),
+                    final=final,
+                )
+                for time, o, h, lo, c, v, vwap, n, source, final in rows
+            ]
+
+        return await self.run(query)
+
+    # -- coverage ---------------------------------------------------------------------------
+
+    async def add_coverage(self, symbol: str, span: CoverageSpan) -> None:
+        """Record that ``span`` of ``symbol`` was observed, merging with touching ranges."""
+        await self.run(self._add_coverage, symbol, span)
+
+    def _add_coverage(self, conn: Connection, symbol: str, span: CoverageSpan) -> None:
+        if span.end <= span.start:
+            return
+        sid = self.symbol_id(conn, symbol)
+        # Serialise merges per symbol so two writers cannot both insert overlapping ranges.
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x68697374, sid))
+        merged = conn.execute(
+            "DELETE FROM coverage WHERE symbol_id = %s AND stream = %s AND source = %s"
+            " AND (during && tstzrange(%s, %s) OR during -|- tstzrange(%s, %s))"
+            " RETURNING lower(during), upper(during)",
+            (sid, span.stream, span.source, span.start, span.end, span.start, span.end),
+        ).fetchall()
+        low = min([span.start, *(row[0] for row in merged)])
+        high = max([span.end, *(row[1] for row in merged)])
+        conn.execute(
+            "INSERT INTO coverage (symbol_id, stream, source, during)"
+            " VALUES (%s, %s, %s, tstzrange(%s, %s))",
+            (sid, span.stream, span.source, low, high),
+        )
+
+    async def covered(
+        self, symbol: str, stream: Stream, start: datetime, end: datetime
+    ) -> list[tuple[datetime, datetime]]:
+        """The parts of ``[start, end)`` observed from any source, merged and in order."""
+
+        def query(conn: Connection) -> list[tuple[datetime, datetime]]:
+            sid = self.symbol_id(conn, symbol)
+            rows = conn.execute(
+                "SELECT lower(r), upper(r) FROM unnest(("
+                " SELECT range_agg(during * tstzrange(%s, %s)) FROM coverage"
+                " WHERE symbol_id = %s AND stream = %s AND during && tstzrange(%s, %s)"
+                ")) AS r ORDER BY 1",
+                (start, end, sid, stream, start, end),
+            ).fetchall()
+            return [(row[0], row[1]) for row in rows]
+
+        return await self.run(query)
+
+    async def gaps(
+        self, symbol: str, stream: Stream, start: datetime, end: datetime
+    ) -> list[tuple[datetime, datetime]]:
+        """The parts of ``[start, end)`` never observed: the complement of :meth:`covered`."""
+        holes: list[tuple[datetime, datetime]] = []
+        position = start
+        for low, high in await self.covered(symbol, stream, start, end):
+            if low > position:
+                holes.append((position, low))
+            position = max(position, high)
+        if position < end:
+            holes.append((position, end))
+        return holes
+
+    # -- cursors ----------------------------------------------------------------------------
+
+    async def get_cursor(self, name: str) -> str | None:
+        """The stored value of cursor ``name``, or None when it was never set."""
+
+        def query(conn: Connection) -> str | None:
+            row = conn.execute("SELECT value FROM cursors WHERE name = %s", (name,)).fetchone()
+            return str(row[0]) if row else None
+
+        return await self.run(query)
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        """Store ``value`` under cursor ``name`` (exact text, e.g. a 19-digit nanosecond id)."""
+        await self.run(self._set_cursor, name, value)
+
+    @staticmethod
+    def _set_cursor(conn: Connection, name: str, value: str) -> None:
+        conn.execute(
+            "INSERT INTO cursors (name, value) VALUES (%s, %s) ON CONFLICT (name)"
+            " DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+            (name, value),
+        )
+
+    async def delete_cursor(self, name: str) -> None:
+        """Forget cursor ``name`` (a finished backfill)."""
+        await self.run(lambda conn: conn.execute("DELETE FROM cursors WHERE name = %s", (name,)))
+
+    async def aclose(self) -> None:
+        """Close the pool; later calls raise :class:`StorageNotOpen`."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await trio.to_thread.run_sync(pool.close)
+
+
+def _configure(statement_timeout_s: float) -> Callable[[Connection], None]:
+    def configure(conn: Connection) -> None:
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false)",
+            (f"{int(statement_timeout_s * 1000)}ms",),
+        )
+        conn.commit()
+
+    return configure
+
+
+@asynccontextmanager
+async def open_storage(
+    conninfo: str,
+    *,
+    registry: SymbolRegistry | None = None,
+    pool_min: int = 1,
+    pool_max: int = 8,
+    statement_timeout_s: float = 60.0,
+    connect_timeout_s: float = 10.0,
+    apply_migrations: bool = True,
+) -> AsyncIterator[Storage]:
+    """Open a connection pool on ``conninfo``, migrate the schema, and yield :class:`Storage`.
+
+    Raises:
+        DatabaseUnavailable: the database did not accept a connection within
+            ``connect_timeout_s``.
+        SchemaError: the schema is newer than this histdata.
+    """
+    timescale = False
+    if apply_migrations:
+        try:
+            result = await trio.to_thread.run_sync(migrate, conninfo)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot migrate: {exc}".strip()) from exc
+        timescale = result.timescale
+        if result.applied:
+            _log.info("schema migrated", applied=list(result.applied), timescale=timescale)
+    pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+        conninfo,
+        min_size=pool_min,
+        max_size=pool_max,
+        open=False,
+        configure=_configure(statement_timeout_s),
+        timeout=connect_timeout_s,
+        name="histdata",
+    )
+    try:
+        await trio.to_thread.run_sync(partial(pool.open, wait=True, timeout=connect_timeout_s))
+    except psycopg_pool.PoolTimeout as exc:
+        await trio.to_thread.run_sync(pool.close)
+        raise DatabaseUnavailable(f"database did not accept connections: {exc}") from exc
+    storage = Storage(pool, registry or SymbolRegistry.shipped(), timescale=timescale)
+    try:
+        yield storage
+    finally:
+        with trio.CancelScope(shield=True):
+            await storage.aclose()

@@ -1,0 +1,238 @@
+"""Storage API against a real PostgreSQL: idempotency, exactness, coverage, cursors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from histdata.errors import StorageNotOpen, UnknownSymbol
+from histdata.model import NS_PER_S, Candle, CandleSource, Side, Trade, datetime_to_ns
+from histdata.storage import CoverageSpan, Storage, open_storage
+from histdata.symbols import SymbolRegistry
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+T0_NS = datetime_to_ns(T0)
+
+
+def trade(i: int, **kw: object) -> Trade:
+    fields: dict[str, object] = {
+        "symbol": "BTC/USD",
+        "time_ns": T0_NS + i * 250_000_000,
+        "price": Decimal("61000.1") + i,
+        "volume": Decimal("0.00012345"),
+        "side": Side.BUY if i % 2 else Side.SELL,
+        "ord_type": "limit",
+        "trade_id": 1000 + i,
+    }
+    fields.update(kw)
+    return Trade(**fields)  # type: ignore[arg-type]
+
+
+def candle(minute: int, **kw: object) -> Candle:
+    fields: dict[str, object] = {
+        "symbol": "BTC/USD",
+        "time": T0 + timedelta(minutes=minute),
+        "open": Decimal("100.0"),
+        "high": Decimal("101.5"),
+        "low": Decimal("99.25"),
+        "close": Decimal("100.5"),
+        "volume": Decimal("3.14159265"),
+        "vwap": Decimal("100.3"),
+        "trades": 7,
+        "source": CandleSource.REST,
+        "final": True,
+    }
+    fields.update(kw)
+    return Candle(**fields)  # type: ignore[arg-type]
+
+
+END = T0 + timedelta(days=1)
+
+
+class TestTradeWrites:
+    async def test_same_batch_twice_adds_nothing(self, storage: Storage) -> None:
+        """Writing the same batch again stores no new rows and reports them as present."""
+        batch = [trade(i) for i in range(100)]
+        first = await storage.write_trades(batch, source="rest")
+        second = await storage.write_trades(batch, source="rest")
+        assert (first.inserted, first.present) == (100, 0)
+        assert (second.inserted, second.present) == (0, 100)
+        assert await storage.count_trades("BTC/USD", T0, END) == 100
+
+    async def test_one_duplicate_keeps_the_rest(self, storage: Storage) -> None:
+        """A batch containing one already-stored trade still stores all the others."""
+        await storage.write_trades([trade(5)], source="live")
+        result = await storage.write_trades([trade(i) for i in range(10)], source="live")
+        assert (result.inserted, result.present) == (9, 1)
+        stored = await storage.read_trades("BTC/USD", T0, END)
+        assert [t.trade_id for t in stored] == [1000 + i for i in range(10)]
+
+    async def test_same_trade_from_another_source_with_coarser_time_is_a_duplicate(
+        self, storage: Storage
+    ) -> None:
+        """A trade id already stored with a 100 ns REST stamp is not re-added from a µs WS stamp."""
+        rest = trade(1, time_ns=T0_NS + 827_736_900)
+        ws = trade(1, time_ns=T0_NS + 827_736_000)
+        await storage.write_trades([rest], source="rest")
+        result = await storage.write_trades([ws], source="live")
+        assert result.inserted == 0
+        assert await storage.count_trades("BTC/USD", T0, END) == 1
+
+    async def test_trades_sharing_a_second_are_all_kept(self, storage: Storage) -> None:
+        """Id-less CSV trades with identical time, price and volume are distinct rows by seq."""
+        same = [Trade("BTC/USD", T0_NS, Decimal("50000"), Decimal("1"), seq=i) for i in range(5)]
+        assert (await storage.write_trades(same, source="csv")).inserted == 5
+        assert (await storage.write_trades(same, source="csv")).inserted == 0
+        stored = await storage.read_trades("BTC/USD", T0, END)
+        assert [t.seq for t in stored] == [0, 1, 2, 3, 4]
+
+    async def test_decimals_and_nanoseconds_round_trip_exactly(self, storage: Storage) -> None:
+        """Prices, volumes and 100 ns timestamps come back digit for digit."""
+        original = Trade(
+            "ETH/USD",
+            1_688_669_597 * NS_PER_S + 827_736_900,
+            Decimal("30243.40000"),
+            Decimal("0.000000012345678901234567890"),
+            Side.SELL,
+            "market",
+            61_044_952,
+        )
+        await storage.write_trades([original], source="rest")
+        stored = await storage.read_trades(
+            "ETH/USD", datetime(2023, 7, 6, tzinfo=UTC), datetime(2023, 7, 7, tzinfo=UTC)
+        )
+        assert stored == [original]
+        assert str(stored[0].price) == "30243.40000"
+
+    async def test_iter_trades_pages_through_everything_in_order(self, storage: Storage) -> None:
+        """Keyset paging returns every trade once, in trade order, including id-less rows."""
+        with_ids = [trade(i) for i in range(25)]
+        id_less = [Trade("BTC/USD", T0_NS, Decimal("1"), Decimal("1"), seq=i) for i in range(7)]
+        await storage.write_trades(with_ids, source="rest")
+        await storage.write_trades(id_less, source="csv")
+        chunks = [chunk async for chunk in storage.iter_trades("BTC/USD", T0, END, chunk=4)]
+        flat = [t for chunk in chunks for t in chunk]
+        assert flat == await storage.read_trades("BTC/USD", T0, END)
+        assert len(flat) == 32
+
+    async def test_last_trade_is_the_newest(self, storage: Storage) -> None:
+        """last_trade returns the trade with the greatest time and id, or None when empty."""
+        assert await storage.last_trade("BTC/USD") is None
+        await storage.write_trades([trade(i) for i in range(10)], source="live")
+        last = await storage.last_trade("XBTUSD")
+        assert last is not None
+        assert last.trade_id == 1009
+
+    async def test_unknown_symbol_is_refused(self, storage: Storage) -> None:
+        """A trade for a pair the registry does not know raises UnknownSymbol, storing nothing."""
+        with pytest.raises(UnknownSymbol):
+            await storage.write_trades([trade(0, symbol="NOPE/USD")], source="live")
+
+
+class TestCandleWrites:
+    async def test_in_progress_candle_is_upserted(self, storage: Storage) -> None:
+        """Successive versions of a live minute replace each other; the final one stays."""
+        await storage.write_candles([candle(0, source=CandleSource.LIVE, final=False, trades=1)])
+        await storage.write_candles([candle(0, source=CandleSource.LIVE, final=False, trades=2)])
+        result = await storage.write_candles([candle(0, source=CandleSource.LIVE, trades=3)])
+        assert (result.inserted, result.updated) == (0, 1)
+        [stored] = await storage.read_candles("BTC/USD", T0, END)
+        assert (stored.trades, stored.final) == (3, True)
+
+    async def test_final_candle_is_not_overwritten_by_another_source(
+        self, storage: Storage
+    ) -> None:
+        """A final Kraken candle survives a candle derived from trades for the same minute."""
+        await storage.write_candles([candle(0)])
+        result = await storage.write_candles([candle(0, source=CandleSource.TRADES, trades=99)])
+        assert result.unchanged == 1
+        [stored] = await storage.read_candles("BTC/USD", T0, END)
+        assert stored.trades == 7
+
+    async def test_rewrite_is_unchanged_and_exact(self, storage: Storage) -> None:
+        """Re-importing the same candles changes nothing and values round-trip exactly."""
+        batch = [candle(i, vwap=None, source=CandleSource.CSV) for i in range(3)]
+        assert (await storage.write_candles(batch)).inserted == 3
+        again = await storage.write_candles(batch)
+        assert (again.inserted, again.updated, again.unchanged) == (0, 0, 3)
+        assert await storage.read_candles("BTC/USD", T0, END) == batch
+
+    async def test_changed_minutes_are_logged_for_rollups(
+        self, storage: Storage, database_url: str
+    ) -> None:
+        """Every write that changes candles appends a dirty range covering them."""
+        await storage.write_candles([candle(3), candle(7)])
+        await storage.write_candles([candle(3)])  # unchanged: no new dirty range
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("SELECT start_time, end_time FROM rollup_dirty").fetchall()
+        assert rows == [(T0 + timedelta(minutes=3), T0 + timedelta(minutes=8))]
+
+    async def test_rollup_intervals_are_refused(self, storage: Storage) -> None:
+        """Only 1-minute candles are stored directly."""
+        with pytest.raises(ValueError, match="1-minute"):
+            await storage.write_candles([candle(0, interval_min=5)])
+
+
+class TestCoverage:
+    async def test_touching_ranges_merge_and_gaps_are_the_complement(
+        self, storage: Storage
+    ) -> None:
+        """Adjacent observations merge into one range; gaps list exactly the unobserved parts."""
+        hour = timedelta(hours=1)
+        for start, end in [(0, 1), (1, 2), (4, 5)]:
+            await storage.add_coverage(
+                "BTC/USD", CoverageSpan("trades", "live", T0 + start * hour, T0 + end * hour)
+            )
+        await storage.add_coverage(
+            "BTC/USD", CoverageSpan("trades", "rest", T0 + 3 * hour, T0 + 4 * hour)
+        )
+        covered = await storage.covered("BTC/USD", "trades", T0, T0 + 6 * hour)
+        assert covered == [(T0, T0 + 2 * hour), (T0 + 3 * hour, T0 + 5 * hour)]
+        gaps = await storage.gaps("BTC/USD", "trades", T0, T0 + 6 * hour)
+        assert gaps == [(T0 + 2 * hour, T0 + 3 * hour), (T0 + 5 * hour, T0 + 6 * hour)]
+        assert await storage.gaps("BTC/USD", "candles", T0, T0 + hour) == [(T0, T0 + hour)]
+
+    async def test_coverage_and_cursor_commit_with_the_trades(self, storage: Storage) -> None:
+        """A page's trades, its coverage and its cursor are stored together."""
+        span = CoverageSpan("trades", "rest", T0, T0 + timedelta(seconds=3))
+        await storage.write_trades(
+            [trade(i) for i in range(10)],
+            source="rest",
+            coverage=[("BTC/USD", span)],
+            cursor=("backfill:BTC/USD", "1709294402500000000"),
+        )
+        assert await storage.get_cursor("backfill:BTC/USD") == "1709294402500000000"
+        assert await storage.covered("BTC/USD", "trades", T0, END) == [(span.start, span.end)]
+
+
+class TestCursors:
+    async def test_cursor_round_trip_is_exact_text(self, storage: Storage) -> None:
+        """A 19-digit nanosecond cursor is stored and returned unchanged, and can be deleted."""
+        assert await storage.get_cursor("c") is None
+        await storage.set_cursor("c", "1616666442301045766")
+        await storage.set_cursor("c", "1616666442301045767")
+        assert await storage.get_cursor("c") == "1616666442301045767"
+        await storage.delete_cursor("c")
+        assert await storage.get_cursor("c") is None
+
+
+class TestLifecycle:
+    async def test_use_after_close_fails_clearly(self, database_url: str) -> None:
+        """Storage used after its context ends raises StorageNotOpen, not AttributeError."""
+        async with open_storage(database_url, registry=SymbolRegistry.shipped()) as opened:
+            await opened.ping()
+        with pytest.raises(StorageNotOpen, match="not open"):
+            await opened.read_trades("BTC/USD", T0, END)
+
+    async def test_unreachable_database_is_transient(self) -> None:
+        """A server that refuses connections raises DatabaseUnavailable within the timeout."""
+        from histdata.errors import DatabaseUnavailable
+
+        with pytest.raises(DatabaseUnavailable):
+            async with open_storage(
+                "host=127.0.0.1 port=1 dbname=x connect_timeout=1", connect_timeout_s=1.0
+            ):
+                pass
