@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -81,7 +82,7 @@ class TestValidation:
             ({"jitter": -0.1}, "jitter"),
         ],
     )
-    def test_rejects_nonsense(self, kwargs: dict[str, float], message: str) -> None:
+    def test_rejects_nonsense(self, kwargs: dict[str, Any], message: str) -> None:
         """Parameters that make no sense raise ValueError naming the parameter."""
         with pytest.raises(ValueError, match=message):
             Backoff(**kwargs)
