@@ -99,15 +99,15 @@ class TestPenaltyBox:
         assert limiter.statistics().cooldown_remaining_s == pytest.approx(2.0)
 
     async def test_cap_and_jitter(self, autojump_clock: trio.testing.MockClock) -> None:
-        """Cool-downs never exceed the cap times the jitter factor and vary with jitter."""
+        """Cool-downs stay within the jitter spread, never exceed the cap, and vary."""
         limiter = RateLimiter(penalty_base_s=10.0, penalty_max_s=30.0, jitter=0.5, seed=7)
         seen = []
-        for _ in range(6):
+        for _ in range(8):
             limiter.penalize()
             seen.append(limiter.statistics().cooldown_remaining_s)
             await limiter.wait()
-        assert all(10.0 <= value <= 45.0 for value in seen)
-        assert all(30.0 <= value <= 45.0 for value in seen[2:])
+        assert 5.0 <= seen[0] <= 15.0
+        assert all(15.0 <= value <= 30.0 for value in seen[2:])
         assert len(set(seen[2:])) > 1
 
     async def test_in_flight_errors_do_not_double(

@@ -11,8 +11,8 @@ instance to every :class:`~histdata.kraken.rest.KrakenRest`.
   order), so one busy backfill cannot starve a gap repair.
 - Penalty box: after a rate-limit error every caller waits a cool-down that doubles with each
   consecutive penalty (jittered, capped, at least Kraken's own retry hint) and resets after a
-  success. After the cool-down the bucket holds a single token, so traffic resumes with one
-  probe instead of a burst.
+  success (delays from :class:`~histdata.supervisor.backoff.Backoff`). After the cool-down
+  the bucket holds a single token, so traffic resumes with one probe instead of a burst.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import trio
 
 from histdata.errors import RateLimited
+from histdata.supervisor.backoff import Backoff
 
 __all__ = ["LimiterStatistics", "RateLimiter"]
 
@@ -53,12 +54,13 @@ class RateLimiter:
         burst: bucket size: requests allowed back to back after an idle period.
         penalty_base_s: first cool-down after a rate-limit error.
         penalty_max_s: cap on the doubling cool-down.
-        jitter: cool-downs are stretched by a random factor in ``[1, 1 + jitter]`` so that
-            several processes behind one IP do not retry in lockstep.
+        jitter: cool-downs are spread by ±``jitter`` (a fraction, see
+            :class:`~histdata.supervisor.backoff.Backoff`) so that several processes behind
+            one IP do not retry in lockstep.
         seed: seeds the jitter, for reproducible tests.
 
     Raises:
-        ValueError: a non-positive rate, a burst below 1, or negative penalty settings.
+        ValueError: a non-positive rate, a burst below 1, or bad penalty settings.
     """
 
     def __init__(
@@ -71,22 +73,17 @@ class RateLimiter:
         jitter: float = 0.2,
         seed: int | None = None,
     ) -> None:
-        if rate_per_s <= 0 or burst < 1 or penalty_base_s < 0 or penalty_max_s < 0 or jitter < 0:
+        if rate_per_s <= 0 or burst < 1:
             raise ValueError(
-                f"bad rate limiter settings: rate_per_s={rate_per_s} burst={burst} "
-                f"penalty_base_s={penalty_base_s} penalty_max_s={penalty_max_s} jitter={jitter}"
+                f"rate limiter needs rate_per_s > 0 and burst >= 1, got {rate_per_s}, {burst}"
             )
         self.rate_per_s = rate_per_s
         self.burst = burst
-        self.penalty_base_s = penalty_base_s
-        self.penalty_max_s = penalty_max_s
-        self.jitter = jitter
-        self._random = random.Random(seed)
+        self._penalty = Backoff(penalty_base_s, penalty_max_s, 2.0, jitter, rng=random.Random(seed))
         self._lock = trio.Lock()
         self._tokens = float(burst)
         self._updated: float | None = None  # trio time of the last refill; None before first use
         self._penalty_until = float("-inf")
-        self._streak = 0
         self._requests = 0
         self._waits = 0
         self._waited_s = 0.0
@@ -153,7 +150,7 @@ class RateLimiter:
     def record_success(self) -> None:
         """Note a request that was not rate-limited: the next penalty starts small again."""
         if trio.current_time() >= self._penalty_until:
-            self._streak = 0
+            self._penalty.reset()
 
     def penalize(self, retry_after_s: float | None = None) -> None:
         """Report a rate-limit error: every caller waits out a cool-down before the next request.
@@ -167,11 +164,8 @@ class RateLimiter:
         if now < self._penalty_until:
             self._penalty_until = max(self._penalty_until, now + hint)
         else:
-            self._streak += 1
             self._penalties += 1
-            backoff = min(self.penalty_max_s, self.penalty_base_s * 2 ** (self._streak - 1))
-            backoff *= 1.0 + self._random.uniform(0.0, self.jitter)
-            self._penalty_until = now + max(backoff, hint)
+            self._penalty_until = now + max(self._penalty.next_delay(), hint)
         # Kraken's counter is full: resume with one probe after the cool-down, not a burst.
         self._tokens = 1.0
         self._updated = self._penalty_until
@@ -189,6 +183,6 @@ class RateLimiter:
             waiting=self._waiting,
             penalties=self._penalties,
             rate_limit_errors=self._rate_limit_errors,
-            penalty_streak=self._streak,
+            penalty_streak=self._penalty.attempts,
             cooldown_remaining_s=max(0.0, self._penalty_until - now),
         )
