@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from histdata.supervisor import Backoff
+from histdata.supervisor.backoff import Backoff
 
 
 class TestGrowth:
