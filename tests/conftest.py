@@ -19,9 +19,12 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
+from histdata.logs import configure_logging
 from histdata.storage import Storage, migrate, open_storage
 
 _counter = itertools.count()
+# Plain console logs: pytest captures them per test and shows them only for failures.
+configure_logging("debug", "console")
 
 
 @pytest.fixture(scope="session")
