@@ -519,6 +519,23 @@ def _conninfo(socket_dir: Path, database: str) -> str:
     )
 
 
+def _remove_stale_socket_lock(socket_dir: Path, pgdata: Path) -> None:
+    """Remove the socket's lock file if the postmaster it names is gone.
+
+    PostgreSQL counts a zombie as alive, and a killed postmaster stays a zombie until its
+    parent reaps it, which may be never where pid 1 does not reap orphans.
+    """
+    lock = socket_dir / f".s.PGSQL.{_PORT}.lock"
+    try:
+        first = lock.read_text(encoding="utf-8").splitlines()[:1]
+    except FileNotFoundError:
+        return
+    pid = int(first[0]) if first and first[0].strip().lstrip("-").isdigit() else 0
+    if not _is_postmaster_of(abs(pid), pgdata):
+        _log.warning("embedded_stale_socket_lock", pid=pid, lock=str(lock))
+        lock.unlink(missing_ok=True)
+
+
 def _attach_or_start(
     pgdata: Path, log_path: Path, *, durable: bool
 ) -> tuple[_PidFile, bool, PostgresBinaries]:
@@ -542,6 +559,11 @@ def _attach_or_start(
     if info is not None:
         _log.warning("embedded_stale_pid_file", pid=info.pid, pgdata=str(pgdata))
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    socket_dirs = {_socket_dir_for(pgdata)}
+    if info is not None and info.socket_dir is not None:
+        socket_dirs.add(info.socket_dir)
+    for socket_dir in socket_dirs:
+        _remove_stale_socket_lock(socket_dir, pgdata)
     _rotate_log(log_path)
     return _start(binaries, pgdata, log_path, durable=durable), True, binaries
 
