@@ -612,11 +612,11 @@ def _open(data_dir: Path, database: str, *, durable: bool) -> Iterator[EmbeddedS
         )
     finally:
         users.close()  # our shared hold goes first, so the last-user check can succeed
-        _stop_if_unused(info.pid, pgdata, log_path, start_lock, users_lock)
+        _stop_if_unused(info.pid, pgdata, socket_dir, log_path, start_lock, users_lock)
 
 
 def _stop_if_unused(
-    pid: int, pgdata: Path, log_path: Path, start_lock: Path, users_lock: Path
+    pid: int, pgdata: Path, socket_dir: Path, log_path: Path, start_lock: Path, users_lock: Path
 ) -> None:
     """Stop the postmaster unless another opener still holds ``users_lock``."""
     with _flock(start_lock, fcntl.LOCK_EX), users_lock.open("ab") as probe:
@@ -629,6 +629,10 @@ def _stop_if_unused(
             return
         if _is_postmaster_of(pid, pgdata):
             _stop(pid, pgdata, log_path)
+        if socket_dir != pgdata:
+            # The short directory under /tmp is empty once the server is down; leave no litter.
+            with contextlib.suppress(OSError):
+                socket_dir.rmdir()
 
 
 def open_embedded(

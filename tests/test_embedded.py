@@ -175,6 +175,7 @@ class TestLifecycle:
         socket_dir = results[0].socket_dir
         assert len(str(socket_dir / ".s.PGSQL.5432")) <= 107 < len(str(deep / "pg/.s.PGSQL.5432"))
         assert not _alive(results[0].pid)
+        assert not socket_dir.exists(), "the short socket directory is removed after the stop"
 
 
 class TestRecovery:
