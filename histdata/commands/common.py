@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+
+import trio
 
 from histdata.config import Config, load_config
 from histdata.logs import configure_logging
@@ -41,14 +43,22 @@ def database_conninfo(config: Config) -> Iterator[str]:
 async def open_command_storage(
     config: Config, registry: SymbolRegistry | None = None
 ) -> AsyncIterator[Storage]:
-    """Open Storage on the configured database for a one-shot command."""
-    with database_conninfo(config) as conninfo:
-        async with open_storage(
-            conninfo,
-            registry=registry,
-            pool_min=1,
-            pool_max=config.database.pool_max,
-            statement_timeout_s=config.database.statement_timeout_s,
-            connect_timeout_s=config.database.connect_timeout_s,
-        ) as storage:
-            yield storage
+    """Open Storage on the configured database for a one-shot command.
+
+    Starting the embedded server blocks for about a second, so it runs in a worker thread.
+    """
+    with ExitStack() as stack:
+        conninfo = await trio.to_thread.run_sync(stack.enter_context, database_conninfo(config))
+        try:
+            async with open_storage(
+                conninfo,
+                registry=registry,
+                pool_min=1,
+                pool_max=config.database.pool_max,
+                statement_timeout_s=config.database.statement_timeout_s,
+                connect_timeout_s=config.database.connect_timeout_s,
+            ) as storage:
+                yield storage
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(stack.close)
