@@ -1,0 +1,268 @@
+"""The flusher actor: writes the buffer's batches to the database, or to the journal.
+
+Per batch, in order:
+
+- While the journal is empty and the database answers, the batch is written directly: trades
+  (with the trade-stream coverage of the batch, in one transaction) and then the 1-minute
+  candles (with the candle-stream coverage).
+- When a write raises :class:`~histdata.errors.DatabaseUnavailable`, the batch goes to the
+  disk journal at once: nothing waits in memory for the database to return, so memory stays
+  flat through an outage of any length.
+- While the journal holds anything, new batches are appended behind it, so batches reach the
+  database in the order they were cut; a replay task writes the journal back (retrying with
+  a jittered backoff from ``retry_s``) and the flusher returns to direct writes once it is
+  empty.
+- A batch the database refuses for any other reason (a bug, not an outage) would fail the
+  same way on every retry; it is set aside in ``journal/quarantine`` with a loud log instead of
+  blocking the live path or being lost.
+
+On stop the flusher drains its input channel, writes what it can within
+``stop_write_budget_s`` and journals the rest; the journal is replayed at the next start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from histdata.actors.buffer import Batch
+from histdata.actors.journal import Journal
+from histdata.errors import DatabaseUnavailable
+from histdata.storage import Storage
+from histdata.supervisor import Backoff, Channel, current_child_stopping
+
+__all__ = ["Flusher", "FlusherStatistics"]
+
+_log = structlog.get_logger("histdata.actors.flusher").bind(actor="flusher")
+# How often journaled spill writes are fsynced (the power-cut window of the spill path).
+_SYNC_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class FlusherStatistics:
+    """Counters of the flusher actor."""
+
+    batches_written: int
+    trades_written: int  # trades sent to the database, replays included (new or present)
+    trades_inserted: int
+    candles_written: int
+    batches_journaled: int
+    trades_journaled: int
+    replays: int
+    trades_replayed: int
+    quarantined_batches: int
+    write_failures: int
+    database_up: bool
+    journaling: bool
+    last_progress_at: float | None  # Unix time of the last write or journal append
+    last_error: str | None
+
+
+class Flusher:
+    """Writes batches via a :class:`Storage` with the journal as fallback (see module docs).
+
+    ``storage`` returns the open Storage, raising :class:`DatabaseUnavailable` while there is
+    none. ``run`` is the supervised child; counters survive restarts.
+    """
+
+    def __init__(
+        self,
+        batches: Channel[Batch],
+        storage: Callable[[], Storage],
+        journal: Journal,
+        *,
+        retry_s: float = 1.0,
+        max_retry_s: float = 30.0,
+        group_trades: int = 5000,
+        stop_write_budget_s: float = 2.0,
+    ) -> None:
+        self._batches = batches
+        self._storage = storage
+        self.journal = journal
+        self._backoff = Backoff(retry_s, max(retry_s, max_retry_s))
+        self._group_trades = group_trades
+        self._stop_budget_s = stop_write_budget_s
+        self._wake = trio.Event()
+        self._database_up = True
+        self._handling = False
+        self._batches_written = 0
+        self._trades_written = 0
+        self._trades_inserted = 0
+        self._candles_written = 0
+        self._batches_journaled = 0
+        self._trades_journaled = 0
+        self._replays = 0
+        self._trades_replayed = 0
+        self._quarantined = 0
+        self._failures = 0
+        self._last_progress_at: float | None = None
+        self._last_error: str | None = None
+
+    def statistics(self) -> FlusherStatistics:
+        """A snapshot of the flusher's counters and state."""
+        return FlusherStatistics(
+            batches_written=self._batches_written,
+            trades_written=self._trades_written,
+            trades_inserted=self._trades_inserted,
+            candles_written=self._candles_written,
+            batches_journaled=self._batches_journaled,
+            trades_journaled=self._trades_journaled,
+            replays=self._replays,
+            trades_replayed=self._trades_replayed,
+            quarantined_batches=self._quarantined,
+            write_failures=self._failures,
+            database_up=self._database_up,
+            journaling=not self.journal.empty,
+            last_progress_at=self._last_progress_at,
+            last_error=self._last_error,
+        )
+
+    def healthy(self, *, stall_s: float) -> bool:
+        """True while the flusher is idle or made progress within ``stall_s`` seconds.
+
+        Progress is a database write or a journal append, so an outage that is being
+        journaled is healthy; a flusher stuck on a batch for ``stall_s`` is not.
+        """
+        if not self._handling and self._batches.statistics().depth == 0:
+            return True
+        last = self._last_progress_at
+        return last is not None and time.time() - last < stall_s
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write batches until asked to stop, then drain (see the module docs)."""
+        stopping = current_child_stopping()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._replayer)
+            nursery.start_soon(self._syncer)
+            task_status.started()
+            with trio.CancelScope() as receiving:
+                nursery.start_soon(_cancel_when, stopping, receiving)
+                async for batch in self._batches:
+                    await self._handle(batch)
+            # Stop requested: everything upstream has stopped and flushed into our channel.
+            with trio.move_on_after(self._stop_budget_s) as budget:
+                await self._drain(direct=True)
+            if budget.cancelled_caught:
+                await self._drain(direct=False)
+            nursery.cancel_scope.cancel()
+        await self.journal.sync()
+        _log.info("flusher stopped", journal_bytes=self.journal.bytes)
+
+    async def _drain(self, *, direct: bool) -> None:
+        while True:
+            try:
+                batch = self._batches.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            if direct:
+                await self._handle(batch)
+            else:
+                await self._journal(batch)
+
+    # -- one batch ----------------------------------------------------------------------
+
+    async def _handle(self, batch: Batch) -> None:
+        self._handling = True
+        try:
+            if not self.journal.empty or not self._database_up:
+                await self._journal(batch)
+                return
+            try:
+                await self._write(batch)
+            except DatabaseUnavailable as exc:
+                self._database_down(exc)
+                await self._journal(batch)
+            except Exception as exc:
+                await self._quarantine(batch, exc)
+        finally:
+            self._handling = False
+
+    async def _write(self, batch: Batch) -> None:
+        storage = self._storage()
+        trade_cover = [(s, span) for s, span in batch.coverage if span.stream == "trades"]
+        candle_cover = [(s, span) for s, span in batch.coverage if span.stream == "candles"]
+        if batch.trades or trade_cover:
+            result = await storage.write_trades(batch.trades, source="live", coverage=trade_cover)
+            self._trades_inserted += result.inserted
+        if batch.candles or candle_cover:
+            await storage.write_candles(batch.candles, coverage=candle_cover)
+        self._batches_written += 1
+        self._trades_written += len(batch.trades)
+        self._candles_written += len(batch.candles)
+        self._last_progress_at = time.time()
+
+    async def _journal(self, batch: Batch) -> None:
+        if await self.journal.append(batch):
+            self._batches_journaled += 1
+            self._trades_journaled += len(batch.trades)
+        self._last_progress_at = time.time()
+        self._wake.set()
+
+    def _database_down(self, exc: Exception) -> None:
+        self._failures += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        if self._database_up:
+            _log.warning("database unavailable; journaling batches", error=str(exc))
+        self._database_up = False
+        self._wake.set()
+
+    async def _quarantine(self, batch: Batch, exc: Exception) -> None:
+        self._quarantined += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        directory = self.journal.directory / "quarantine"
+        _log.error(
+            "database refused a batch; quarantined for inspection",
+            trades=len(batch.trades),
+            candles=len(batch.candles),
+            directory=str(directory),
+            exc_info=exc,
+        )
+        quarantine = Journal(directory, max_bytes=self.journal.max_bytes)
+        await quarantine.append(batch)
+        await quarantine.aclose()
+
+    # -- replay -------------------------------------------------------------------------
+
+    async def _replayer(self) -> None:
+        """Replay the journal whenever it holds records, backing off while the database is down."""
+        while True:
+            if self.journal.empty:
+                self._database_up = True
+                self._backoff.reset()
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            try:
+                self._replays += 1
+                replayed = await self.journal.replay(self._write, group_trades=self._group_trades)
+            except DatabaseUnavailable as exc:
+                self._database_down(exc)
+                delay = self._backoff.next_delay()
+                with trio.move_on_after(delay):
+                    await trio.sleep_forever()
+                continue
+            except Exception as exc:
+                # Not an outage: the journal holds a batch the database refuses. Leave the
+                # journal in place for an operator rather than spin on it.
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                _log.error("journal replay failed; will retry", exc_info=exc)
+                await trio.sleep(self._backoff.max_s)
+                continue
+            self._trades_replayed += replayed
+            if replayed:
+                _log.info("journal replayed", trades=replayed)
+
+    async def _syncer(self) -> None:
+        """Fsync spilled records regularly (the spill path appends without waiting)."""
+        while True:
+            await trio.sleep(_SYNC_INTERVAL_S)
+            await self.journal.sync()
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
