@@ -32,6 +32,10 @@ def batch(start: int, n: int) -> Batch:
     return Batch(trades=tuple(trade(i) for i in range(start, start + n)))
 
 
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.jnl"))
+
+
 async def replay_all(journal: Journal) -> list[Batch]:
     out: list[Batch] = []
 
@@ -86,7 +90,7 @@ class TestReplay:
         ids = [t.trade_id for b in replayed for t in b.trades]
         assert ids == [1000 + i for i in range(500)]
         assert journal.empty
-        assert list(tmp_path.glob("*.jnl")) == []
+        assert segments(tmp_path) == []
 
     async def test_survives_restart(self, tmp_path: Path) -> None:
         """A journal left by an earlier process is found and replayed by the next one."""
@@ -120,7 +124,7 @@ class TestReplay:
         await journal.append(batch(0, 2))
         await journal.append(batch(2, 2))
         await journal.aclose()
-        (segment,) = tmp_path.glob("*.jnl")
+        (segment,) = segments(tmp_path)
         data = segment.read_bytes()
         segment.write_bytes(data[:-7])
         reopened = Journal(tmp_path, max_bytes=1_000_000)
@@ -133,7 +137,7 @@ class TestReplay:
         journal = Journal(tmp_path, max_bytes=1_000_000)
         await journal.append(batch(0, 2))
         await journal.aclose()
-        (segment,) = tmp_path.glob("*.jnl")
+        (segment,) = segments(tmp_path)
         data = bytearray(segment.read_bytes())
         data[-3] ^= 0x01
         segment.write_bytes(bytes(data))
@@ -148,7 +152,7 @@ class TestReplay:
         journal = Journal(tmp_path, max_bytes=1_000_000)
         await journal.append(batch(0, 20))
         await journal.aclose()
-        segment = next(tmp_path.glob("*.jnl"))
+        (segment,) = segments(tmp_path)
         saved = segment.read_bytes()
 
         async def write(b: Batch) -> None:
