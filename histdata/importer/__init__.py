@@ -1,0 +1,30 @@
+"""Bulk import of Kraken's downloadable history: OHLCVT and trade CSVs, loose or in ZIPs.
+
+How the layers stack (each module only imports the ones above it):
+
+- ``sniff``: pair and interval from a file name, layout from its first lines.
+- ``rows``: validation of single rows into Trades and Candles; ``seq`` for id-less trades.
+- ``sources``: finding CSVs (loose, in ZIPs, under folders) and streaming them.
+- ``pipeline``: batches through the Storage API, coverage, cross-source dedupe, summaries.
+"""
+
+from __future__ import annotations
+
+from histdata.importer.pipeline import FileSummary, ImportSummary, import_paths, import_source
+from histdata.importer.rows import SeqCounter
+from histdata.importer.sniff import FileLayout, NameInfo, sniff_layout, split_name
+from histdata.importer.sources import ImportSource, discover_sources
+
+__all__ = [
+    "FileLayout",
+    "FileSummary",
+    "ImportSource",
+    "ImportSummary",
+    "NameInfo",
+    "SeqCounter",
+    "discover_sources",
+    "import_paths",
+    "import_source",
+    "sniff_layout",
+    "split_name",
+]

@@ -1,0 +1,116 @@
+"""Find the CSV files to import, loose or inside ZIP archives, and stream them line by line.
+
+A ZIP member is read through :meth:`zipfile.ZipFile.open`, which decompresses as it is read:
+nothing is extracted to disk and no member is ever held in memory whole, so a 2.7 GB
+``XBTUSD.csv`` inside a 12 GB archive costs one read buffer. Bytes are counted as they are
+read (uncompressed), which drives the progress bar.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+__all__ = ["CountingReader", "ImportSource", "discover_sources"]
+
+
+class CountingReader(io.RawIOBase):
+    """A read-only binary stream that counts the bytes read through it."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        super().__init__()
+        self._inner = inner
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self._inner.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.count += n
+        return n
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSource:
+    """One CSV to import: a loose file (``member`` None) or a member of a ZIP archive."""
+
+    path: Path
+    member: str | None
+    size: int  # uncompressed bytes
+
+    @property
+    def name(self) -> str:
+        """The CSV's own name, which carries the pair and interval."""
+        return PurePosixPath(self.member).name if self.member else self.path.name
+
+    @property
+    def label(self) -> str:
+        """``archive.zip:folder/XBTUSD.csv`` or the file path, for messages."""
+        return f"{self.path}:{self.member}" if self.member else str(self.path)
+
+    @contextmanager
+    def open_text(self) -> Iterator[tuple[io.TextIOWrapper, CountingReader]]:
+        """Open for streaming text reads; yields the text stream and its byte counter.
+
+        Undecodable bytes become U+FFFD, so a corrupt line is rejected by the row parser
+        instead of aborting the file.
+
+        Raises:
+            OSError, zipfile.BadZipFile: the file or archive cannot be read.
+        """
+        with self.path.open("rb") as raw:
+            if self.member is None:
+                counter = CountingReader(raw)
+                yield self._wrap(counter), counter
+                return
+            with zipfile.ZipFile(raw) as archive, archive.open(self.member) as member:
+                counter = CountingReader(member)
+                yield self._wrap(counter), counter
+
+    @staticmethod
+    def _wrap(counter: CountingReader) -> io.TextIOWrapper:
+        return io.TextIOWrapper(
+            io.BufferedReader(counter, buffer_size=1 << 20),
+            encoding="utf-8",
+            errors="replace",
+            newline="",
+        )
+
+
+def discover_sources(paths: Iterable[Path]) -> Iterator[ImportSource]:
+    """Expand paths into CSV sources: ``*.csv`` files, CSV members of ``*.zip`` files, and
+    both found under directories (sorted, recursively).
+
+    ZIP members are matched by suffix wherever they sit in the archive; macOS resource forks
+    (``__MACOSX/``) are skipped.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        zipfile.BadZipFile: a ``.zip`` is not a ZIP archive.
+    """
+    for path in paths:
+        if path.is_dir():
+            yield from discover_sources(
+                sorted(p for p in path.rglob("*") if p.suffix.lower() in (".csv", ".zip"))
+            )
+        elif path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if (
+                        not info.is_dir()
+                        and info.filename.lower().endswith(".csv")
+                        and not info.filename.startswith("__MACOSX/")
+                    ):
+                        yield ImportSource(path, info.filename, info.file_size)
+        elif path.exists():
+            yield ImportSource(path, None, path.stat().st_size)
+        else:
+            raise FileNotFoundError(f"no such file: {path}")
