@@ -1,0 +1,375 @@
+"""The feed actor: Kraken WebSocket v2 sessions, one after another, for as long as it runs.
+
+Each session (:func:`~histdata.kraken.ws.open_kraken_ws`) subscribes ``trade`` and ``ohlc``
+(interval 1) for the configured symbols; trades go to the ``live.trades`` channel and candle
+updates to ``live.candles`` (see :mod:`histdata.actors.buffer`). What the feed adds to a
+session, and why:
+
+- **Reconnects.** Any :class:`~histdata.errors.TransientError` of a session (a close with its
+  code, a stale connection, a failed connect) ends the session, is counted by kind, and a new
+  one starts. Kraken's guidance is to reconnect at once after a random drop but to wait
+  longer when it keeps failing, and Cloudflare bans an IP that makes more than about 150
+  connection attempts in 10 minutes: the first retry after a session that delivered data is
+  immediate, further ones back off (jittered, exponential), and a sliding window never lets
+  more than ``max_connects`` attempts start within ``connect_window_s``.
+- **Subscriptions.** Kraken does not restore subscriptions, so every session subscribes
+  afresh. Failed per-symbol acks are kept in ``failed_subscriptions`` (shown by
+  ``histdata status``): heartbeats keep flowing for a failed symbol, so this is the only place
+  it shows. If nothing at all could be subscribed the feed backs off to the maximum delay.
+- **Validation.** Rejected frames and rows are counted per reason and logged (the first few
+  of each reason, then every hundredth); good rows in the same frame are kept.
+- **Catch-up.** After every reconnect each subscribed symbol is handed to ``catch_up`` so the
+  trades missed while disconnected are fetched from REST (the gap filler does the work).
+- **Coverage.** About once a second the feed sends a :class:`~histdata.actors.buffer.CoverageMark`
+  with the wall-clock span it has observed per symbol and stream, starting when the session's
+  subscriptions were acknowledged. The hole between two sessions is never covered, so
+  ``gaps`` shows it until it is repaired.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+import trio
+
+from histdata.actors.buffer import CoverageMark, LiveItem
+from histdata.errors import RejectedInput, TransientError
+from histdata.kraken.parse import KrakenRequestError
+from histdata.kraken.ws import (
+    CandlesEvent,
+    ConnectionClosed,
+    KrakenWs,
+    RejectedFrame,
+    StatusEvent,
+    TradesEvent,
+    open_kraken_ws,
+)
+from histdata.model import Candle
+from histdata.storage import CoverageSpan, Stream
+from histdata.supervisor import Backoff, Channel, current_child_stopping
+from histdata.symbols import SymbolRegistry
+
+__all__ = ["CatchUpQueue", "CatchUpSink", "Feed", "FeedStatistics"]
+
+_log = structlog.get_logger("histdata.actors.feed").bind(actor="feed")
+_LOG_FIRST_REJECTIONS = 5
+_LOG_EVERY_REJECTION = 100
+
+
+class CatchUpSink(Protocol):
+    """Where the feed asks for a REST catch-up of one symbol (must not block)."""
+
+    def request(self, symbol: str) -> None:
+        """Ask for trades of ``symbol`` missed since the last stored one to be fetched."""
+
+
+class CatchUpQueue:
+    """A de-duplicating queue of symbols needing a REST catch-up after a reconnect.
+
+    Bounded by the number of distinct symbols: asking twice before the consumer gets to it
+    is one request. The consumer (the gap filler) awaits :meth:`receive`.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, None] = {}
+        self._lot = trio.lowlevel.ParkingLot()
+        self.requested = 0
+
+    def request(self, symbol: str) -> None:
+        """Queue ``symbol`` (a no-op if it is already queued)."""
+        self.requested += 1
+        self._pending[symbol] = None
+        self._lot.unpark_all()
+
+    def pending(self) -> list[str]:
+        """Symbols waiting, oldest request first."""
+        return list(self._pending)
+
+    async def receive(self) -> str:
+        """The oldest queued symbol, waiting for one."""
+        while not self._pending:
+            await self._lot.park()
+        symbol = next(iter(self._pending))
+        del self._pending[symbol]
+        await trio.lowlevel.checkpoint()
+        return symbol
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStatistics:
+    """Counters and state of the feed actor.
+
+    ``closes`` counts ended sessions by kind (``close_1006``, ``stale``, ``connect_failed``…);
+    ``rejections`` counts rejected frames and rows by reason. Times are Unix seconds.
+    """
+
+    connected: bool
+    sessions: int
+    connect_attempts: int
+    closes: dict[str, int]
+    trades: int
+    candle_updates: int
+    snapshot_trades: int
+    rejections: dict[str, int]
+    catch_ups_requested: int
+    failed_subscriptions: dict[str, str]
+    subscribed_since: float | None
+    last_message_at: float | None
+    last_trade_at: dict[str, float]
+    system_status: str | None
+
+
+class Feed:
+    """The live WebSocket feed; ``run`` is the supervised child (see the module docs).
+
+    Counters live on the object and survive restarts of ``run``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        symbols: Sequence[str],
+        registry: SymbolRegistry,
+        trades: Channel[LiveItem],
+        candles: Channel[Candle],
+        *,
+        catch_up: CatchUpSink,
+        loss: Callable[[], int],
+        stale_after_s: float = 10.0,
+        ping_interval_s: float = 15.0,
+        mark_interval_s: float = 1.0,
+        backoff: Backoff | None = None,
+        max_connects: int = 140,
+        connect_window_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self.symbols = tuple(registry.canonical(s) for s in symbols)
+        self.registry = registry
+        self._trades = trades
+        self._candles = candles
+        self._catch_up = catch_up
+        self._loss = loss
+        self.stale_after_s = stale_after_s
+        self.ping_interval_s = ping_interval_s
+        self.mark_interval_s = mark_interval_s
+        # Kraken: reconnect at once after a random drop, but wait at least 5 s when it keeps
+        # failing (maintenance, long outage); the delays reach 5 s on the fourth attempt.
+        self._backoff = backoff if backoff is not None else Backoff(0.5, 60.0)
+        # 150 attempts per 10 minutes per IP is Cloudflare's ban threshold; stay below it.
+        self.max_connects = max_connects
+        self.connect_window_s = connect_window_s
+        self._clock = clock
+        self._attempt_times: deque[float] = deque()
+        self._connected = False
+        self._sessions = 0
+        self._attempts = 0
+        self._closes: Counter[str] = Counter()
+        self._trade_count = 0
+        self._candle_count = 0
+        self._snapshot_trades = 0
+        self._rejections: Counter[str] = Counter()
+        self._catch_ups = 0
+        self._failed: dict[str, str] = {}
+        self._subscribed_since: float | None = None
+        self._last_message_at: float | None = None
+        self._last_trade_at: dict[str, float] = {}
+        self._system: str | None = None
+        self._immediate_retry = False
+
+    def statistics(self) -> FeedStatistics:
+        """A snapshot of the feed's counters and connection state."""
+        return FeedStatistics(
+            connected=self._connected,
+            sessions=self._sessions,
+            connect_attempts=self._attempts,
+            closes=dict(self._closes),
+            trades=self._trade_count,
+            candle_updates=self._candle_count,
+            snapshot_trades=self._snapshot_trades,
+            rejections=dict(self._rejections),
+            catch_ups_requested=self._catch_ups,
+            failed_subscriptions=dict(self._failed),
+            subscribed_since=self._subscribed_since,
+            last_message_at=self._last_message_at,
+            last_trade_at=dict(self._last_trade_at),
+            system_status=self._system,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run sessions until asked to stop; reports started at once (connecting is retried)."""
+        stopping = current_child_stopping()
+        task_status.started()
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when, stopping, scope)
+                await self._sessions_forever()
+        self._connected = False
+        _log.info("feed stopped", sessions=self._sessions)
+
+    async def _sessions_forever(self) -> None:
+        while True:
+            await self._wait_for_connect_budget()
+            delivered = False
+            try:
+                delivered = await self._session()
+            except TransientError as exc:
+                kind = _close_kind(exc)
+                self._closes[kind] += 1
+                self._connected = False
+                _log.warning("feed session ended", kind=kind, error=str(exc))
+                delivered = self._immediate_retry
+            except KrakenRequestError as exc:
+                # Nothing could be subscribed: the same request will fail again until the
+                # configuration or Kraken changes; keep trying, slowly.
+                self._closes["subscription_failed"] += 1
+                self._connected = False
+                _log.error("feed could not subscribe anything", error=str(exc))
+                await trio.sleep(self._backoff.max_s)
+                continue
+            if delivered:
+                self._backoff.reset()
+                delay = 0.0
+            else:
+                delay = self._backoff.next_delay()
+            self._immediate_retry = False
+            if delay:
+                await trio.sleep(delay)
+
+    async def _wait_for_connect_budget(self) -> None:
+        now = trio.current_time()
+        window = self._attempt_times
+        while window and window[0] <= now - self.connect_window_s:
+            window.popleft()
+        if len(window) >= self.max_connects:
+            wait = window[0] + self.connect_window_s - now
+            _log.warning("connection budget used up; waiting", wait_s=round(wait, 1))
+            await trio.sleep(wait)
+            window.popleft()
+        window.append(trio.current_time())
+        self._attempts += 1
+
+    async def _session(self) -> bool:
+        """One connection; returns/raises when it ends. True if it delivered data."""
+        async with open_kraken_ws(
+            self.url,
+            self.symbols,
+            self.registry,
+            stale_after_s=self.stale_after_s,
+            ping_interval_s=self.ping_interval_s,
+        ) as conn:
+            self._sessions += 1
+            self._connected = True
+            self._failed = dict(conn.failed_subscriptions)
+            started = self._clock()
+            self._subscribed_since = started
+            self._last_message_at = started
+            if self._sessions > 1:
+                for symbol in sorted({symbol for channel, symbol in conn.subscribed}):
+                    self._catch_ups += 1
+                    self._catch_up.request(symbol)
+                _log.info("feed reconnected; REST catch-up requested", session=self._sessions)
+            else:
+                _log.info("feed subscribed", symbols=self.symbols, failed=self._failed)
+            try:
+                await self._pump(conn, started)
+            finally:
+                self._connected = False
+        return True
+
+    async def _pump(self, conn: KrakenWs, started: float) -> None:
+        streams: list[tuple[str, Stream]] = [
+            (symbol, "trades" if channel == "trade" else "candles")
+            for channel, symbol in sorted(conn.subscribed)
+        ]
+        mark_from = started
+        loss_before = self._loss()
+        next_mark = trio.current_time() + self.mark_interval_s
+        try:
+            async for event in conn.events():
+                now = self._clock()
+                self._last_message_at = now
+                if isinstance(event, TradesEvent | CandlesEvent) and now - started >= 1.0:
+                    # It has delivered for a while: a drop now is "random", retry at once.
+                    self._immediate_retry = True
+                if isinstance(event, TradesEvent):
+                    await self._on_trades(event, now)
+                elif isinstance(event, CandlesEvent):
+                    self._count_rejections(event.rejections)
+                    self._candle_count += len(event.candles)
+                    for candle in event.candles:
+                        await self._candles.send(candle)
+                elif isinstance(event, RejectedFrame):
+                    self._count_rejections((event.rejection,))
+                elif isinstance(event, StatusEvent):
+                    self._system = event.system
+                    if event.system != "online":
+                        _log.warning("Kraken engine status", system=event.system)
+                if trio.current_time() >= next_mark:
+                    next_mark = trio.current_time() + self.mark_interval_s
+                    loss_before = await self._mark(streams, mark_from, now, loss_before)
+                    mark_from = now
+        finally:
+            # Whatever ends the session (a close, staleness, a stop), cover what was seen.
+            last = self._last_message_at or mark_from
+            if last > mark_from:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await self._mark(streams, mark_from, last, loss_before)
+
+    async def _on_trades(self, event: TradesEvent, now: float) -> None:
+        self._count_rejections(event.rejections)
+        if event.snapshot:
+            self._snapshot_trades += len(event.trades)
+        self._trade_count += len(event.trades)
+        for trade in event.trades:
+            self._last_trade_at[trade.symbol] = now
+            await self._trades.send(trade)
+
+    async def _mark(
+        self, streams: list[tuple[str, Stream]], start: float, end: float, loss_before: int
+    ) -> int:
+        """Send the coverage mark for ``[start, end)``; returns the loss count for the next."""
+        loss_now = self._loss()
+        begin, finish = _utc(start), _utc(end)
+        spans = tuple(
+            (symbol, CoverageSpan(stream, "live", begin, finish)) for symbol, stream in streams
+        )
+        if spans and finish > begin:
+            await self._trades.send(CoverageMark(spans, loss_before))
+        return loss_now
+
+    def _count_rejections(self, rejections: Sequence[RejectedInput]) -> None:
+        for rejection in rejections:
+            self._rejections[rejection.reason] += 1
+            count = self._rejections[rejection.reason]
+            if count <= _LOG_FIRST_REJECTIONS or count % _LOG_EVERY_REJECTION == 0:
+                _log.warning(
+                    "rejected live input",
+                    reason=rejection.reason,
+                    detail=rejection.detail,
+                    where=rejection.where,
+                    count=count,
+                )
+
+
+def _utc(unix_s: float) -> datetime:
+    return datetime.fromtimestamp(unix_s, tz=UTC)
+
+
+def _close_kind(exc: Exception) -> str:
+    if isinstance(exc, ConnectionClosed):
+        return f"close_{exc.code}" if exc.code is not None else "close_unknown"
+    name: str = type(exc).__name__
+    kinds: dict[str, str] = {"StaleConnection": "stale", "KrakenError": "connect_failed"}
+    return kinds.get(name, name)
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
