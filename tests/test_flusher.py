@@ -1,0 +1,154 @@
+"""Tests for histdata.actors.flusher against a real database, including a real outage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import psycopg.conninfo
+import trio
+from psycopg import sql
+
+from histdata.actors.buffer import Batch
+from histdata.actors.flusher import Flusher
+from histdata.actors.journal import Journal
+from histdata.model import Candle, Trade
+from histdata.storage import CoverageSpan, Storage, open_storage
+from histdata.supervisor import Channel, ChildSpec, Overflow, Supervisor
+
+T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
+FAR = (datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
+
+
+def trades(start: int, n: int) -> tuple[Trade, ...]:
+    base = int(T0.timestamp()) * 1_000_000_000
+    return tuple(
+        Trade("BTC/USD", base + i * 1_000_000, Decimal("65000.1"), Decimal("0.001"), trade_id=i)
+        for i in range(start, start + n)
+    )
+
+
+def _set_connections(admin_dsn: str, url: str, allow: bool) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    assert isinstance(name, str)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.SQL("true" if allow else "false")
+            )
+        )
+        if not allow:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+
+
+class Outage:
+    """Takes a real database offline (no new connections, existing ones killed) and back."""
+
+    def __init__(self, admin_dsn: str, url: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.url = url
+
+    async def start(self) -> None:
+        await trio.to_thread.run_sync(_set_connections, self.admin_dsn, self.url, False)
+
+    async def end(self) -> None:
+        await trio.to_thread.run_sync(_set_connections, self.admin_dsn, self.url, True)
+
+
+@asynccontextmanager
+async def running_flusher(
+    storage: Storage, directory: Path
+) -> AsyncIterator[tuple[Flusher, Channel[Batch], Supervisor]]:
+    batches: Channel[Batch] = Channel("batches", 4, Overflow.BLOCK, weight=len)
+    flusher = Flusher(
+        batches, lambda: storage, Journal(directory, max_bytes=50_000_000), retry_s=0.2
+    )
+    supervisor = Supervisor("test", [ChildSpec("flusher", flusher.run, shutdown_timeout_s=10)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        yield flusher, batches, supervisor
+        supervisor.shutdown()
+
+
+async def wait_for(predicate: object, timeout_s: float = 20.0) -> None:
+    assert callable(predicate)
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+class TestDirect:
+    async def test_writes_trades_candles_and_coverage(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """A batch's trades, candles and coverage are all stored."""
+        candle = Candle(
+            "BTC/USD",
+            T0,
+            *(Decimal("1.5"),) * 5,
+            vwap=Decimal("1.5"),
+            trades=3,
+            final=False,
+        )
+        cover = (("BTC/USD", CoverageSpan("trades", "live", T0, T0 + timedelta(minutes=1))),)
+        async with running_flusher(storage, tmp_path) as (flusher, batches, _):
+            await batches.send(Batch(trades(0, 100), (candle,), cover))
+            await wait_for(lambda: flusher.statistics().batches_written == 1)
+        assert await storage.count_trades("BTC/USD", *FAR) == 100
+        (stored,) = await storage.read_candles("BTC/USD", *FAR)
+        assert stored.final is False and stored.trades == 3
+        assert await storage.gaps("BTC/USD", "trades", T0, T0 + timedelta(minutes=1)) == []
+
+
+class TestOutage:
+    async def test_outage_journals_then_replays_everything_once(
+        self, database_url: str, pg_admin_dsn: str, tmp_path: Path
+    ) -> None:
+        """During a real outage batches go to the journal; afterwards every trade is stored once."""
+        outage = Outage(pg_admin_dsn, database_url)
+        async with open_storage(database_url, pool_max=2, connect_timeout_s=0.5) as storage:
+            async with running_flusher(storage, tmp_path) as (flusher, batches, _):
+                await batches.send(Batch(trades(0, 50)))
+                await wait_for(lambda: flusher.statistics().trades_written == 50)
+                await outage.start()
+                try:
+                    for k in range(1, 6):
+                        await batches.send(Batch(trades(k * 50, 50)))
+                    await wait_for(lambda: flusher.statistics().trades_journaled == 250)
+                    assert not flusher.statistics().database_up
+                    assert flusher.journal.statistics().bytes > 0
+                finally:
+                    await outage.end()
+                await wait_for(lambda: flusher.journal.empty and flusher.statistics().database_up)
+                await batches.send(Batch(trades(300, 50)))
+                await wait_for(lambda: flusher.statistics().trades_written >= 350)
+            assert await storage.count_trades("BTC/USD", *FAR) == 350
+            stored = await storage.read_trades("BTC/USD", *FAR)
+            assert [t.trade_id for t in stored] == list(range(350))
+
+    async def test_stop_during_outage_leaves_journal_for_next_start(
+        self, database_url: str, pg_admin_dsn: str, tmp_path: Path
+    ) -> None:
+        """Stopping while the database is down journals what is queued; a restart replays it."""
+        outage = Outage(pg_admin_dsn, database_url)
+        async with open_storage(database_url, pool_max=2, connect_timeout_s=0.5) as storage:
+            await outage.start()
+            try:
+                async with running_flusher(storage, tmp_path) as (flusher, batches, supervisor):
+                    await batches.send(Batch(trades(0, 40)))
+                    await batches.send(Batch(trades(40, 40)))
+                    supervisor.shutdown()
+                assert Journal(tmp_path, max_bytes=50_000_000).statistics().bytes > 0
+            finally:
+                await outage.end()
+            async with running_flusher(storage, tmp_path) as (flusher, _, _):
+                await wait_for(lambda: flusher.journal.empty)
+            assert await storage.count_trades("BTC/USD", *FAR) == 80
