@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -78,10 +78,12 @@ async def running_flusher(
         supervisor.shutdown()
 
 
-async def wait_for(predicate: object, timeout_s: float = 20.0) -> None:
-    assert callable(predicate)
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
     with trio.fail_after(timeout_s):
-        while not predicate():
+        while True:
+            if predicate():
+                return
             await trio.sleep(0.05)
 
 
@@ -104,7 +106,8 @@ class TestDirect:
             await wait_for(lambda: flusher.statistics().batches_written == 1)
         assert await storage.count_trades("BTC/USD", *FAR) == 100
         (stored,) = await storage.read_candles("BTC/USD", *FAR)
-        assert stored.final is False and stored.trades == 3
+        assert stored.final is False
+        assert stored.trades == 3
         assert await storage.gaps("BTC/USD", "trades", T0, T0 + timedelta(minutes=1)) == []
 
 
