@@ -389,7 +389,12 @@ async def _serve_one(service: Service, stream: trio.abc.Stream) -> None:
                 else:
                     body = b'{"error": "not found"}'
                     status, kind = 404, b"application/json"
-                headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+                # One request per connection keeps this stand-in trivial; clients reconnect.
+                headers = [
+                    (b"content-type", kind),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ]
                 data = conn.send(h11.Response(status_code=status, headers=headers))
                 data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
                 data += conn.send(h11.EndOfMessage()) or b""
