@@ -1,0 +1,267 @@
+"""End-to-end tests of ``histdata run``: the simulator, the whole tree and a real database.
+
+Outages are real: the test database stops accepting connections and its sessions are
+terminated (``ALTER DATABASE … ALLOW_CONNECTIONS false`` + ``pg_terminate_backend``), or the
+trades table is locked so writes stall. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+
+# pytest puts tests/ on sys.path (no package): the outage helper lives with the flusher tests.
+from test_flusher import Outage  # type: ignore[import-not-found]
+
+from histdata.actors.buffer import Batch
+from histdata.actors.journal import Journal
+from histdata.config import (
+    Config,
+    DatabaseConfig,
+    KrakenConfig,
+    LiveConfig,
+    QueryConfig,
+    ServiceConfig,
+)
+from histdata.service import Service
+from histdata.storage import Storage, open_storage
+
+_sim = pytest.importorskip(
+    "histdata.sim", reason="histdata.sim (the Kraken simulator) not there yet"
+)
+SimConfig = _sim.SimConfig
+open_simulator = _sim.open_simulator
+
+FAR = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+SYMBOL = "BTC/USD"
+
+
+def make_config(tmp_path: Path, sim: Any, **live: Any) -> Config:
+    return Config(
+        service=ServiceConfig(data_dir=str(tmp_path / "var"), shutdown_timeout_s=8.0),
+        database=DatabaseConfig(pool_max=4, connect_timeout_s=1.0, statement_timeout_s=30.0),
+        kraken=KrakenConfig(
+            rest_url=sim.rest_url, ws_url=sim.ws_url, symbols=(SYMBOL,), ws_stale_after_s=3.0
+        ),
+        live=replace(LiveConfig(batch_size=500, batch_age_s=0.1, flush_retry_s=0.2), **live),
+        query=QueryConfig(socket=str(tmp_path / "var" / "q.sock")),
+    )
+
+
+@asynccontextmanager
+async def simulator(rate: float) -> AsyncIterator[Any]:
+    config = SimConfig(seed=3, symbols=(SYMBOL,), trade_rate_per_s=rate, history_s=30.0)
+    async with open_simulator(config) as sim:
+        yield sim
+
+
+@asynccontextmanager
+async def running(config: Config, conninfo: str) -> AsyncIterator[Service]:
+    service = Service(config, conninfo)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(service.run, handle_signals=False))
+        yield service
+        service.shutdown()
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
+    with trio.fail_after(timeout_s):
+        while True:
+            if predicate():
+                return
+            await trio.sleep(0.05)
+
+
+async def stored_ids(storage: Storage) -> list[int]:
+    return [t.trade_id for t in await storage.read_trades(SYMBOL, *FAR) if t.trade_id is not None]
+
+
+def truth_between(sim: Any, low: int, high: int) -> set[int]:
+    return {t.trade_id for t in sim.market.trades(SYMBOL) if low <= t.trade_id <= high}
+
+
+async def check_complete(sim: Any, conninfo: str) -> list[int]:
+    """Every trade id the simulator emitted between the first and last stored is stored once."""
+    async with open_storage(conninfo, pool_max=1) as storage:
+        ids = await stored_ids(storage)
+    assert ids
+    assert len(ids) == len(set(ids)), "duplicate trades stored"
+    missing = truth_between(sim, min(ids), max(ids)) - set(ids)
+    assert not missing, f"{len(missing)} trades missing, e.g. {sorted(missing)[:5]}"
+    return ids
+
+
+async def run_with_outage(
+    tmp_path: Path, database_url: str, pg_admin_dsn: str, *, seconds: float, outage_s: float
+) -> None:
+    outage = Outage(pg_admin_dsn, database_url)
+    async with simulator(2000.0) as sim:
+        config = make_config(tmp_path, sim)
+        async with running(config, database_url) as service:
+            await until(lambda: service.flusher.statistics().trades_written > 1000)
+            await trio.sleep((seconds - outage_s) / 2)
+            await outage.start()
+            try:
+                await trio.sleep(outage_s)
+                assert service.flusher.statistics().trades_journaled > 0
+                assert not service.flusher.statistics().database_up
+            finally:
+                await outage.end()
+            await trio.sleep((seconds - outage_s) / 2)
+            await until(lambda: service.journal.empty and service.flusher.statistics().database_up)
+            peak = service.trades.statistics().peak
+            assert peak < config.live.buffer_capacity  # memory stayed bounded: nothing overflowed
+            assert service.loss() == 0
+        ids = await check_complete(sim, database_url)
+    assert len(ids) > seconds * 1000
+
+
+class TestNothingLost:
+    async def test_database_outage_short(
+        self, tmp_path: Path, database_url: str, pg_admin_dsn: str
+    ) -> None:
+        """8 s at 2,000 trades/s with the database unreachable for 3 s: every trade stored once."""
+        await run_with_outage(tmp_path, database_url, pg_admin_dsn, seconds=8.0, outage_s=3.0)
+
+    @pytest.mark.slow
+    async def test_database_outage_long(
+        self, tmp_path: Path, database_url: str, pg_admin_dsn: str
+    ) -> None:
+        """60 s at 2,000 trades/s with the database stopped for 20 s: every trade stored once."""
+        await run_with_outage(tmp_path, database_url, pg_admin_dsn, seconds=60.0, outage_s=20.0)
+
+
+class TestFaults:
+    async def test_websocket_closes(self, tmp_path: Path, database_url: str) -> None:
+        """Closes by the server are survived, counted, and each is followed by a resubscription."""
+        async with (
+            simulator(200.0) as sim,
+            running(make_config(tmp_path, sim), database_url) as service,
+        ):
+            for n, code in enumerate((1006, 1001, 1011), start=1):
+                await until(sessions_are(service, n))
+                await trio.sleep(0.3)
+                sim.faults.close_ws(code)
+            await until(lambda: service.feed.statistics().sessions == 4)
+            await until(lambda: service.flusher.statistics().trades_written > 0)
+            stats = service.feed.statistics()
+            assert stats.closes == {"close_1006": 1, "close_1001": 1, "close_1011": 1}
+            assert stats.catch_ups_requested == 3
+            live = service.live.statistics()
+            assert all(child.restarts == 0 for child in live.children)
+            assert service.healthy()
+
+    async def test_malformed_frames(self, tmp_path: Path, database_url: str) -> None:
+        """Malformed frames are counted by reason; good trades of the same stream are stored."""
+        async with simulator(500.0) as sim:
+            sim.faults.malformed_ratio = 0.2
+            async with running(make_config(tmp_path, sim), database_url) as service:
+                await until(lambda: sum(service.feed.statistics().rejections.values()) >= 5)
+                await until(lambda: service.flusher.statistics().trades_written > 200)
+                assert service.feed.statistics().sessions == 1
+                snapshot = service.status()
+                assert snapshot["drops"]["rejected input"] >= 5
+        async with open_storage(database_url, pool_max=1) as storage:
+            stored = await storage.read_trades(SYMBOL, *FAR)
+        assert stored
+        assert set(stored) <= set(sim.market.trades(SYMBOL))
+
+    async def test_drop_oldest_counts_exactly(self, tmp_path: Path, database_url: str) -> None:
+        """Under drop_oldest overload, the dropped counter equals the trades that went missing."""
+        async with simulator(2000.0) as sim:
+            config = make_config(tmp_path, sim, overflow="drop_oldest", buffer_capacity=300)
+            async with running(config, database_url) as service:
+                await until(lambda: service.flusher.statistics().trades_written > 500)
+                # Stall every write: the flusher blocks, the buffer backs up, the channel drops.
+                await trio.to_thread.run_sync(lock_trades, database_url, 2.0)
+                await until(lambda: service.trades.statistics().depth == 0)
+                await trio.sleep(1.0)
+            dropped = service.trades.statistics().dropped
+            assert dropped > 0
+            assert service.buffer.statistics().marks_discarded > 0
+        async with open_storage(database_url, pool_max=1) as storage:
+            ids = await stored_ids(storage)
+        missing = truth_between(sim, min(ids), max(ids)) - set(ids)
+        assert len(missing) == dropped
+
+
+def sessions_are(service: Service, n: int) -> Callable[[], bool]:
+    return lambda: service.feed.statistics().sessions == n and service.feed.statistics().connected
+
+
+def log_file(path: Path) -> Any:
+    return path.open("wb")
+
+
+def lock_trades(conninfo: str, seconds: float) -> None:
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("LOCK TABLE trades IN ACCESS EXCLUSIVE MODE")
+        time.sleep(seconds)
+
+
+class TestSigterm:
+    async def test_sigterm_under_load(self, tmp_path: Path, database_url: str) -> None:
+        """SIGTERM during load: exit within the deadline; database plus journal hold every trade."""
+        async with simulator(2000.0) as sim:
+            env = {
+                **os.environ,
+                "HISTDATA_CONFIG": "/dev/null",
+                "HISTDATA_DATABASE_URL": database_url,
+                "HISTDATA_SERVICE_DATA_DIR": str(tmp_path / "var"),
+                "HISTDATA_SERVICE_SHUTDOWN_TIMEOUT_S": "5",
+                "HISTDATA_QUERY_SOCKET": str(tmp_path / "var" / "q.sock"),
+                "HISTDATA_KRAKEN_WS_URL": sim.ws_url,
+                "HISTDATA_KRAKEN_REST_URL": sim.rest_url,
+                "HISTDATA_KRAKEN_SYMBOLS": SYMBOL,
+                "HISTDATA_LIVE_BATCH_AGE_S": "0.1",
+            }
+            log = log_file(tmp_path / "run.log")
+            async with trio.open_nursery() as nursery:
+                process = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        [sys.executable, "-m", "histdata.cli", "run"],
+                        env=env,
+                        check=False,
+                        stderr=log,
+                    )
+                )
+                async with open_storage(database_url, pool_max=1, apply_migrations=False) as s:
+                    with trio.fail_after(30):
+                        while True:
+                            if await s.count_trades(SYMBOL, *FAR) >= 2000:
+                                break
+                            await trio.sleep(0.2)
+                signalled = trio.current_time()
+                process.send_signal(signal.SIGTERM)
+                with trio.fail_after(15):
+                    await process.wait()
+                elapsed = trio.current_time() - signalled
+            log.close()
+            assert process.returncode == 0, "see run.log"
+            assert elapsed < 5.0 + 2.0
+            async with open_storage(database_url, pool_max=1) as storage:
+                ids = set(await stored_ids(storage))
+            journaled: list[int] = []
+
+            async def collect(batch: Batch) -> None:
+                journaled.extend(t.trade_id for t in batch.trades if t.trade_id is not None)
+
+            await Journal(tmp_path / "var" / "journal", max_bytes=1 << 30).replay(collect)
+            accounted = ids | set(journaled)
+            missing = truth_between(sim, min(accounted), max(accounted)) - accounted
+            assert not missing
