@@ -101,7 +101,8 @@ class Buffer:
     """Batches the live stream; ``run`` is a supervised child (restartable, state kept).
 
     Everything received but not yet handed to the flusher lives on this object, so a
-    restarted incarnation carries on with it.
+    restarted incarnation carries on with it. ``fallback(batch)`` keeps what is left at a
+    stop that the flusher could not take in time and returns whether it was kept.
     """
 
     def __init__(
@@ -114,6 +115,8 @@ class Buffer:
         batch_age_s: float,
         loss: Callable[[], int],
         final_grace_s: float = 2.0,
+        fallback: Callable[[Batch], bool] | None = None,
+        stop_send_budget_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._trades_in = trades
@@ -123,6 +126,8 @@ class Buffer:
         self.batch_age_s = batch_age_s
         self.final_grace_s = final_grace_s
         self._loss = loss
+        self._fallback = fallback
+        self.stop_send_budget_s = stop_send_budget_s
         self._clock = clock
         self._trades: list[Trade] = []
         self._candles: dict[tuple[str, datetime], Candle] = {}
@@ -155,7 +160,8 @@ class Buffer:
         """Batch until asked to stop; then drain both input channels and send the rest.
 
         The feed is stopped before the buffer, so draining what is queued at that point
-        loses nothing.
+        loses nothing. What the flusher does not take within ``stop_send_budget_s`` goes to
+        ``fallback`` (the journal's ``append_nowait``), so a stop meets its deadline.
         """
         stopping = current_child_stopping()
         async with trio.open_nursery() as nursery:
@@ -167,8 +173,27 @@ class Buffer:
             nursery.cancel_scope.cancel()
         self._drain_nowait()
         self._finalize_due()
-        await self._emit()
+        with trio.move_on_after(self.stop_send_budget_s):
+            while self._trades or self._candles or self._coverage:
+                await self._emit()
+        if self._trades or self._candles or self._coverage:
+            self._leftovers_to_fallback()
         _log.info("buffer drained", batches=self._batches_sent)
+
+    def _leftovers_to_fallback(self) -> None:
+        """The flusher did not take everything in time: hand the rest to ``fallback``."""
+        leftover = Batch(tuple(self._trades), tuple(self._candles.values()), tuple(self._coverage))
+        kept = self._fallback(leftover) if self._fallback is not None else False
+        _log.warning(
+            "buffer stopped with data the flusher did not take",
+            trades=len(leftover.trades),
+            candles=len(leftover.candles),
+            kept_in_journal=kept,
+        )
+        self._trades.clear()
+        self._candles.clear()
+        self._coverage.clear()
+        self._oldest_at = None
 
     # -- input ----------------------------------------------------------------------------
 

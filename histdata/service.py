@@ -157,6 +157,8 @@ class Service:
             batch_size=live.batch_size,
             batch_age_s=live.batch_age_s,
             loss=self.loss,
+            fallback=self.journal.append_nowait,
+            stop_send_budget_s=0.1 * timeout,
         )
         kraken = config.kraken
         self.feed = Feed(

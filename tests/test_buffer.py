@@ -118,6 +118,38 @@ class TestBatching:
         await trio.sleep(1)
         assert sum(len(b) for b in rig.received()) == 7
 
+    async def test_stop_hands_leftovers_to_fallback(
+        self, rig_factory: Callable[[], trio.Nursery], autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """If the flusher takes nothing within the stop budget, the rest goes to the fallback."""
+        kept: list[Batch] = []
+
+        def keep(batch: Batch) -> bool:
+            kept.append(batch)
+            return True
+
+        trades: Channel[LiveItem] = Channel("t", 100, Overflow.BLOCK, weight=live_weight)
+        batches: Channel[Batch] = Channel("b", 1, Overflow.BLOCK, weight=len)
+        batches.send_nowait(Batch())  # full: nobody consumes
+        buffer = Buffer(
+            trades,
+            Channel("c", 10, Overflow.BLOCK),
+            batches,
+            batch_size=5,
+            batch_age_s=60,
+            loss=lambda: 0,
+            fallback=keep,
+            stop_send_budget_s=1.0,
+        )
+        supervisor = Supervisor("test", [ChildSpec("buffer", buffer.run, shutdown_timeout_s=10)])
+        nursery = rig_factory()
+        await nursery.start(supervisor.run)
+        for i in range(12):
+            trades.send_nowait(trade(i))
+        supervisor.shutdown()
+        await trio.sleep(5)
+        assert sum(len(b) for b in kept) == 12
+
 
 class TestCandles:
     async def test_updates_coalesce_and_later_minute_finalizes(
