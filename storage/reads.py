@@ -1,0 +1,366 @@
+"""Candle reads at any whole-minute interval, always as fresh as the 1-minute candles.
+
+An interval of ``n`` minutes is served from the largest stored interval ``b`` that divides it
+(:data:`~histdata.timeutil.STORED_INTERVALS`; 1m is ``candles_1m``, the rest
+``candles_rollup``). Buckets of ``b`` that a pending ``rollup_dirty`` range touches are not
+taken from ``candles_rollup`` but computed on the fly from 1-minute candles, inside the same
+statement (one snapshot), so a read issued before the rollup actor has run is already
+correct. When ``n > b`` the ``b`` buckets are aggregated to ``n`` in SQL. Buckets are aligned
+as described in :mod:`histdata.storage.rollups` (weeks start Monday 00:00 UTC).
+
+A candle is returned when its bucket *start* is in ``[start, end)``. Values are returned as
+the text PostgreSQL prints for the ``numeric`` (exact; scale as stored). The VWAP of an
+aggregated bucket is ``sum(vwap·volume) / sum(volume)`` computed from exact sums and rounded
+half-up to :data:`VWAP_DECIMALS` places (trailing zeros trimmed); it is NULL when a child has
+no vwap or the volume is zero. 1-minute candles carry their stored vwap unchanged.
+
+Large ranges are streamed: :func:`iter_candle_rows` clamps the range to the stored data and
+then reads windows of at most ``chunk`` buckets, one statement each, so memory stays flat.
+Every read runs in a ``READ ONLY`` transaction, under the read-only role when one is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from histdata.model import Candle, CandleSource
+from histdata.storage.database import Storage
+from histdata.storage.rollups import BUCKET_ORIGIN, bucket_floor
+from histdata.timeutil import STORED_INTERVALS, parse_time
+
+__all__ = [
+    "VWAP_DECIMALS",
+    "CandleRow",
+    "ReadOptions",
+    "base_interval",
+    "iter_candle_rows",
+    "latest_candle_row",
+    "read_candles",
+    "row_to_candle",
+    "symbol_extent",
+]
+
+Connection = psycopg.Connection[Any]
+VWAP_DECIMALS = 12
+
+# (epoch µs, ISO time with Z, open, high, low, close, volume, vwap or None, trades). Text, not
+# Decimal: the socket formats write these strings as they are, which is exact and fast.
+CandleRow = tuple[int, str, str, str, str, str, str, str | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """How reads reach the database: ``role`` is a read-only role to ``SET LOCAL ROLE`` to."""
+
+    role: str | None = None
+
+
+_DEFAULT = ReadOptions()
+
+
+def base_interval(minutes: int) -> int:
+    """The largest stored interval that divides ``minutes`` (at least 1)."""
+    return max(b for b in STORED_INTERVALS if minutes % b == 0)
+
+
+# The b-buckets of [S, E): stored rollups outside pending dirty ranges, plus the dirty ones
+# recomputed from 1m. The dirty ranges are widened to b-bucket edges first.
+_BASE_ROLLUP = """
+dirty AS (
+    SELECT range_agg(tstzrange(
+               date_bin(%(b)s, start_time, %(origin)s),
+               date_bin(%(b)s, end_time - interval '1 microsecond', %(origin)s) + %(b)s)) AS m
+      FROM rollup_dirty
+     WHERE symbol_id = %(sid)s AND start_time < %(e)s AND end_time > %(s)s
+),
+base AS (
+    SELECT r.time, r.open, r.high, r.low, r.close, r.volume, r.pv, r.pv IS NULL AS no_pv,
+           r.trades
+      FROM candles_rollup r CROSS JOIN dirty
+     WHERE r.symbol_id = %(sid)s AND r.interval_min = %(b_min)s
+       AND r.time >= %(s)s AND r.time < %(e)s
+       AND NOT coalesce(dirty.m @> r.time, false)
+    UNION ALL
+    SELECT date_bin(%(b)s, c.time, %(origin)s),
+           (array_agg(c.open ORDER BY c.time))[1], max(c.high), min(c.low),
+           (array_agg(c.close ORDER BY c.time DESC))[1], sum(c.volume),
+           sum(c.vwap * c.volume), bool_or(c.vwap IS NULL), sum(c.trades)
+      FROM dirty CROSS JOIN LATERAL unnest(dirty.m) AS d(r)
+      JOIN candles_1m c ON c.symbol_id = %(sid)s
+           AND c.time >= greatest(lower(d.r), %(s)s) AND c.time < least(upper(d.r), %(e)s)
+     GROUP BY 1
+)
+"""
+_BASE_1M = """
+base AS (
+    SELECT time, open, high, low, close, volume, vwap * volume AS pv, vwap IS NULL AS no_pv,
+           trades, vwap
+      FROM candles_1m
+     WHERE symbol_id = %(sid)s AND time >= %(s)s AND time < %(e)s
+)
+"""
+_GROUPED = """,
+grouped AS (
+    SELECT date_bin(%(n)s, time, %(origin)s) AS time,
+           (array_agg(open ORDER BY time))[1] AS open, max(high) AS high, min(low) AS low,
+           (array_agg(close ORDER BY time DESC))[1] AS close, sum(volume) AS volume,
+           sum(pv) AS pv, bool_or(no_pv) AS no_pv, sum(trades) AS trades
+      FROM base GROUP BY 1
+)
+"""
+_TIME_COLUMNS = (
+    "(extract(epoch FROM time) * 1000000)::int8,"
+    " to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+    " open::text, high::text, low::text, close::text, volume::text, "
+)
+# Exact half-up rounding of pv/volume (both >= 0): div() truncates, so add half a unit first.
+_VWAP = (
+    "CASE WHEN no_pv OR volume = 0 THEN NULL ELSE trim_scale(div(2 * pv * 1e"
+    f"{VWAP_DECIMALS} + volume, 2 * volume) * 1e-{VWAP_DECIMALS}) END::text"
+)
+
+
+def _query(n: int, b: int) -> bytes:
+    head = "WITH " + (_BASE_1M if b == 1 else _BASE_ROLLUP)
+    if n == 1:
+        tail = f"SELECT {_TIME_COLUMNS} vwap::text, trades FROM base ORDER BY time"
+    elif n == b:
+        tail = f"SELECT {_TIME_COLUMNS} {_VWAP}, trades FROM base ORDER BY time"
+    else:
+        head += _GROUPED
+        tail = f"SELECT {_TIME_COLUMNS} {_VWAP}, trades FROM grouped ORDER BY time"
+    return (head + tail).encode()
+
+
+_QUERIES: dict[tuple[int, int], bytes] = {}
+
+
+def _begin(conn: Connection, options: ReadOptions) -> None:
+    conn.execute("SET TRANSACTION READ ONLY")
+    if options.role:
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(options.role)))
+
+
+def _lookup(conn: Connection, symbol: str) -> int | None:
+    """The id of a canonical symbol name, without registering it (reads never write)."""
+    row = conn.execute("SELECT id FROM symbols WHERE symbol = %s", (symbol,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def _extent(
+    conn: Connection, sid: int, b: int, start: datetime, end: datetime
+) -> tuple[datetime, datetime] | None:
+    """First and last stored minute of ``[start, end)`` for ``sid`` (1m rows or b rollups)."""
+    row = conn.execute(
+        "SELECT least((SELECT min(time) FROM candles_1m WHERE symbol_id = %(sid)s"
+        "  AND time >= %(s)s AND time < %(e)s),"
+        " (SELECT min(time) FROM candles_rollup WHERE symbol_id = %(sid)s"
+        "  AND interval_min = %(b)s AND time >= %(s)s AND time < %(e)s)),"
+        " greatest((SELECT max(time) FROM candles_1m WHERE symbol_id = %(sid)s"
+        "  AND time >= %(s)s AND time < %(e)s),"
+        " (SELECT max(time) FROM candles_rollup WHERE symbol_id = %(sid)s"
+        "  AND interval_min = %(b)s AND time >= %(s)s AND time < %(e)s))",
+        {"sid": sid, "b": b, "s": start, "e": end},
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return row[0], row[1]
+
+
+def _aligned(start: datetime, end: datetime, n: int) -> tuple[datetime, datetime]:
+    """The data range behind buckets starting in ``[start, end)``: edges rounded up to ``n``."""
+    step = timedelta(minutes=n)
+
+    def ceil(t: datetime) -> datetime:
+        floor = bucket_floor(t, n)
+        return floor if floor == t else floor + step
+
+    return ceil(start), ceil(end)
+
+
+def _window(
+    conn: Connection, options: ReadOptions, sid: int, n: int, s: datetime, e: datetime
+) -> list[CandleRow]:
+    _begin(conn, options)
+    b = base_interval(n)
+    query = _QUERIES.get((n, b))
+    if query is None:
+        query = _QUERIES.setdefault((n, b), _query(n, b))
+    params = {
+        "sid": sid,
+        "s": s,
+        "e": e,
+        "b": timedelta(minutes=b),
+        "b_min": b,
+        "n": timedelta(minutes=n),
+        "origin": BUCKET_ORIGIN,
+    }
+    with conn.cursor() as cur:
+        cur.execute(query, params, prepare=True)
+        return cur.fetchall()
+
+
+def _plan(
+    conn: Connection,
+    options: ReadOptions,
+    symbol: str,
+    n: int,
+    start: datetime,
+    end: datetime,
+) -> tuple[int, datetime, datetime] | None:
+    _begin(conn, options)
+    sid = _lookup(conn, symbol)
+    if sid is None:
+        return None
+    s, e = _aligned(start, end, n)
+    if s >= e:
+        return None
+    found = _extent(conn, sid, base_interval(n), s, e)
+    if found is None:
+        return None
+    first, last = found
+    return sid, bucket_floor(first, n), bucket_floor(last, n) + timedelta(minutes=n)
+
+
+async def iter_candle_rows(
+    storage: Storage,
+    symbol: str,
+    interval_min: int,
+    start: datetime,
+    end: datetime,
+    *,
+    chunk: int = 20_000,
+    options: ReadOptions = _DEFAULT,
+) -> AsyncIterator[list[CandleRow]]:
+    """Yield the ``interval_min`` candles of ``symbol`` starting in ``[start, end)``, oldest first.
+
+    ``symbol`` is the canonical name (resolve spellings with the registry first); a symbol
+    with no stored rows yields nothing. Each yielded list is one window of at most ``chunk``
+    buckets read in one statement; empty windows are skipped.
+
+    Raises:
+        ValueError: ``interval_min`` is not a positive number of minutes.
+        DatabaseUnavailable: the database could not be reached.
+    """
+    if interval_min < 1:
+        raise ValueError(f"interval must be a positive number of minutes, not {interval_min}")
+    plan = await storage.run(_plan, options, symbol, interval_min, start, end)
+    if plan is None:
+        return
+    sid, low, high = plan
+    span = timedelta(minutes=interval_min) * chunk
+    position = low
+    while position < high:
+        upper = min(position + span, high)
+        rows = await storage.run(_window, options, sid, interval_min, position, upper)
+        if rows:
+            yield rows
+        position = upper
+
+
+def row_to_candle(symbol: str, interval_min: int, row: CandleRow) -> Candle:
+    """Turn a text row into a :class:`~histdata.model.Candle`.
+
+    ``source`` is not part of the read contract (an aggregated bucket mixes sources); it is
+    reported as :attr:`CandleSource.TRADES`, and ``final`` as True.
+    """
+    _, time, o, h, lo, c, v, vwap, n = row
+    return Candle(
+        symbol=symbol,
+        time=parse_time(time),
+        open=Decimal(o),
+        high=Decimal(h),
+        low=Decimal(lo),
+        close=Decimal(c),
+        volume=Decimal(v),
+        vwap=None if vwap is None else Decimal(vwap),
+        trades=n,
+        interval_min=interval_min,
+        source=CandleSource.TRADES,
+    )
+
+
+async def read_candles(
+    storage: Storage,
+    symbol: str,
+    interval_min: int,
+    start: datetime,
+    end: datetime,
+    *,
+    options: ReadOptions = _DEFAULT,
+) -> list[Candle]:
+    """All candles of ``[start, end)`` at ``interval_min`` as :class:`Candle` values.
+
+    For ranges too big for memory use :func:`iter_candle_rows`. Raises as that does.
+    """
+    out: list[Candle] = []
+    async for rows in iter_candle_rows(storage, symbol, interval_min, start, end, options=options):
+        out.extend(row_to_candle(symbol, interval_min, row) for row in rows)
+    return out
+
+
+async def latest_candle_row(
+    storage: Storage,
+    symbol: str,
+    interval_min: int,
+    *,
+    options: ReadOptions = _DEFAULT,
+) -> CandleRow | None:
+    """The newest ``interval_min`` candle of ``symbol`` (possibly still in progress), or None."""
+
+    def last_minute(conn: Connection) -> tuple[int, datetime] | None:
+        _begin(conn, options)
+        sid = _lookup(conn, symbol)
+        if sid is None:
+            return None
+        row = conn.execute(
+            "SELECT max(time) FROM candles_1m WHERE symbol_id = %s", (sid,)
+        ).fetchone()
+        return None if row is None or row[0] is None else (sid, row[0])
+
+    found = await storage.run(last_minute)
+    if found is None:
+        return None
+    sid, last = found
+    s = bucket_floor(last, interval_min)
+    rows = await storage.run(
+        _window, options, sid, interval_min, s, s + timedelta(minutes=interval_min)
+    )
+    return rows[-1] if rows else None
+
+
+async def symbol_extent(
+    storage: Storage,
+    options: ReadOptions = _DEFAULT,
+) -> dict[str, dict[str, tuple[datetime, datetime] | None]]:
+    """Per stored symbol, the first and last stored time of its trades and 1m candles.
+
+    The last time is the newest row's time (a candle's bucket start, a trade's time).
+    """
+
+    def query(conn: Connection) -> dict[str, dict[str, tuple[datetime, datetime] | None]]:
+        _begin(conn, options)
+        rows = conn.execute(
+            "SELECT s.symbol,"
+            " (SELECT min(time) FROM trades WHERE symbol_id = s.id),"
+            " (SELECT max(time) FROM trades WHERE symbol_id = s.id),"
+            " (SELECT min(time) FROM candles_1m WHERE symbol_id = s.id),"
+            " (SELECT max(time) FROM candles_1m WHERE symbol_id = s.id)"
+            " FROM symbols s ORDER BY s.symbol"
+        ).fetchall()
+        return {
+            symbol: {
+                "trades": (t0, t1) if t0 is not None else None,
+                "candles": (c0, c1) if c0 is not None else None,
+            }
+            for symbol, t0, t1, c0, c1 in rows
+        }
+
+    return await storage.run(query)
