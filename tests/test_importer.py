@@ -1,0 +1,324 @@
+"""Bulk import of Kraken CSV/ZIP history against a real database."""
+
+from __future__ import annotations
+
+import random
+import zipfile
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import trio
+
+from histdata.errors import RejectedInput
+from histdata.importer import (
+    FileLayout,
+    ImportSource,
+    SeqCounter,
+    discover_sources,
+    import_paths,
+    sniff_layout,
+    split_name,
+)
+from histdata.model import NS_PER_S, Trade
+from histdata.storage import Storage
+from histdata.storage.history import HoleKind, coverage_report
+from histdata.symbols import SymbolRegistry
+
+T0 = 1_599_998_400  # a whole hour
+REGISTRY = SymbolRegistry.shipped()
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return EPOCH + timedelta(seconds=seconds)
+
+
+def write_trades3(path: Path, rows: int, *, seed: int = 1) -> Counter[int]:
+    """Write a time-ordered 3-column trades file; return trades per second."""
+    rng = random.Random(seed)
+    per_second: Counter[int] = Counter()
+    t = T0
+    lines = []
+    for _ in range(rows):
+        if rng.random() < 0.4:
+            t += rng.randint(1, 3)
+        per_second[t] += 1
+        lines.append(
+            f"{t},{rng.randint(10000, 20000)}.{rng.randint(0, 9)},0.{rng.randint(1, 10**8):08d}\n"
+        )
+    path.write_text("".join(lines))
+    return per_second
+
+
+def write_ohlcvt(path: Path, minutes: int, *, step: int = 1, seed: int = 2) -> list[str]:
+    """Write a 1-minute OHLCVT file skipping every 5th minute (no trades there)."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(minutes):
+        if i % 5 == 4:
+            continue
+        o, c = rng.randint(100, 200), rng.randint(100, 200)
+        h, lo = max(o, c) + rng.randint(0, 5), min(o, c) - rng.randint(0, 5)
+        volume, count = rng.randint(1, 99), rng.randint(1, 9)
+        lines.append(f"{T0 + i * 60 * step},{o}.0,{h}.0,{lo}.0,{c}.0,{volume}.5,{count}\n")
+    path.write_text("".join(lines))
+    return lines
+
+
+class TestSniff:
+    def test_pair_and_interval_come_from_the_name(self) -> None:
+        """Altname file names resolve through the registry, folders and case ignored."""
+        assert split_name("XBTUSD_60.csv", REGISTRY).symbol == "BTC/USD"
+        assert split_name("XBTUSD_60.csv", REGISTRY).interval_min == 60
+        assert split_name("TimeAndSales_Combined/xbtusd.csv", REGISTRY).interval_min is None
+
+    def test_unknown_pair_is_rejected(self) -> None:
+        """A name whose pair the registry does not know is a bad_name rejection."""
+        with pytest.raises(RejectedInput) as info:
+            split_name("NOPEUSD.csv", REGISTRY)
+        assert info.value.reason == "bad_name"
+
+    def test_layouts_are_told_apart_by_content(self) -> None:
+        """3-column, headed 7-column trades and OHLCVT rows each sniff to their layout."""
+        trades = split_name("XBTUSD.csv", REGISTRY)
+        candles = split_name("XBTUSD_1.csv", REGISTRY)
+        assert sniff_layout(["1600000000,10.5,0.1\n"], trades) is FileLayout.TRADES3
+        seven = [
+            "Price,Volume,Timestamp,Type(b/s),OrderType(m/l),Misc,TradeID\n",
+            "10.5,0.1,1600000000.1234,b,m,,42\n",
+        ]
+        assert sniff_layout(seven, trades) is FileLayout.TRADES7
+        assert sniff_layout(["1600000020,1,2,0.5,1.5,3,4\n"], candles) is FileLayout.OHLCVT
+
+    def test_name_and_content_must_agree(self) -> None:
+        """Trade rows inside a file named like an OHLCVT file are refused, not misread."""
+        with pytest.raises(RejectedInput):
+            sniff_layout(["1600000000,10.5,0.1\n"], split_name("XBTUSD_1.csv", REGISTRY))
+
+
+class TestSeqCounter:
+    def test_same_time_rows_are_numbered_in_order(self) -> None:
+        """Rows sharing a time get 0, 1, 2…; a new time starts again at 0."""
+        seqs = SeqCounter()
+        assert [seqs.next(t) for t in (5, 5, 5, 6, 6)] == [0, 1, 2, 0, 1]
+
+    def test_time_going_back_continues_its_count(self) -> None:
+        """A row back in time continues that time's count and is counted as backwards."""
+        seqs = SeqCounter()
+        assert [seqs.next(t) for t in (5, 5, 6, 5, 7, 4)] == [0, 1, 0, 2, 0, 0]
+        assert seqs.backwards == 2
+
+    def test_time_before_the_window_is_rejected(self) -> None:
+        """A row older than the window is rejected rather than given a colliding seq."""
+        seqs = SeqCounter(window=2)
+        for t in (1, 2, 3, 4):
+            seqs.next(t)
+        with pytest.raises(RejectedInput) as info:
+            seqs.next(1)
+        assert info.value.reason == "out_of_order"
+
+
+async def trade_counts_per_second(storage: Storage, start: int, end: int) -> Counter[int]:
+    counts: Counter[int] = Counter()
+    async for chunk in storage.iter_trades("BTC/USD", at(start), at(end)):
+        for trade in chunk:
+            counts[trade.time_ns // NS_PER_S] += 1
+    return counts
+
+
+class TestImportTrades:
+    async def test_three_column_file_imports_exactly_once(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """100k rows: every row stored, same-second trades all kept, a re-import adds 0."""
+        path = tmp_path / "XBTUSD.csv"
+        expected = write_trades3(path, 100_000)
+        first = await import_paths(storage, [path])
+        assert (first.rows_read, first.inserted, first.present) == (100_000, 100_000, 0)
+        end = max(expected) + 1
+        assert await trade_counts_per_second(storage, T0, end) == expected
+        assert max(expected.values()) > 1  # the file really has shared seconds
+        again = await import_paths(storage, [path])
+        assert (again.inserted, again.present) == (0, 100_000)
+        assert await storage.count_trades("BTC/USD", at(T0), at(end)) == 100_000
+
+    @pytest.mark.slow
+    async def test_million_row_file(self, storage: Storage, tmp_path: Path) -> None:
+        """1,000,000 rows: exact count, same-second trades all present, re-import adds 0."""
+        path = tmp_path / "XBTUSD.csv"
+        expected = write_trades3(path, 1_000_000, seed=7)
+        first = await import_paths(storage, [path])
+        assert (first.rows_read, first.inserted) == (1_000_000, 1_000_000)
+        end = max(expected) + 1
+        assert await trade_counts_per_second(storage, T0, end) == expected
+        again = await import_paths(storage, [path])
+        assert (again.inserted, again.present) == (0, 1_000_000)
+
+    async def test_corrupt_lines_keep_every_good_line(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """Each bad line is rejected with its reason and line number; all good lines land."""
+        path = tmp_path / "XBTUSD.csv"
+        lines = [f"{T0 + i},100.{i},0.5\n" for i in range(20)]
+        lines[3] = f"{T0 + 3},abc,0.5\n"  # bad price
+        lines[7] = f"{T0 + 7},100.7\n"  # missing column
+        lines[11] = f"{T0 + 11},100.1,0\n"  # zero volume
+        lines[15] = "\n"  # blank
+        lines[17] = "17000000000000,100.1,0.5\n"  # far future
+        path.write_bytes("".join(lines).encode() + b"\xff\xfe,1,2\n" + f"{T0 + 30},1,1\n".encode())
+        summary = (await import_paths(storage, [path])).files[0]
+        assert summary.rows_read == 22
+        assert summary.inserted == 16
+        assert summary.rejected == {
+            "bad_price": 1,
+            "bad_columns": 1,
+            "bad_volume": 1,
+            "blank_line": 1,
+            "bad_time": 2,
+        }
+        assert summary.examples["bad_columns"][0].startswith("line 8:")
+        assert [e.split(":")[0] for e in summary.examples["bad_time"]] == ["line 18", "line 21"]
+        assert await storage.count_trades("BTC/USD", at(T0), at(T0 + 31)) == 16
+
+    async def test_zip_members_stream_like_loose_files(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """CSVs inside a ZIP (in a folder) import the same rows; other members are ignored."""
+        loose = tmp_path / "XBTUSD.csv"
+        write_trades3(loose, 5_000)
+        archive = tmp_path / "Kraken_Trading_History.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(loose, "TimeAndSales_Combined/XBTUSD.csv")
+            zf.writestr("README.txt", "not data")
+        sources = list(discover_sources([archive]))
+        assert [s.member for s in sources] == ["TimeAndSales_Combined/XBTUSD.csv"]
+        summary = await import_paths(storage, [archive])
+        assert (summary.rows_read, summary.inserted) == (5_000, 5_000)
+        assert (await import_paths(storage, [loose])).inserted == 0
+
+    async def test_quarterly_seven_column_form_keeps_ids_and_sides(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """The headed 7-column form stores trade ids, sides and order types."""
+        path = tmp_path / "XBTUSD.csv"
+        path.write_text(
+            "Price,Volume,Timestamp,Type(b/s),OrderType(m/l),Misc,TradeID\n"
+            f"100.5,0.1,{T0}.1234567,b,m,,1001\n"
+            f"100.6,0.2,{T0}.1234567,s,l,,1002\n"
+        )
+        summary = (await import_paths(storage, [path])).files[0]
+        assert (summary.layout, summary.inserted) == (FileLayout.TRADES7, 2)
+        trades = await storage.read_trades("BTC/USD", at(T0), at(T0 + 1))
+        assert [(t.trade_id, t.side, t.ord_type) for t in trades] == [
+            (1001, "buy", "market"),
+            (1002, "sell", "limit"),
+        ]
+        assert trades[0].time_ns == T0 * NS_PER_S + 123_456_700
+
+    async def test_interrupted_import_reruns_to_the_same_result(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """Cancelled after a few committed batches, a re-run ends with exactly the file."""
+        path = tmp_path / "XBTUSD.csv"
+        expected = write_trades3(path, 20_000, seed=3)
+        batches = 0
+        with trio.CancelScope() as scope:
+
+            def on_progress(source: ImportSource, done: int) -> None:
+                nonlocal batches
+                batches += 1
+                if batches == 3:
+                    scope.cancel()
+
+            await import_paths(storage, [path], batch_rows=1_000, on_progress=on_progress)
+        end = max(expected) + 1
+        committed = await storage.count_trades("BTC/USD", at(T0), at(end))
+        assert 3_000 <= committed < 20_000
+        rerun = await import_paths(storage, [path], batch_rows=1_000)
+        assert (rerun.inserted, rerun.present) == (20_000 - committed, committed)
+        assert await trade_counts_per_second(storage, T0, end) == expected
+
+    async def test_csv_rows_already_stored_from_rest_are_not_duplicated(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """An id-less CSV row matching a stored REST trade (second, price, volume) is skipped."""
+        rest = [
+            Trade(
+                "BTC/USD", T0 * NS_PER_S + 250_000_000, Decimal("100.5"), Decimal("0.1"), trade_id=7
+            ),
+            Trade(
+                "BTC/USD", T0 * NS_PER_S + 750_000_000, Decimal("100.5"), Decimal("0.1"), trade_id=8
+            ),
+        ]
+        await storage.write_trades(rest, source="rest")
+        path = tmp_path / "XBTUSD.csv"
+        # Three identical rows in that second: two are the REST trades, one is new.
+        path.write_text(f"{T0},100.50,0.1\n{T0},100.5,0.10\n{T0},100.5,0.1\n{T0 + 1},101,1\n")
+        summary = (await import_paths(storage, [path])).files[0]
+        assert (summary.inserted, summary.present, summary.cross_source) == (2, 2, 2)
+        assert await storage.count_trades("BTC/USD", at(T0), at(T0 + 2)) == 4
+
+
+class TestImportCandles:
+    async def test_one_minute_file_stores_candles_and_coverage(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """Every row becomes a CSV candle; omitted minutes read as observed with no trades."""
+        path = tmp_path / "XBTUSD_1.csv"
+        lines = write_ohlcvt(path, 500)
+        summary = (await import_paths(storage, [path], batch_rows=97)).files[0]
+        assert (summary.rows_read, summary.inserted, summary.rejected_total) == (400, 400, 0)
+        end = at(T0 + 499 * 60)
+        candles = await storage.read_candles("BTC/USD", at(T0), end + timedelta(minutes=1))
+        assert len(candles) == 400
+        assert {c.vwap for c in candles} == {None}
+        assert {c.source for c in candles} == {"csv"}
+        stored = [
+            f"{int(c.time.timestamp())},{c.open},{c.high},{c.low},{c.close},{c.volume},{c.trades}\n"
+            for c in candles
+        ]
+        assert stored == lines
+        report = await coverage_report(storage, "BTC/USD", "candles", at(T0), end)
+        assert report.holes == []
+        assert len(report.empty) == 99
+        assert all(r.kind is HoleKind.NO_TRADES for r in report.empty)
+        assert (await import_paths(storage, [path])).inserted == 0
+
+    async def test_coarse_file_is_checked_against_minutes_not_stored(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """A 5m file is compared with rolled-up 1m candles; a wrong bucket is reported."""
+        minute = tmp_path / "XBTUSD_1.csv"
+        write_ohlcvt(minute, 61)
+        await import_paths(storage, [minute])
+        rows = []
+        for bucket in range(12):
+            stored = await storage.read_candles(
+                "BTC/USD", at(T0 + bucket * 300), at(T0 + bucket * 300 + 300)
+            )
+            o, c = stored[0].open, stored[-1].close
+            h, lo = max(x.high for x in stored), min(x.low for x in stored)
+            v, n = sum(x.volume for x in stored), sum(x.trades for x in stored)
+            if bucket == 4:
+                h += 1
+            rows.append(f"{T0 + bucket * 300},{o},{h},{lo},{c},{v},{n}\n")
+        rows.append(f"{T0 + 12 * 300},1,1,1,1,1,1\n")  # past our 1m coverage
+        coarse = tmp_path / "XBTUSD_5.csv"
+        coarse.write_text("".join(rows))
+        summary = (await import_paths(storage, [coarse])).files[0]
+        assert summary.checked == (11, 1, 1)
+        assert summary.mismatches[0].time == at(T0 + 4 * 300)
+        assert set(summary.mismatches[0].fields) == {"high"}
+        assert summary.inserted == 0
+
+    async def test_unrecognised_file_is_skipped_with_a_reason(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """A CSV whose name is not a Kraken pair is skipped, not half-imported."""
+        path = tmp_path / "notes.csv"
+        path.write_text("hello,world\n")
+        summary = (await import_paths(storage, [path])).files[0]
+        assert summary.skipped.startswith("bad_name")
