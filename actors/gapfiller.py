@@ -1,0 +1,186 @@
+"""The gap filler actor: repairs holes at start, after every WebSocket reconnect, and on a timer.
+
+Each configured symbol has its own worker, so repairs of several symbols run in parallel;
+their REST requests all wait on the one shared rate limiter inside :class:`KrakenRest`, which
+keeps the process within Kraken's allowance however many run. A symbol asked for while its
+repair is running is repaired once more afterwards (requests coalesce, never queue up).
+
+A repair that fails (Kraken down, database down) is logged and counted; the symbol is tried
+again at the next request or timer tick. Repairs are idempotent and commit page by page, so a
+cancelled or failed repair loses nothing already fetched.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+import structlog
+import trio
+
+from histdata.history import RepairResult, catch_up
+from histdata.kraken.rest import KrakenRest
+from histdata.storage import Storage
+from histdata.supervisor import current_child_stopping
+
+__all__ = ["CatchUpRequests", "GapFiller", "GapFillerStatistics", "run_gapfiller"]
+
+_log = structlog.get_logger("histdata.actors.gapfiller").bind(actor="gapfiller")
+
+
+class CatchUpRequests(Protocol):
+    """Where catch-up requests come from: a ``trio.MemoryReceiveChannel[str]`` or the feed's
+    ``CatchUpQueue``."""
+
+    async def receive(self) -> str:
+        """The next symbol needing repair now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class GapFillerStatistics:
+    """Counters of the gap filler."""
+
+    repairs: int
+    failures: int
+    requests: int
+    running: tuple[str, ...]
+    trades_inserted: int
+    candles_written: int
+    mismatches: int
+    unrecoverable: int
+    failures_by_symbol: dict[str, int]
+
+
+class GapFiller:
+    """Repairs the last ``lookback`` of each symbol on request and every ``interval_s``."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        rest: KrakenRest,
+        symbols: Sequence[str],
+        *,
+        interval_s: float,
+        lookback: timedelta = timedelta(days=1),
+    ) -> None:
+        self.storage = storage
+        self.rest = rest
+        self.symbols = [storage.registry.canonical(s) for s in symbols]
+        self.interval_s = interval_s
+        self.lookback = lookback
+        self._wanted = {symbol: trio.Event() for symbol in self.symbols}
+        self._running: set[str] = set()
+        self._repairs = self._failures = self._requests = 0
+        self._trades = self._candles = self._mismatches = self._unrecoverable = 0
+        self._failed: Counter[str] = Counter()
+        self.last_results: dict[str, RepairResult] = {}
+
+    def statistics(self) -> GapFillerStatistics:
+        """The current counters."""
+        return GapFillerStatistics(
+            self._repairs,
+            self._failures,
+            self._requests,
+            tuple(sorted(self._running)),
+            self._trades,
+            self._candles,
+            self._mismatches,
+            self._unrecoverable,
+            dict(self._failed),
+        )
+
+    def request(self, symbol: str) -> None:
+        """Ask for a repair of ``symbol`` (any spelling) as soon as its worker is free.
+
+        Unknown symbols (not configured here) are logged and ignored.
+        """
+        self._requests += 1
+        try:
+            canonical = self.storage.registry.canonical(symbol)
+            self._wanted[canonical].set()
+        except LookupError:
+            _log.warning("catch_up_for_unconfigured_symbol", symbol=symbol)
+
+    async def run(
+        self,
+        requests: CatchUpRequests | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Repair every symbol now, then on each request and every ``interval_s``; never returns.
+
+        Under a supervisor, it stops when asked (repairs are idempotent: cancelling one
+        mid-way loses nothing committed).
+        """
+        try:
+            stopping: trio.Event | None = current_child_stopping()
+        except RuntimeError:
+            stopping = None
+        async with trio.open_nursery() as nursery:
+            if stopping is not None:
+                nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            for symbol in self.symbols:
+                self._wanted[symbol].set()
+                nursery.start_soon(self._worker, symbol)
+            if requests is not None:
+                nursery.start_soon(self._listen, requests)
+            nursery.start_soon(self._tick)
+            task_status.started()
+
+    async def _listen(self, requests: CatchUpRequests) -> None:
+        while True:
+            self.request(await requests.receive())
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(self.interval_s)
+            for event in self._wanted.values():
+                event.set()
+
+    async def _worker(self, symbol: str) -> None:
+        while True:
+            await self._wanted[symbol].wait()
+            self._wanted[symbol] = trio.Event()  # requests from now on mean "once more"
+            self._running.add(symbol)
+            try:
+                result = await catch_up(self.storage, self.rest, symbol, lookback=self.lookback)
+            except Exception as exc:  # logged, counted, retried at the next request or tick
+                self._failures += 1
+                self._failed[symbol] += 1
+                _log.warning("repair_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+                continue
+            finally:
+                self._running.discard(symbol)
+            self._repairs += 1
+            self._trades += result.trades_inserted
+            self._candles += result.rest_candles + result.derived_candles
+            self._mismatches += len(result.mismatches)
+            self._unrecoverable += len(result.unrecoverable)
+            self.last_results[symbol] = result
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def run_gapfiller(
+    storage: Storage,
+    rest: KrakenRest,
+    symbols: Sequence[str],
+    *,
+    interval_s: float,
+    requests: CatchUpRequests,
+    lookback: timedelta = timedelta(days=1),
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Actor entry point: run a :class:`GapFiller` fed by ``requests`` (see :meth:`GapFiller.run`).
+
+    To read its statistics, build the :class:`GapFiller` yourself and start its ``run``.
+    """
+    filler = GapFiller(storage, rest, symbols, interval_s=interval_s, lookback=lookback)
+    await filler.run(requests, task_status=task_status)
