@@ -1,0 +1,124 @@
+"""``histdata gaps SYMBOL [--interval 1m] [--start T] [--end T] [--repair]``.
+
+Lists, for the trades and the 1-minute candle streams, the holes in ``[start, end)`` as ranges:
+"not observed" (nobody was listening: repairable), "unrecoverable" (marked: Kraken can no
+longer serve it) and, at ``--interval`` granularity, the observed ranges with no trades. With
+``--repair`` the holes are first repaired from Kraken's REST API (trades, then candles from
+REST OHLC or derived from trades), and the report shows what is left.
+
+Exit status: 0 when no hole remains, 3 when some do (so scripts can alert on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+
+import trio
+
+from histdata.commands.common import open_command_storage, setup
+from histdata.config import Config
+from histdata.history import RepairResult, repair_symbol
+from histdata.kraken import RateLimiter, open_kraken_rest
+from histdata.storage.database import Stream
+from histdata.storage.history import CoverageReport, coverage_report
+from histdata.timeutil import format_interval, format_time, parse_interval, parse_time, utc_now
+
+__all__ = ["configure", "main", "render_report"]
+
+_STREAMS: tuple[Stream, ...] = ("trades", "candles")
+_EXIT_HOLES = 3
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``gaps`` arguments."""
+    parser.add_argument("symbol", help="pair in any spelling")
+    parser.add_argument(
+        "--interval",
+        "-i",
+        default="1m",
+        type=parse_interval,
+        help="granularity of 'observed, no trades' ranges (default 1m)",
+    )
+    parser.add_argument("--start", type=parse_time, help="default: end minus gapfill lookback")
+    parser.add_argument("--end", type=parse_time, help="default: now")
+    parser.add_argument("--stream", choices=(*_STREAMS, "both"), default="both")
+    parser.add_argument("--repair", action="store_true", help="repair from REST first")
+
+
+def render_report(report: CoverageReport) -> str:
+    """The text block for one stream's report."""
+    head = (
+        f"{report.symbol} {report.stream} {format_time(report.start)} .. {format_time(report.end)}"
+    )
+    lines = [head]
+    if not report.holes:
+        lines.append("  no gaps")
+    for hole in report.holes:
+        note = f" ({hole.reason})" if hole.reason else ""
+        lines.append(f"  {format_time(hole.start)} .. {format_time(hole.end)}  {hole.kind}{note}")
+    if report.empty:
+        total = sum((r.end - r.start for r in report.empty), timedelta())
+        lines.append(
+            f"  observed, no trades: {len(report.empty)} ranges of"
+            f" {format_interval(int(report.interval.total_seconds() // 60))} or more,"
+            f" {total} in all"
+        )
+        lines.extend(
+            f"    {format_time(r.start)} .. {format_time(r.end)}" for r in report.empty[:20]
+        )
+        if len(report.empty) > 20:
+            lines.append(f"    … {len(report.empty) - 20} more")
+    return "\n".join(lines)
+
+
+def _render_repair(result: RepairResult) -> str:
+    text = (
+        f"repaired {result.symbol}: {result.trade_holes} trade holes, {result.trades_inserted}"
+        f" trades inserted; {result.candle_holes} candle holes, {result.rest_candles} REST"
+        f" candles, {result.derived_candles} derived from trades, {result.compared} compared"
+    )
+    for mismatch in result.mismatches[:10]:
+        fields = ", ".join(f"{k} ours={a} kraken={b}" for k, (a, b) in mismatch.fields.items())
+        text += f"\n  candle mismatch {format_time(mismatch.time)}: {fields}"
+    for low, high in result.unrecoverable:
+        text += f"\n  marked unrecoverable: {format_time(low)} .. {format_time(high)}"
+    return text
+
+
+async def _run(config: Config, args: argparse.Namespace) -> tuple[list[str], bool]:
+    end = args.end or utc_now()
+    start = args.start or end - timedelta(days=config.gapfill.lookback_days)
+    interval = timedelta(minutes=args.interval)
+    streams = _STREAMS if args.stream == "both" else (args.stream,)
+    out: list[str] = []
+    async with open_command_storage(config) as storage:
+        if args.repair:
+            limiter = RateLimiter(
+                rate_per_s=config.kraken.rest_rate_per_s, burst=config.kraken.rest_burst
+            )
+            async with open_kraken_rest(
+                config.kraken.rest_url,
+                storage.registry,
+                limiter,
+                timeout_s=config.kraken.request_timeout_s,
+            ) as rest:
+                out.append(
+                    _render_repair(await repair_symbol(storage, rest, args.symbol, start, end))
+                )
+        holes = False
+        for stream in streams:
+            report = await coverage_report(
+                storage, args.symbol, stream, start, end, interval=interval
+            )
+            holes = holes or bool(report.holes)
+            out.append(render_report(report))
+    return out, holes
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the report (after a repair with ``--repair``); returns the exit status."""
+    config = setup(args)
+    out, holes = trio.run(_run, config, args)
+    print("\n".join(out))
+    return _EXIT_HOLES if holes else 0
