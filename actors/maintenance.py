@@ -1,0 +1,126 @@
+"""The maintenance actor: retention and TimescaleDB compression, every ``interval_s``.
+
+Retention is off unless ``[maintenance] trades_retention_days`` / ``candles_retention_days``
+is set; compression runs when TimescaleDB is present under the Timescale License and
+``compress_after_days`` is non-zero, and is otherwise skipped with one log line per start.
+A failed round is logged, counted, and tried again at the next interval.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from histdata.config import MaintenanceConfig
+from histdata.errors import DatabaseUnavailable
+from histdata.storage import Storage
+from histdata.storage.maintenance import apply_retention, compress_old_chunks, compression_allowed
+
+__all__ = ["MaintenanceActor", "MaintenanceStatistics", "run_maintenance"]
+
+_log = structlog.get_logger("histdata.actors.maintenance").bind(actor="maintenance")
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceStatistics:
+    """Counters of the maintenance actor."""
+
+    rounds: int
+    rows_deleted: int
+    chunks_dropped: int
+    chunks_compressed: int
+    compression: str  # "on", "off" (not configured) or "unavailable" (licence/extension)
+    failures: int
+    last_round_at: float | None
+    last_error: str | None
+
+
+class MaintenanceActor:
+    """Runs retention and compression rounds (see module docs)."""
+
+    def __init__(self, storage: Storage, config: MaintenanceConfig) -> None:
+        self._storage = storage
+        self._config = config
+        self._rounds = 0
+        self._deleted = 0
+        self._dropped = 0
+        self._compressed = 0
+        self._compression = "off"
+        self._failures = 0
+        self._last_at: float | None = None
+        self._last_error: str | None = None
+
+    async def round(self) -> None:
+        """One retention + compression round.
+
+        Raises:
+            DatabaseUnavailable: the database could not be reached.
+        """
+        config = self._config
+        for result in await apply_retention(
+            self._storage,
+            {
+                "trades": config.trades_retention_days,
+                "candles": config.candles_retention_days,
+            },
+        ):
+            self._deleted += result.rows
+            self._dropped += result.chunks
+            _log.info(
+                "retention applied",
+                stream=result.stream,
+                cutoff=result.cutoff.isoformat(),
+                rows=result.rows,
+                chunks=result.chunks,
+            )
+        if self._compression == "on":
+            self._compressed += await compress_old_chunks(self._storage, config.compress_after_days)
+        self._rounds += 1
+        self._last_at = time.time()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Decide on compression once, then run a round every ``interval_s`` until cancelled."""
+        if self._config.compress_after_days > 0:
+            if await compression_allowed(self._storage):
+                self._compression = "on"
+            else:
+                self._compression = "unavailable"
+                _log.info(
+                    "compression skipped: needs TimescaleDB under the Timescale License",
+                    timescale=self._storage.timescale,
+                )
+        task_status.started()
+        while True:
+            try:
+                await self.round()
+            except DatabaseUnavailable as exc:
+                self._failures += 1
+                self._last_error = str(exc)
+                _log.warning("maintenance round failed; retrying later", error=str(exc))
+            await trio.sleep(self._config.interval_s)
+
+    def statistics(self) -> MaintenanceStatistics:
+        """Current counters."""
+        return MaintenanceStatistics(
+            rounds=self._rounds,
+            rows_deleted=self._deleted,
+            chunks_dropped=self._dropped,
+            chunks_compressed=self._compressed,
+            compression=self._compression,
+            failures=self._failures,
+            last_round_at=self._last_at,
+            last_error=self._last_error,
+        )
+
+
+async def run_maintenance(
+    storage: Storage,
+    config: MaintenanceConfig,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a fresh :class:`MaintenanceActor` until cancelled."""
+    await MaintenanceActor(storage, config).run(task_status=task_status)

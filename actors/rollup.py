@@ -1,0 +1,106 @@
+"""The rollup actor: folds the dirty-range log into the 5m … 1w rollups, continuously.
+
+Every ``interval_s`` it runs passes of :func:`histdata.storage.rollups.rollup_pass` until
+the log is drained (a big import is worked off in several transactions of bounded size),
+then sleeps. A database outage is logged and retried at the next tick without a restart:
+the log is persistent, so nothing is lost while the database is away. Reads never depend
+on this actor being current (see :mod:`histdata.storage.reads`); it only keeps them fast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from histdata.errors import DatabaseUnavailable
+from histdata.storage import Storage
+from histdata.storage.rollups import rollup_pass
+
+__all__ = ["RollupActor", "RollupStatistics", "run_rollup"]
+
+_log = structlog.get_logger("histdata.actors.rollup").bind(actor="rollup")
+
+
+@dataclass(frozen=True, slots=True)
+class RollupStatistics:
+    """Counters of the rollup actor."""
+
+    passes: int
+    ranges_claimed: int
+    rows_written: int
+    failures: int
+    last_pass_at: float | None  # Unix time of the last completed pass
+    last_pass_s: float | None  # duration of the last completed pass
+    last_error: str | None
+
+
+class RollupActor:
+    """Runs rollup passes every ``interval_s`` seconds; counters survive restarts of ``run``."""
+
+    def __init__(self, storage: Storage, *, interval_s: float = 2.0, batch: int = 10_000) -> None:
+        self._storage = storage
+        self._interval_s = interval_s
+        self._batch = batch
+        self._passes = 0
+        self._claimed = 0
+        self._written = 0
+        self._failures = 0
+        self._last_at: float | None = None
+        self._last_s: float | None = None
+        self._last_error: str | None = None
+
+    async def drain(self) -> None:
+        """Run passes until the dirty-range log is empty (or another process holds it).
+
+        Raises:
+            DatabaseUnavailable: the database could not be reached.
+        """
+        while True:
+            began = time.perf_counter()
+            result = await rollup_pass(self._storage, limit=self._batch)
+            if result.locked_out:
+                return
+            self._passes += 1
+            self._claimed += result.claimed
+            self._written += result.rows_written
+            self._last_at = time.time()
+            self._last_s = time.perf_counter() - began
+            if result.claimed < self._batch:
+                return
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Drain the log every ``interval_s`` until cancelled."""
+        task_status.started()
+        while True:
+            try:
+                await self.drain()
+            except DatabaseUnavailable as exc:
+                self._failures += 1
+                self._last_error = str(exc)
+                _log.warning("rollup pass failed; retrying at the next tick", error=str(exc))
+            await trio.sleep(self._interval_s)
+
+    def statistics(self) -> RollupStatistics:
+        """Current counters."""
+        return RollupStatistics(
+            passes=self._passes,
+            ranges_claimed=self._claimed,
+            rows_written=self._written,
+            failures=self._failures,
+            last_pass_at=self._last_at,
+            last_pass_s=self._last_s,
+            last_error=self._last_error,
+        )
+
+
+async def run_rollup(
+    storage: Storage,
+    *,
+    interval_s: float,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a fresh :class:`RollupActor` until cancelled (construct one to read statistics)."""
+    await RollupActor(storage, interval_s=interval_s).run(task_status=task_status)
