@@ -1,0 +1,157 @@
+"""Coverage reports, gap marks, candles derived from trades, and cross-source dedupe."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from histdata.model import NS_PER_S, Candle, CandleSource, Trade
+from histdata.storage import CoverageSpan, Storage
+from histdata.storage.history import (
+    HoleKind,
+    coverage_report,
+    derive_candles,
+    drop_cross_source_duplicates,
+    mark_unrecoverable,
+)
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+S0 = int(T0.timestamp())
+MIN = timedelta(minutes=1)
+
+
+def trade(second: float, price: str, volume: str, trade_id: int | None, seq: int = 0) -> Trade:
+    return Trade(
+        "BTC/USD",
+        int(Decimal(str(second)) * NS_PER_S),
+        Decimal(price),
+        Decimal(volume),
+        trade_id=trade_id,
+        seq=seq,
+    )
+
+
+def span(stream: str, source: str, start: datetime, end: datetime) -> tuple[str, CoverageSpan]:
+    return ("BTC/USD", CoverageSpan(stream, source, start, end))  # type: ignore[arg-type]
+
+
+class TestCoverageReport:
+    async def test_holes_empty_ranges_and_marks_are_told_apart(self, storage: Storage) -> None:
+        """Unobserved, marked-unrecoverable and observed-without-trades ranges are distinct."""
+        await storage.write_trades(
+            [trade(S0 + 30, "10", "1", 1), trade(S0 + 4 * 60 + 5, "11", "1", 2)],
+            source="live",
+            coverage=[span("trades", "live", T0, T0 + 5 * MIN)],
+        )
+        await storage.add_coverage(
+            "BTC/USD", CoverageSpan("trades", "rest", T0 + 8 * MIN, T0 + 10 * MIN)
+        )
+        await mark_unrecoverable(storage, "BTC/USD", "trades", T0 + 6 * MIN, T0 + 7 * MIN, "gone")
+        report = await coverage_report(storage, "BTC/USD", "trades", T0, T0 + 10 * MIN)
+        assert [(h.start, h.end, h.kind) for h in report.holes] == [
+            (T0 + 5 * MIN, T0 + 6 * MIN, HoleKind.NOT_OBSERVED),
+            (T0 + 6 * MIN, T0 + 7 * MIN, HoleKind.UNRECOVERABLE),
+            (T0 + 7 * MIN, T0 + 8 * MIN, HoleKind.NOT_OBSERVED),
+        ]
+        assert report.holes[1].reason == "gone"
+        assert [(e.start, e.end) for e in report.empty] == [
+            (T0 + MIN, T0 + 4 * MIN),
+            (T0 + 8 * MIN, T0 + 10 * MIN),
+        ]
+        assert report.repairable == [(T0 + 5 * MIN, T0 + 6 * MIN), (T0 + 7 * MIN, T0 + 8 * MIN)]
+
+    async def test_fully_observed_range_reports_no_holes(self, storage: Storage) -> None:
+        """Coverage from several sources that together span the range leaves no hole."""
+        await storage.add_coverage("BTC/USD", CoverageSpan("trades", "csv", T0, T0 + 3 * MIN))
+        await storage.add_coverage(
+            "BTC/USD", CoverageSpan("trades", "live", T0 + 2 * MIN, T0 + 6 * MIN)
+        )
+        report = await coverage_report(storage, "BTC/USD", "trades", T0, T0 + 6 * MIN)
+        assert report.holes == []
+
+
+class TestDeriveCandles:
+    async def test_candles_are_exact_including_same_second_trades(self, storage: Storage) -> None:
+        """OHLC follows trade order (time, then id/seq), volume, count and VWAP are exact."""
+        trades = [
+            trade(S0 + 1, "100.1", "0.5", None, 0),
+            trade(S0 + 1, "100.3", "0.25", None, 1),
+            trade(S0 + 1, "99.9", "0.25", None, 2),
+            trade(S0 + 59, "100.2", "1", None, 0),
+            trade(S0 + 59, "100.0", "2", None, 1),  # the close: last by seq in the last second
+            trade(S0 + 125, "101", "3", None, 0),
+        ]
+        await storage.write_trades(
+            trades, source="csv", coverage=[span("trades", "csv", T0, T0 + 3 * MIN)]
+        )
+        result = await derive_candles(storage, "BTC/USD", T0, T0 + 3 * MIN)
+        assert result.derived == 2
+        candles = await storage.read_candles("BTC/USD", T0, T0 + 3 * MIN)
+        first = candles[0]
+        assert (first.open, first.high, first.low, first.close) == (
+            Decimal("100.1"),
+            Decimal("100.3"),
+            Decimal("99.9"),
+            Decimal("100.0"),
+        )
+        assert (first.volume, first.trades, first.source) == (Decimal("4"), 5, CandleSource.TRADES)
+        pv = sum(t.price * t.volume for t in trades[:5])
+        assert first.vwap == pv / Decimal(4)
+        assert candles[1].time == T0 + 2 * MIN
+        report = await coverage_report(storage, "BTC/USD", "candles", T0, T0 + 3 * MIN)
+        assert report.holes == []
+        assert [(e.start, e.end) for e in report.empty] == [(T0 + MIN, T0 + 2 * MIN)]
+
+    async def test_partly_observed_minute_is_not_derived(self, storage: Storage) -> None:
+        """A minute whose trades were only partly observed gets no candle and no coverage."""
+        await storage.write_trades(
+            [trade(S0 + 10, "1", "1", 5), trade(S0 + 70, "1", "1", 6)],
+            source="live",
+            coverage=[span("trades", "live", T0, T0 + MIN + timedelta(seconds=30))],
+        )
+        result = await derive_candles(storage, "BTC/USD", T0, T0 + 2 * MIN)
+        assert result.derived == 1
+        assert result.covered == [(T0, T0 + MIN)]
+
+    async def test_kraken_candle_is_compared_not_overwritten(self, storage: Storage) -> None:
+        """Where Kraken has a candle, the derived one is compared and a mismatch reported."""
+        await storage.write_trades(
+            [trade(S0 + 5, "10", "1", 1), trade(S0 + 6, "12", "1", 2)],
+            source="rest",
+            coverage=[span("trades", "rest", T0, T0 + MIN)],
+        )
+        kraken = Candle(
+            "BTC/USD",
+            T0,
+            Decimal(10),
+            Decimal(12),
+            Decimal(10),
+            Decimal(12),
+            Decimal(2),
+            Decimal(11),
+            3,
+            source=CandleSource.REST,
+        )
+        await storage.write_candles([kraken])
+        result = await derive_candles(storage, "BTC/USD", T0, T0 + MIN)
+        assert result.compared == 1
+        assert result.mismatches[0].fields == {"trades": (2, 3)}
+        stored = await storage.read_candles("BTC/USD", T0, T0 + MIN)
+        assert stored[0].source is CandleSource.REST
+
+
+class TestCrossSource:
+    async def test_rest_trades_matching_csv_rows_are_dropped(self, storage: Storage) -> None:
+        """REST trades whose second, price and volume match stored id-less rows are dropped."""
+        await storage.write_trades(
+            [trade(S0, "5", "1", None, 0), trade(S0, "5", "1", None, 1)], source="csv"
+        )
+        incoming = [
+            trade(S0 + 0.2, "5", "1", 10),
+            trade(S0 + 0.7, "5", "1.0", 11),
+            trade(S0 + 0.9, "5", "1", 12),
+            trade(S0 + 1.1, "5", "1", 13),
+        ]
+        kept, dropped = await drop_cross_source_duplicates(storage, incoming)
+        assert dropped == 2
+        assert [t.trade_id for t in kept] == [12, 13]
