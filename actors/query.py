@@ -1,0 +1,346 @@
+"""The query actor: the read API over HTTP/1.1 on a Unix socket (design.md §4).
+
+Endpoints (GET only)::
+
+    /v1/candles?symbol=&interval=&start=&end=&format=json|csv|arrow
+    /v1/trades?symbol=&start=&end=&format=json|csv|arrow
+    /v1/symbols
+    /v1/coverage?symbol=&stream=trades|candles&start=&end=
+    /v1/stream?symbols=BTC/USD,ETH/USD        (NDJSON; no symbols: all)
+    /healthz                                  (200 when healthy, else 503)
+    /metrics                                  (Prometheus text)
+
+Every parameter is validated before anything reaches the database, which only ever sees
+bound parameters: an unknown or repeated parameter, a malformed symbol, interval, time,
+stream or format, or ``start >= end`` is answered ``400 {"error": "..."}`` naming the
+parameter; a well-formed symbol the registry does not know is ``404``. Symbols accept every
+spelling the registry does (``BTC/USD``, ``XBTUSD``, ``XXBTZUSD``, ``XBT/USD``); responses
+use the canonical name. ``interval`` defaults to ``1m``, ``format`` to ``json``.
+
+Candle and trade bodies stream in chunks (see :mod:`histdata.formats`); the first chunk is
+read before the status line is sent, so a database outage is a clean ``503``. Reads run in
+READ ONLY transactions, under the read-only role when the database allowed creating it.
+A ``/v1/stream`` client gets a bounded queue in the :class:`~histdata.actors.hub.LiveHub`;
+when it falls behind it receives an ``{"type":"error"}`` line and is disconnected, and
+ingestion never waits for it. Idle streams get a heartbeat line every ``heartbeat_s``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+import trio
+
+from histdata.actors.hub import LiveHub
+from histdata.errors import DatabaseUnavailable, UnknownSymbol
+from histdata.formats import (
+    FORMATS,
+    Encoder,
+    Format,
+    candle_encoder,
+    trade_encoder,
+    trade_row,
+)
+from histdata.storage import Storage
+from histdata.storage.reads import ReadOptions, iter_candle_rows, symbol_extent
+from histdata.symbols import SymbolRegistry
+from histdata.timeutil import format_time, parse_interval, parse_time
+
+__all__ = ["BadParameter", "QueryApp", "Reply"]
+
+_log = structlog.get_logger("histdata.actors.query").bind(actor="query")
+# Spellings the registry could ever know: letters, digits and . / : _ -, at most 32.
+_SYMBOL_RE = re.compile(r"^[A-Za-z0-9./:_-]{1,32}$")
+_STREAMS = ("trades", "candles")
+_JSON = "application/json"
+_NDJSON = "application/x-ndjson"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+Body = bytes | AsyncIterator[bytes]
+
+
+class BadParameter(ValueError):
+    """A query parameter is missing or malformed; answered with HTTP 400."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        self.parameter = parameter
+        super().__init__(f"parameter {parameter!r}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response before it meets HTTP: status, content type and body (bytes or a stream)."""
+
+    status: int
+    content_type: str
+    body: Body
+
+
+def _error(status: int, message: str) -> Reply:
+    return Reply(status, _JSON, orjson.dumps({"error": message}))
+
+
+def _json(status: int, value: Any) -> Reply:
+    return Reply(status, _JSON, orjson.dumps(value))
+
+
+class _Params:
+    """Validating view of a query string (``name -> [values]``)."""
+
+    def __init__(self, query: Mapping[str, list[str]], allowed: tuple[str, ...]) -> None:
+        for name, values in query.items():
+            if name not in allowed:
+                shown = name if len(name) <= 40 else name[:40] + "…"
+                raise BadParameter(
+                    shown, f"unknown parameter; this endpoint takes {', '.join(allowed)}"
+                )
+            if len(values) != 1:
+                raise BadParameter(name, "given more than once")
+        self._query = query
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self._query.get(name)
+        return values[0] if values else default
+
+    def required(self, name: str) -> str:
+        value = self.get(name)
+        if value is None or value == "":
+            raise BadParameter(name, "is required")
+        return value
+
+    def time(self, name: str) -> datetime:
+        try:
+            return parse_time(self.required(name))
+        except ValueError as exc:
+            if isinstance(exc, BadParameter):
+                raise
+            raise BadParameter(name, str(exc)) from exc
+
+    def range(self) -> tuple[datetime, datetime]:
+        start, end = self.time("start"), self.time("end")
+        if end <= start:
+            raise BadParameter("end", "must be after start")
+        return start, end
+
+    def fmt(self) -> Format:
+        value = self.get("format", "json")
+        for known in FORMATS:
+            if value == known:
+                return known
+        raise BadParameter("format", f"must be one of {', '.join(FORMATS)}")
+
+    def interval(self) -> int:
+        try:
+            return parse_interval(self.get("interval", "1m") or "")
+        except ValueError as exc:
+            raise BadParameter("interval", str(exc)) from exc
+
+
+class QueryApp:
+    """The endpoints as plain async functions from (path, query) to a :class:`Reply`."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        registry: SymbolRegistry,
+        *,
+        hub: LiveHub,
+        status: Callable[[], Mapping[str, Any]],
+        metrics: Callable[[], bytes],
+        stream_queue: int = 10_000,
+        read_options: ReadOptions = ReadOptions(),  # noqa: B008 - frozen value
+        heartbeat_s: float = 15.0,
+        chunk: int = 20_000,
+    ) -> None:
+        self._storage = storage
+        self._registry = registry
+        self._hub = hub
+        self._status = status
+        self._metrics = metrics
+        self._stream_queue = stream_queue
+        self._options = read_options
+        self._heartbeat_s = heartbeat_s
+        self._chunk = chunk
+        self.requests = 0
+        self.rejected = 0
+        self.failures = 0
+
+    def _symbol(self, text: str, parameter: str = "symbol") -> str:
+        if not _SYMBOL_RE.match(text):
+            raise BadParameter(parameter, "is not a symbol (letters, digits, . / : _ -)")
+        return self._registry.canonical(text)
+
+    async def handle(self, method: str, path: str, query: Mapping[str, list[str]]) -> Reply:
+        """Answer one request; never raises for bad input or a database outage."""
+        self.requests += 1
+        routes = {
+            "/v1/candles": self._candles,
+            "/v1/trades": self._trades,
+            "/v1/symbols": self._symbols,
+            "/v1/coverage": self._coverage,
+            "/v1/stream": self._stream,
+            "/healthz": self._healthz,
+            "/metrics": self._metrics_reply,
+        }
+        route = routes.get(path)
+        if route is None:
+            return _error(404, f"no such endpoint {path[:100]!r}")
+        if method != "GET":
+            return _error(405, f"method {method[:10]} not allowed; use GET")
+        try:
+            return await route(query)
+        except BadParameter as exc:
+            self.rejected += 1
+            return _error(400, str(exc))
+        except UnknownSymbol as exc:
+            self.rejected += 1
+            return _error(404, str(exc))
+        except DatabaseUnavailable as exc:
+            self.failures += 1
+            _log.warning("read failed: database unavailable", path=path, error=str(exc))
+            return _error(503, "database unavailable; try again")
+
+    async def _stream_body(
+        self, encoder: Encoder, chunks: AsyncIterator[list[Any]], convert: bool
+    ) -> Body:
+        """Read the first chunk now (errors become a status), stream the rest."""
+        first = await anext(chunks, None)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield encoder.begin()
+                if first is not None:
+                    yield encoder.rows([trade_row(t) for t in first] if convert else first)
+                async for rows in chunks:
+                    yield encoder.rows([trade_row(t) for t in rows] if convert else rows)
+                yield encoder.end()
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
+
+        return body()
+
+    async def _candles(self, query: Mapping[str, list[str]]) -> Reply:
+        p = _Params(query, ("symbol", "interval", "start", "end", "format"))
+        symbol = self._symbol(p.required("symbol"))
+        interval = p.interval()
+        start, end = p.range()
+        fmt = p.fmt()
+        encoder = candle_encoder(fmt, symbol, interval)
+        chunks = iter_candle_rows(
+            self._storage, symbol, interval, start, end, chunk=self._chunk, options=self._options
+        )
+        return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks, False))
+
+    async def _trades(self, query: Mapping[str, list[str]]) -> Reply:
+        p = _Params(query, ("symbol", "start", "end", "format"))
+        symbol = self._symbol(p.required("symbol"))
+        start, end = p.range()
+        fmt = p.fmt()
+        encoder = trade_encoder(fmt, symbol)
+        chunks = self._storage.iter_trades(symbol, start, end, chunk=self._chunk)
+        return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks, True))
+
+    async def _symbols(self, query: Mapping[str, list[str]]) -> Reply:
+        _Params(query, ())
+        extent = await symbol_extent(self._storage, self._options)
+        out = []
+        for name, streams in extent.items():
+            if name not in self._registry:
+                continue
+            info = self._registry.resolve(name)
+            entry: dict[str, Any] = {
+                "symbol": info.symbol,
+                "rest_key": info.rest_key,
+                "altname": info.altname,
+                "wsname": info.wsname,
+            }
+            for stream, span in streams.items():
+                entry[stream] = (
+                    None
+                    if span is None
+                    else {"first": format_time(span[0]), "last": format_time(span[1])}
+                )
+            out.append(entry)
+        return _json(200, {"symbols": out})
+
+    async def _coverage(self, query: Mapping[str, list[str]]) -> Reply:
+        p = _Params(query, ("symbol", "stream", "start", "end"))
+        symbol = self._symbol(p.required("symbol"))
+        stream = p.get("stream", "trades")
+        if stream == "trades" or stream == "candles":
+            chosen: Any = stream
+        else:
+            raise BadParameter("stream", f"must be one of {', '.join(_STREAMS)}")
+        start, end = p.range()
+        covered = await self._storage.covered(symbol, chosen, start, end)
+        gaps = await self._storage.gaps(symbol, chosen, start, end)
+
+        def spans(items: list[tuple[datetime, datetime]]) -> list[dict[str, str]]:
+            return [{"start": format_time(a), "end": format_time(b)} for a, b in items]
+
+        return _json(
+            200,
+            {
+                "symbol": symbol,
+                "stream": chosen,
+                "start": format_time(start),
+                "end": format_time(end),
+                "covered": spans(covered),
+                "gaps": spans(gaps),
+            },
+        )
+
+    async def _stream(self, query: Mapping[str, list[str]]) -> Reply:
+        p = _Params(query, ("symbols",))
+        raw = p.get("symbols", "") or ""
+        symbols = (
+            None
+            if not raw.strip()
+            else {self._symbol(s.strip(), "symbols") for s in raw.split(",") if s.strip()}
+        )
+        hub, queue, heartbeat = self._hub, self._stream_queue, self._heartbeat_s
+
+        async def body() -> AsyncIterator[bytes]:
+            with hub.subscribe(symbols, queue=queue) as sub:
+                yield orjson.dumps({"type": "hello", "symbols": sorted(symbols or [])}) + b"\n"
+                while True:
+                    line = b""
+                    with trio.move_on_after(heartbeat) as idle:
+                        try:
+                            line = await sub.events.receive()
+                        except trio.EndOfChannel:
+                            break
+                    if idle.cancelled_caught:
+                        line = b'{"type":"heartbeat"}\n'
+                    yield line
+                if sub.dropped_reason is not None:
+                    yield (
+                        orjson.dumps(
+                            {
+                                "type": "error",
+                                "error": f"stream dropped: {sub.dropped_reason}",
+                                "reason": sub.dropped_reason,
+                            }
+                        )
+                        + b"\n"
+                    )
+
+        return Reply(200, _NDJSON, body())
+
+    async def _healthz(self, query: Mapping[str, list[str]]) -> Reply:
+        _Params(query, ())
+        status = dict(self._status())
+        return Reply(
+            200 if status.get("healthy") else 503,
+            _JSON,
+            orjson.dumps(status, default=str, option=orjson.OPT_NON_STR_KEYS),
+        )
+
+    async def _metrics_reply(self, query: Mapping[str, list[str]]) -> Reply:
+        _Params(query, ())
+        return Reply(200, _PROMETHEUS, self._metrics())

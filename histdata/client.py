@@ -1,0 +1,300 @@
+"""A synchronous Python client for histdata's query socket, for backtesters.
+
+::
+
+    from histdata.client import Client
+
+    with Client("var/histdata.sock") as hd:
+        candles = hd.candles("BTC/USD", "1h", "2024-01-01", "2024-02-01")   # list of dicts
+        frame = hd.candles("XBTUSD", "1h", "2024-01-01", "2024-02-01", frame="pandas")
+        both = hd.timeframes("BTC/USD", ["1m", "1h"], "2024-01-01", "2024-01-02")
+        last = hd.latest_candle("BTC/USD", "1m")
+        for event in hd.stream(["BTC/USD"]):                                 # live NDJSON
+            ...
+
+Rows are dicts with the contract's fields in order; prices and volumes are exact
+:class:`~decimal.Decimal` and times aware UTC :class:`~datetime.datetime`. Data travels as an
+Arrow IPC stream. ``frame="pandas"`` or ``"polars"`` returns a DataFrame instead (the library
+must be installed; this module imports neither unless asked); its decimal columns hold
+``Decimal`` objects, or ``float64`` with ``exact=False`` — a choice the caller makes knowingly.
+
+Errors: :class:`ServiceNotRunning` when nothing listens on the socket, :class:`BadRequest`
+(400: the message names the parameter), :class:`NotFound` (404: unknown symbol or endpoint),
+:class:`ServiceUnavailable` (503), all subclasses of :class:`ClientError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+import httpx
+import orjson
+
+from histdata.errors import HistdataError
+
+__all__ = [
+    "BadRequest",
+    "Client",
+    "ClientError",
+    "NotFound",
+    "ServiceNotRunning",
+    "ServiceUnavailable",
+]
+
+TimeLike = datetime | str | int | float
+FrameKind = Literal["pandas", "polars"]
+_DECIMAL_COLUMNS = {"open", "high", "low", "close", "volume", "vwap", "price"}
+_UNITS = {"m": 1, "h": 60, "d": 1440, "w": 10080}
+
+
+class ClientError(HistdataError):
+    """The query service answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+
+class ServiceNotRunning(ClientError):
+    """Nothing accepts connections on the socket: the service is not running there."""
+
+
+class BadRequest(ClientError):
+    """HTTP 400: a parameter was rejected; the message names it."""
+
+
+class NotFound(ClientError):
+    """HTTP 404: unknown symbol (or endpoint)."""
+
+
+class ServiceUnavailable(ClientError):
+    """HTTP 503: the service runs but its database is unavailable (or it is unhealthy)."""
+
+
+_BY_STATUS: dict[int, type[ClientError]] = {400: BadRequest, 404: NotFound, 503: ServiceUnavailable}
+
+
+def _time_param(value: TimeLike) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()}; use an aware UTC time")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def _interval_minutes(interval: str | int) -> int:
+    text = str(interval).strip().lower()
+    if text.isdigit():
+        return int(text)
+    return int(text[:-1]) * _UNITS[text[-1]]
+
+
+class Client:
+    """Blocking client over the Unix socket at ``socket_path`` (see module docs).
+
+    ``timeout_s`` bounds each network wait (connect, each read), not a whole transfer; None
+    waits forever.
+    """
+
+    def __init__(
+        self, socket_path: str = "./var/histdata.sock", *, timeout_s: float | None = 60.0
+    ) -> None:
+        self._socket = socket_path
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=socket_path),
+            base_url="http://histdata",
+            timeout=timeout_s,
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            message = str(orjson.loads(response.read())["error"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            message = response.text[:200]
+        cls = _BY_STATUS.get(response.status_code, ClientError)
+        raise cls(
+            f"HTTP {response.status_code}: {message}",
+            status=response.status_code,
+            url=str(response.request.url),
+        )
+
+    def _get(self, path: str, params: dict[str, str]) -> httpx.Response:
+        try:
+            response = self._http.get(path, params=params)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise ServiceNotRunning(
+                f"histdata is not running at {self._socket}: {exc}", url=path
+            ) from exc
+        self._raise_for(response)
+        return response
+
+    def _table(self, path: str, params: dict[str, str]) -> Any:
+        import pyarrow as pa
+
+        body = self._get(path, {**params, "format": "arrow"}).content
+        return pa.ipc.open_stream(body).read_all()
+
+    @staticmethod
+    def _convert(table: Any, frame: FrameKind | None, exact: bool) -> Any:
+        if frame is None:
+            rows: list[dict[str, Any]] = table.to_pylist()
+            for row in rows:
+                for key in _DECIMAL_COLUMNS.intersection(row):
+                    if row[key] is not None:
+                        row[key] = Decimal(row[key])
+            return rows
+        if frame == "polars":
+            import polars as pl  # type: ignore[import-not-found, unused-ignore]
+
+            df = pl.from_arrow(table)
+            if not exact:
+                df = df.with_columns(
+                    [pl.col(c).cast(pl.Float64) for c in df.columns if c in _DECIMAL_COLUMNS]
+                )
+            return df
+        if frame == "pandas":
+            df = table.to_pandas()
+            for column in _DECIMAL_COLUMNS.intersection(df.columns):
+                if exact:
+                    df[column] = [None if v is None else Decimal(v) for v in df[column]]
+                else:
+                    df[column] = df[column].astype("float64")
+            return df.set_index("time")
+        raise ValueError(f"frame must be 'pandas' or 'polars', not {frame!r}")
+
+    # -- the API ----------------------------------------------------------------------------
+
+    def candles(
+        self,
+        symbol: str,
+        interval: str | int,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        frame: FrameKind | None = None,
+        exact: bool = True,
+    ) -> Any:
+        """Candles of ``symbol`` at ``interval`` whose bucket starts in ``[start, end)``.
+
+        Returns a list of dicts (``time, open, high, low, close, volume, vwap, trades``), or a
+        DataFrame with ``frame``. Raises :class:`ClientError` subclasses as described above.
+        """
+        table = self._table(
+            "/v1/candles",
+            {
+                "symbol": symbol,
+                "interval": str(interval),
+                "start": _time_param(start),
+                "end": _time_param(end),
+            },
+        )
+        return self._convert(table, frame, exact)
+
+    def trades(
+        self,
+        symbol: str,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        frame: FrameKind | None = None,
+        exact: bool = True,
+    ) -> Any:
+        """Trades of ``[start, end)`` in trade order (``time, price, volume, side, trade_id``)."""
+        table = self._table(
+            "/v1/trades",
+            {"symbol": symbol, "start": _time_param(start), "end": _time_param(end)},
+        )
+        return self._convert(table, frame, exact)
+
+    def timeframes(
+        self,
+        symbol: str,
+        intervals: Sequence[str | int],
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        frame: FrameKind | None = None,
+        exact: bool = True,
+    ) -> dict[str, Any]:
+        """Candles at several intervals over the same range: ``{interval: rows or frame}``."""
+        return {
+            str(interval): self.candles(symbol, interval, start, end, frame=frame, exact=exact)
+            for interval in intervals
+        }
+
+    def latest_candle(
+        self, symbol: str, interval: str | int = "1m", *, now: datetime | None = None
+    ) -> dict[str, Any] | None:
+        """The newest candle of ``symbol`` started within the last two intervals (possibly
+        still in progress), or None when there is none that recent."""
+        minutes = _interval_minutes(interval)
+        at = now or datetime.now(UTC)
+        rows = self.candles(
+            symbol,
+            interval,
+            at - timedelta(minutes=2 * minutes),
+            at + timedelta(minutes=minutes),
+        )
+        return rows[-1] if rows else None
+
+    def symbols(self) -> list[dict[str, Any]]:
+        """Stored symbols with the first and last time of each stream (ISO strings)."""
+        return list(orjson.loads(self._get("/v1/symbols", {}).content)["symbols"])
+
+    def coverage(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, stream: str = "trades"
+    ) -> dict[str, Any]:
+        """Covered ranges and gaps of ``stream`` (``trades`` or ``candles``) in the range."""
+        params = {
+            "symbol": symbol,
+            "stream": stream,
+            "start": _time_param(start),
+            "end": _time_param(end),
+        }
+        result: dict[str, Any] = orjson.loads(self._get("/v1/coverage", params).content)
+        return result
+
+    def health(self) -> dict[str, Any]:
+        """The service's health document (raises :class:`ServiceUnavailable` when unhealthy)."""
+        result: dict[str, Any] = orjson.loads(self._get("/healthz", {}).content)
+        return result
+
+    def stream(self, symbols: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Live events (``type``: ``trade``, ``candle``, ``heartbeat``) as dicts, forever.
+
+        Raises :class:`ClientError` when the service drops the stream (the client fell
+        behind) or refuses it.
+        """
+        params = {"symbols": ",".join(symbols)} if symbols else {}
+        try:
+            with self._http.stream("GET", "/v1/stream", params=params, timeout=None) as response:
+                self._raise_for(response)
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    event: dict[str, Any] = orjson.loads(line)
+                    if event.get("type") == "error":
+                        raise ClientError(str(event.get("error")), url="/v1/stream")
+                    if event.get("type") == "hello":
+                        continue
+                    yield event
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise ServiceNotRunning(f"histdata is not running at {self._socket}: {exc}") from exc
