@@ -20,6 +20,9 @@ session, and why:
   of each reason, then every hundredth); good rows in the same frame are kept.
 - **Catch-up.** After every reconnect each subscribed symbol is handed to ``catch_up`` so the
   trades missed while disconnected are fetched from REST (the gap filler does the work).
+- **Fan-out.** Trades (not the replayed snapshot) and candle updates are offered to
+  ``publish`` (the live hub) as they arrive; the hub never blocks, so stream clients cannot
+  slow ingestion.
 - **Coverage.** About once a second the feed sends a :class:`~histdata.actors.buffer.CoverageMark`
   with the wall-clock span it has observed per symbol and stream, starting when the session's
   subscriptions were acknowledged. The hole between two sessions is never covered, so
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -50,12 +53,12 @@ from histdata.kraken.ws import (
     TradesEvent,
     open_kraken_ws,
 )
-from histdata.model import Candle
+from histdata.model import Candle, Trade
 from histdata.storage import CoverageSpan, Stream
 from histdata.supervisor import Backoff, Channel, current_child_stopping
 from histdata.symbols import SymbolRegistry
 
-__all__ = ["CatchUpQueue", "CatchUpSink", "Feed", "FeedStatistics"]
+__all__ = ["CatchUpQueue", "CatchUpSink", "Feed", "FeedStatistics", "LivePublisher"]
 
 _log = structlog.get_logger("histdata.actors.feed").bind(actor="feed")
 _LOG_FIRST_REJECTIONS = 5
@@ -67,6 +70,16 @@ class CatchUpSink(Protocol):
 
     def request(self, symbol: str) -> None:
         """Ask for trades of ``symbol`` missed since the last stored one to be fetched."""
+
+
+class LivePublisher(Protocol):
+    """Where live data is fanned out to stream clients (the hub); must never block."""
+
+    def publish_trades(self, trades: Iterable[Trade]) -> None:
+        """Offer trades to subscribers."""
+
+    def publish_candles(self, candles: Iterable[Candle]) -> None:
+        """Offer candle updates to subscribers."""
 
 
 class CatchUpQueue:
@@ -141,6 +154,7 @@ class Feed:
         *,
         catch_up: CatchUpSink,
         loss: Callable[[], int],
+        publish: LivePublisher | None = None,
         stale_after_s: float = 10.0,
         ping_interval_s: float = 15.0,
         mark_interval_s: float = 1.0,
@@ -156,6 +170,7 @@ class Feed:
         self._candles = candles
         self._catch_up = catch_up
         self._loss = loss
+        self._publish = publish
         self.stale_after_s = stale_after_s
         self.ping_interval_s = ping_interval_s
         self.mark_interval_s = mark_interval_s
@@ -303,6 +318,8 @@ class Feed:
                 elif isinstance(event, CandlesEvent):
                     self._count_rejections(event.rejections)
                     self._candle_count += len(event.candles)
+                    if self._publish is not None:
+                        self._publish.publish_candles(event.candles)
                     for candle in event.candles:
                         await self._candles.send(candle)
                 elif isinstance(event, RejectedFrame):
@@ -327,6 +344,8 @@ class Feed:
         if event.snapshot:
             self._snapshot_trades += len(event.trades)
         self._trade_count += len(event.trades)
+        if self._publish is not None and not event.snapshot:
+            self._publish.publish_trades(event.trades)
         for trade in event.trades:
             self._last_trade_at[trade.symbol] = now
             await self._trades.send(trade)

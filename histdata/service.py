@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,13 +34,19 @@ import orjson
 import structlog
 import trio
 
+from histdata.actors.backfiller import Backfiller
 from histdata.actors.buffer import Batch, Buffer, LiveItem, live_weight
 from histdata.actors.feed import CatchUpQueue, Feed
 from histdata.actors.flusher import Flusher
+from histdata.actors.gapfiller import GapFiller
+from histdata.actors.hub import LiveHub
 from histdata.actors.journal import Journal
+from histdata.actors.maintenance import MaintenanceActor
+from histdata.actors.rollup import RollupActor
 from histdata.config import Config
 from histdata.errors import DatabaseUnavailable
-from histdata.model import Candle
+from histdata.kraken import KrakenRest, RateLimiter, open_kraken_rest
+from histdata.model import Candle, datetime_to_ns
 from histdata.storage import Storage, open_storage
 from histdata.supervisor import (
     Channel,
@@ -55,6 +61,7 @@ from histdata.supervisor import (
 )
 from histdata.symbols import SymbolRegistry
 from histdata.telemetry import TelemetrySources, prometheus_text, status_snapshot
+from histdata.timeutil import parse_time
 
 __all__ = ["Service", "StorageActor"]
 
@@ -140,6 +147,12 @@ class Service:
             "live.batches", _BATCH_QUEUE, Overflow.BLOCK, weight=len
         )
         self.catch_up = CatchUpQueue()
+        self.hub = LiveHub(queue=config.query.stream_queue)
+        self.rest: KrakenRest | None = None
+        self.rollup: RollupActor | None = None
+        self.gapfiller: GapFiller | None = None
+        self.backfiller: Backfiller | None = None
+        self.maintenance: MaintenanceActor | None = None
         self.storage_actor = StorageActor(conninfo, config, self.registry)
         timeout = config.service.shutdown_timeout_s
         self.flusher = Flusher(
@@ -169,6 +182,7 @@ class Service:
             self.candles,
             catch_up=self.catch_up,
             loss=self.loss,
+            publish=self.hub,
             stale_after_s=kraken.ws_stale_after_s,
             ping_interval_s=kraken.ws_ping_interval_s,
         )
@@ -199,31 +213,78 @@ class Service:
             storage=lambda: self.storage_actor.storage,
             healthy=self.healthy,
             started_at=self.started_at,
+            extra=self._extra_statistics,
         )
         self._stopping = False
 
-    # -- the single place later issues plug their actors in ------------------------------------
+    # -- the actors beside the live path -------------------------------------------------------
 
     def _plug_in(self, timeout: float) -> list[ChildSpec]:
-        """The actors beside the live path. Until their issues land, placeholders hold the
-        places: the gap filler's consumes :attr:`catch_up` and logs each request."""
+        """The actors beside the live path, built when they start (they need the open
+        Storage, which the storage child opens first). The query child is still the
+        /healthz stand-in until the socket server of the serving issue lands."""
         small = 0.05 * timeout
-        return [
-            ChildSpec("rollup", _placeholder("rollup"), shutdown_timeout_s=small),
-            ChildSpec("gapfiller", self._catch_up_placeholder, shutdown_timeout_s=small),
-            ChildSpec("backfiller", _placeholder("backfiller"), shutdown_timeout_s=small),
-            ChildSpec("maintenance", _placeholder("maintenance"), shutdown_timeout_s=small),
-            ChildSpec(
-                "query",
-                self._query_placeholder,
-                restart=Restart.PERMANENT,
-                shutdown_timeout_s=small,
-            ),
+        specs = [
+            ChildSpec("rollup", self._run_rollup, shutdown_timeout_s=small),
+            ChildSpec("gapfiller", self._run_gapfiller, shutdown_timeout_s=small),
         ]
+        if self.config.backfill.enabled:
+            # Transient: a backfill that finished is done, not restarted.
+            specs.append(
+                ChildSpec(
+                    "backfiller",
+                    self._run_backfiller,
+                    restart=Restart.TRANSIENT,
+                    shutdown_timeout_s=small,
+                )
+            )
+        specs += [
+            ChildSpec("maintenance", self._run_maintenance, shutdown_timeout_s=small),
+            ChildSpec("query", self._query_placeholder, shutdown_timeout_s=small),
+        ]
+        return specs
 
-    async def _catch_up_placeholder(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    def _rest(self) -> KrakenRest:
+        if self.rest is None:
+            raise RuntimeError("the Kraken REST client opens in Service.run")
+        return self.rest
+
+    async def _run_rollup(self, *, task_status: trio.TaskStatus[None]) -> None:
+        self.rollup = RollupActor(
+            self.storage_actor.get(), interval_s=self.config.rollup.interval_s
+        )
+        await self.rollup.run(task_status=task_status)
+
+    async def _run_maintenance(self, *, task_status: trio.TaskStatus[None]) -> None:
+        self.maintenance = MaintenanceActor(self.storage_actor.get(), self.config.maintenance)
+        await self.maintenance.run(task_status=task_status)
+
+    async def _run_gapfiller(self, *, task_status: trio.TaskStatus[None]) -> None:
+        gapfill = self.config.gapfill
+        if not gapfill.enabled:
+            await self._log_catch_ups(task_status=task_status)
+            return
+        self.gapfiller = GapFiller(
+            self.storage_actor.get(),
+            self._rest(),
+            self.feed.symbols,
+            interval_s=gapfill.interval_s,
+            lookback=timedelta(days=gapfill.lookback_days),
+        )
+        await self.gapfiller.run(self.catch_up, task_status=task_status)
+
+    async def _run_backfiller(self, *, task_status: trio.TaskStatus[None]) -> None:
+        since = self.config.backfill.since
+        self.backfiller = Backfiller(
+            self.storage_actor.get(),
+            self._rest(),
+            self.feed.symbols,
+            since_ns=datetime_to_ns(parse_time(since)) if since else 0,
+        )
+        await self.backfiller.run(task_status=task_status)
+
+    async def _log_catch_ups(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """With [gapfill] disabled, reconnect catch-ups are only logged (the hole stays)."""
         log = _log.bind(actor="gapfiller")
         stopping = current_child_stopping()
         task_status.started()
@@ -231,15 +292,20 @@ class Service:
             nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
             while True:
                 symbol = await self.catch_up.receive()
-                log.warning(
-                    "REST catch-up needed after a reconnect (gap filler not available yet)",
-                    symbol=symbol,
-                )
+                log.warning("reconnect hole not repaired: [gapfill] is disabled", symbol=symbol)
 
     async def _query_placeholder(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         await serve_health(Path(self.config.query.socket), self, task_status=task_status)
+
+    def _extra_statistics(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"hub": self.hub.statistics()}
+        for name in ("rollup", "gapfiller", "backfiller", "maintenance"):
+            actor = getattr(self, name)
+            if actor is not None:
+                found[name] = actor.statistics()
+        return found
 
     # -- state --------------------------------------------------------------------------------
 
@@ -286,7 +352,15 @@ class Service:
 
         Raises :class:`~histdata.supervisor.SupervisorEscalation` when the root gives up.
         """
-        async with trio.open_nursery() as nursery:
+        kraken = self.config.kraken
+        limiter = RateLimiter(rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst)
+        async with (
+            open_kraken_rest(
+                kraken.rest_url, self.registry, limiter, timeout_s=kraken.request_timeout_s
+            ) as rest,
+            trio.open_nursery() as nursery,
+        ):
+            self.rest = rest
             if handle_signals:
                 await nursery.start(watch_signals, self.shutdown)
             await nursery.start(self._run_root, nursery.cancel_scope)
@@ -317,15 +391,6 @@ class Service:
             else:
                 _log.warning("unhealthy: withholding the systemd watchdog ping")
             await trio.sleep(interval / 3)
-
-
-def _placeholder(name: str) -> Callable[..., Awaitable[None]]:
-    async def placeholder(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        _log.bind(actor=name).info("actor not implemented yet; idle")
-        task_status.started()
-        await current_child_stopping().wait()
-
-    return placeholder
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
@@ -383,8 +448,9 @@ async def _serve_one(service: Service, stream: trio.abc.Stream) -> None:
                     return
                 target = event.target.decode().split("?", 1)[0]
                 if event.method == b"GET" and target == "/healthz":
-                    body = orjson.dumps(service.status())
-                    status, kind = 200, b"application/json"
+                    snapshot = service.status()
+                    body = orjson.dumps(snapshot)
+                    status, kind = 200 if snapshot["healthy"] else 503, b"application/json"
                 elif event.method == b"GET" and target == "/metrics":
                     body = service.metrics()
                     status, kind = 200, b"text/plain; version=0.0.4"

@@ -40,6 +40,7 @@ class TelemetrySources:
     storage: Callable[[], Storage | None]
     healthy: Callable[[], bool]
     started_at: float
+    extra: Callable[[], dict[str, Any]] = dict  # name → statistics of the other actors
 
 
 def _plain(value: Any) -> Any:
@@ -62,10 +63,11 @@ def _age(at: float | None, now: float) -> float | None:
 def status_snapshot(sources: TelemetrySources) -> dict[str, Any]:
     """The service's state for ``/healthz`` and ``histdata status`` (JSON-able).
 
-    Keys: ``service``, ``supervisor`` (the tree with restarts and crashes), ``channels``,
-    ``feed`` (with ``last_message_age_s`` and per-symbol ``last_trade_age_s``), ``buffer``,
-    ``flusher``, ``journal``, ``storage`` (None while closed) and ``drops`` (every counted
-    loss, by where it happened).
+    Keys: ``healthy``, ``service``, ``supervisor`` (the tree with restarts and crashes),
+    ``channels``, ``feed`` (with ``last_message_age_s`` and per-symbol ``last_trade_age_s``),
+    ``buffer``, ``flusher``, ``journal``, ``storage`` (None while closed), ``drops`` (every
+    counted loss, by where it happened) and ``actors`` (statistics of rollup, gap filler,
+    backfiller, maintenance and the live hub).
     """
     now = time.time()
     feed = sources.feed.statistics()
@@ -88,13 +90,15 @@ def status_snapshot(sources: TelemetrySources) -> dict[str, Any]:
     rejected = sum(feed.rejections.values())
     if rejected:
         drops["rejected input"] = rejected
+    healthy = sources.healthy()
     return {
+        "healthy": healthy,
         "service": {
             "version": __version__,
             "pid": os.getpid(),
             "started_at": sources.started_at,
             "uptime_s": round(now - sources.started_at, 3),
-            "healthy": sources.healthy(),
+            "healthy": healthy,
         },
         "supervisor": _plain(sources.supervisor.statistics()),
         "channels": [_plain(c) for c in chans],
@@ -104,6 +108,7 @@ def status_snapshot(sources: TelemetrySources) -> dict[str, Any]:
         "journal": _plain(journal),
         "storage": _plain(storage.statistics()) if storage is not None else None,
         "drops": drops,
+        "actors": {name: _plain(stats) for name, stats in sources.extra().items()},
     }
 
 
@@ -243,6 +248,8 @@ class _Collector:
         storage = src.storage()
         if storage is not None:
             yield from _numbers("storage", storage.statistics())
+        for name, stats in src.extra().items():
+            yield from _numbers(name, stats)
 
 
 def prometheus_text(sources: TelemetrySources) -> bytes:

@@ -25,7 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print the status; returns 1 with a clear message when the service is not running."""
+    """Print the status; returns 0 when healthy, 3 when unhealthy, and 1 with a clear
+    message when the service is not running."""
     config = setup(args)
     path = config.query.socket
     try:
@@ -39,7 +40,8 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if response.status_code != 200:
+    # 503 is the service saying it is unhealthy: the body is still the full snapshot.
+    if response.status_code not in (200, 503):
         print(f"histdata status: the service answered HTTP {response.status_code}", file=sys.stderr)
         return 1
     snapshot: dict[str, Any] = response.json()
@@ -47,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(snapshot, indent=2))
     else:
         print(render(snapshot))
-    return 0 if snapshot.get("service", {}).get("healthy") else 3
+    return 0 if snapshot.get("healthy") else 3
 
 
 def _age(value: float | None) -> str:
