@@ -60,6 +60,8 @@ _ORD_FROM_CODE = {"m": "market", "l": "limit"}
 # A trade id seen from two sources (WS µs stamps, REST 100 ns stamps) may carry times that
 # differ below a millisecond; the duplicate probe looks this far either side.
 _SAME_TRADE_WINDOW = timedelta(seconds=1)
+# Changed minutes closer than this share one rollup dirty range (see Storage._mark_dirty).
+_DIRTY_MERGE_GAP = timedelta(hours=6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +169,10 @@ class Storage:
 
     # -- symbols ----------------------------------------------------------------------------
 
-    def symbol_id(self, conn: Connection, symbol: str) -> int:
-        """Return the database id of ``symbol`` (any spelling), registering it on first use.
+    def known_symbol_id(self, conn: Connection, symbol: str) -> int | None:
+        """Return the database id of ``symbol`` (any spelling), or None if it has no row yet.
+
+        Only reads, so it works in the read-only transactions of the query path.
 
         Raises:
             UnknownSymbol: the registry does not know the spelling.
@@ -177,6 +181,22 @@ class Storage:
         cached = self._symbol_ids.get(info.symbol)
         if cached is not None:
             return cached
+        row = conn.execute("SELECT id FROM symbols WHERE symbol = %s", (info.symbol,)).fetchone()
+        if row is None:
+            return None
+        self._symbol_ids[info.symbol] = int(row[0])
+        return int(row[0])
+
+    def symbol_id(self, conn: Connection, symbol: str) -> int:
+        """Return the database id of ``symbol`` (any spelling), registering it on first use.
+
+        Raises:
+            UnknownSymbol: the registry does not know the spelling.
+        """
+        known = self.known_symbol_id(conn, symbol)
+        if known is not None:
+            return known
+        info = self.registry.resolve(symbol)
         row = conn.execute(
             "INSERT INTO symbols (symbol, rest_key, altname, wsname, price_decimals,"
             " volume_decimals) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -320,7 +340,9 @@ class Storage:
         after: tuple[datetime, int | None, int] | None,
     ) -> list[Trade]:
         info = self.registry.resolve(symbol)
-        sid = self.symbol_id(conn, info.symbol)
+        sid = self.known_symbol_id(conn, info.symbol)
+        if sid is None:
+            return []
         keyset = ""
         params: list[Any] = [sid, start, end]
         if after is not None:
@@ -357,7 +379,9 @@ class Storage:
 
         def query(conn: Connection) -> Trade | None:
             info = self.registry.resolve(symbol)
-            sid = self.symbol_id(conn, info.symbol)
+            sid = self.known_symbol_id(conn, info.symbol)
+            if sid is None:
+                return None
             row = conn.execute(
                 "SELECT time FROM trades WHERE symbol_id = %s ORDER BY time DESC LIMIT 1", (sid,)
             ).fetchone()
@@ -374,7 +398,9 @@ class Storage:
         """How many trades of ``symbol`` are stored in ``[start, end)``."""
 
         def query(conn: Connection) -> int:
-            sid = self.symbol_id(conn, symbol)
+            sid = self.known_symbol_id(conn, symbol)
+            if sid is None:
+                return 0
             row = conn.execute(
                 "SELECT count(*) FROM trades WHERE symbol_id = %s AND time >= %s AND time < %s",
                 (sid, start, end),
@@ -473,15 +499,29 @@ class Storage:
 
     @staticmethod
     def _mark_dirty(conn: Connection, changed: Iterable[tuple[int, datetime]]) -> None:
-        """Append one dirty range per symbol spanning the changed minutes."""
-        spans: dict[int, tuple[datetime, datetime]] = {}
+        """Append dirty ranges covering the changed minutes.
+
+        Minutes less than :data:`_DIRTY_MERGE_GAP` apart share one range; farther ones get
+        their own, so a repaired minute from last month and the live minute in one batch do
+        not make the rollup recompute the month between them.
+        """
+        by_symbol: dict[int, list[datetime]] = {}
         for sid, time in changed:
-            low, high = spans.get(sid, (time, time))
-            spans[sid] = (min(low, time), max(high, time))
-        for sid, (low, high) in spans.items():
-            conn.execute(
+            by_symbol.setdefault(sid, []).append(time)
+        rows: list[tuple[int, datetime, datetime]] = []
+        for sid, times in by_symbol.items():
+            times.sort()
+            low = high = times[0]
+            for time in times[1:]:
+                if time - high > _DIRTY_MERGE_GAP:
+                    rows.append((sid, low, high + timedelta(minutes=1)))
+                    low = time
+                high = time
+            rows.append((sid, low, high + timedelta(minutes=1)))
+        with conn.cursor() as cur:
+            cur.executemany(
                 "INSERT INTO rollup_dirty (symbol_id, start_time, end_time) VALUES (%s, %s, %s)",
-                (sid, low, high + timedelta(minutes=1)),
+                rows,
             )
 
     async def read_candles(self, symbol: str, start: datetime, end: datetime) -> list[Candle]:
@@ -489,7 +529,9 @@ class Storage:
 
         def query(conn: Connection) -> list[Candle]:
             info = self.registry.resolve(symbol)
-            sid = self.symbol_id(conn, info.symbol)
+            sid = self.known_symbol_id(conn, info.symbol)
+            if sid is None:
+                return []
             rows = conn.execute(
                 "SELECT time, open, high, low, close, volume, vwap, trades, source, final"
                 " FROM candles_1m WHERE symbol_id = %s AND time >= %s AND time < %s ORDER BY time",
@@ -546,7 +588,9 @@ class Storage:
         """The parts of ``[start, end)`` observed from any source, merged and in order."""
 
         def query(conn: Connection) -> list[tuple[datetime, datetime]]:
-            sid = self.symbol_id(conn, symbol)
+            sid = self.known_symbol_id(conn, symbol)
+            if sid is None:
+                return []
             rows = conn.execute(
                 "SELECT lower(r), upper(r) FROM unnest(("
                 " SELECT range_agg(during * tstzrange(%s, %s)) FROM coverage"

@@ -236,3 +236,33 @@ class TestLifecycle:
                 "host=127.0.0.1 port=1 dbname=x connect_timeout=1", connect_timeout_s=1.0
             ):
                 pass
+
+
+class TestDirtyRanges:
+    async def test_far_apart_minutes_get_separate_ranges(
+        self, storage: Storage, database_url: str
+    ) -> None:
+        """A repaired old minute and a current one in one batch do not dirty the span between."""
+        await storage.write_candles([candle(0), candle(1), candle(60 * 24 * 30)])
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT start_time, end_time FROM rollup_dirty ORDER BY start_time"
+            ).fetchall()
+        month = timedelta(days=30)
+        assert rows == [
+            (T0, T0 + timedelta(minutes=2)),
+            (T0 + month, T0 + month + timedelta(minutes=1)),
+        ]
+
+
+class TestReadOnlyPaths:
+    async def test_reads_of_a_symbol_never_stored_return_nothing(
+        self, storage: Storage, database_url: str
+    ) -> None:
+        """Reading a known but never-stored symbol returns empty results and writes no row."""
+        assert await storage.read_trades("ETH/USD", T0, END) == []
+        assert await storage.read_candles("ETH/USD", T0, END) == []
+        assert await storage.covered("ETH/USD", "trades", T0, END) == []
+        assert await storage.last_trade("ETH/USD") is None
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT count(*) FROM symbols").fetchone() == (0,)
