@@ -2,8 +2,9 @@
 derived from trades, and comparisons between sources.
 
 Everything here runs through :meth:`Storage.run`, one transaction per call, with parameterised
-SQL only. The interval arithmetic is done in SQL where it touches many rows (occupied buckets,
-aggregation) and in Python where it touches few (merging a handful of ranges).
+SQL only; reads never register a symbol (they work in the query path's read-only role). The
+interval arithmetic is done in SQL where it touches many rows (occupied buckets, aggregation)
+and in Python where it touches few (merging a handful of ranges).
 
 **Trades from sources that cannot dedupe against each other.** Kraken's 3-column CSV files
 have no trade ids and whole-second times; REST and WebSocket trades have ids and sub-second
@@ -219,7 +220,9 @@ def _other_kind(
     Only the kinds asked for are fetched: a re-imported CSV batch must not read back its own
     50,000 id-less rows just to ignore them.
     """
-    sid = storage.symbol_id(conn, symbol)
+    sid = storage.known_symbol_id(conn, symbol)
+    if sid is None:  # nothing stored for it yet
+        return Counter(), Counter()
     rows = conn.execute(
         "SELECT floor(extract(epoch FROM time))::int8, price, volume, trade_id IS NULL"
         " FROM trades WHERE symbol_id = %s AND time >= %s AND time < %s"
@@ -266,7 +269,9 @@ async def unrecoverable_marks(
     """Marked holes overlapping ``[start, end)``, clipped to it, oldest first."""
 
     def query(conn: Connection) -> list[tuple[datetime, datetime, str]]:
-        sid = storage.symbol_id(conn, symbol)
+        sid = storage.known_symbol_id(conn, symbol)
+        if sid is None:
+            return []
         rows = conn.execute(
             "SELECT greatest(lower(during), %s), least(upper(during), %s), reason FROM gap_marks"
             " WHERE symbol_id = %s AND stream = %s AND during && tstzrange(%s, %s)"
@@ -329,7 +334,9 @@ def _occupied(
     interval: timedelta,
 ) -> list[Range]:
     """Merged runs of ``interval`` buckets that hold at least one trade (or candle)."""
-    sid = storage.symbol_id(conn, symbol)
+    sid = storage.known_symbol_id(conn, symbol)
+    if sid is None:
+        return []
     table = "trades" if stream == "trades" else "candles_1m"  # whitelist, never user text
     rows = conn.execute(
         "WITH occ AS (SELECT DISTINCT date_bin(%s, time, 'epoch'::timestamptz) AS b"
@@ -414,7 +421,9 @@ async def derive_candles(
 def _aggregate(
     conn: Connection, storage: Storage, symbol: str, start: datetime, end: datetime
 ) -> list[tuple[Any, ...]]:
-    sid = storage.symbol_id(conn, symbol)
+    sid = storage.known_symbol_id(conn, symbol)
+    if sid is None:
+        return []
     return [tuple(row) for row in conn.execute(_AGGREGATE_SQL, (sid, start, end)).fetchall()]
 
 
@@ -481,7 +490,9 @@ def _rollup(
     start: datetime,
     end: datetime,
 ) -> dict[datetime, tuple[Any, ...]]:
-    sid = storage.symbol_id(conn, symbol)
+    sid = storage.known_symbol_id(conn, symbol)
+    if sid is None:
+        return {}
     rows = conn.execute(
         "SELECT date_bin(%s, time, 'epoch'::timestamptz) AS b,"
         " (array_agg(open ORDER BY time))[1], max(high), min(low),"
