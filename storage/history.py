@@ -187,10 +187,10 @@ async def drop_cross_source_duplicates(
     kept: list[Trade] = []
     dropped = 0
     for symbol, group in by_symbol.items():
-        lo = min(t.time_ns for t in group) // NS_PER_S
-        hi = max(t.time_ns for t in group) // NS_PER_S + 1
-        want_with_id = any(t.trade_id is None for t in group)
-        want_idless = any(t.trade_id is not None for t in group)
+        times = [t.time_ns for t in group]
+        lo, hi = min(times) // NS_PER_S, max(times) // NS_PER_S + 1
+        idless = sum(1 for t in group if t.trade_id is None)
+        want_with_id, want_idless = idless > 0, idless < len(group)
         stored = await storage.run(_other_kind, storage, symbol, lo, hi, want_idless, want_with_id)
         if not stored[0] and not stored[1]:
             kept.extend(group)
@@ -204,6 +204,16 @@ async def drop_cross_source_duplicates(
             else:
                 kept.append(trade)
     return kept, dropped
+
+
+_STORED_IDLESS = (
+    "SELECT floor(extract(epoch FROM time))::int8, price, volume, true FROM trades"
+    " WHERE symbol_id = %s AND time >= %s AND time < %s AND trade_id IS NULL"
+)
+_STORED_WITH_ID = (
+    "SELECT floor(extract(epoch FROM time))::int8, price, volume, false FROM trades"
+    " WHERE symbol_id = %s AND time >= %s AND time < %s AND trade_id IS NOT NULL"
+)
 
 
 def _other_kind(
@@ -223,18 +233,14 @@ def _other_kind(
     sid = storage.known_symbol_id(conn, symbol)
     if sid is None:  # nothing stored for it yet
         return Counter(), Counter()
-    rows = conn.execute(
-        "SELECT floor(extract(epoch FROM time))::int8, price, volume, trade_id IS NULL"
-        " FROM trades WHERE symbol_id = %s AND time >= %s AND time < %s"
-        " AND ((trade_id IS NULL AND %s) OR (trade_id IS NOT NULL AND %s))",
-        (
-            sid,
-            _EPOCH + timedelta(seconds=lo_s),
-            _EPOCH + timedelta(seconds=hi_s),
-            want_idless,
-            want_with_id,
-        ),
-    ).fetchall()
+    bounds = (sid, _EPOCH + timedelta(seconds=lo_s), _EPOCH + timedelta(seconds=hi_s))
+    rows: list[tuple[Any, ...]] = []
+    # One fixed statement per kind: a literal IS [NOT] NULL becomes an index condition on
+    # trades_key, where a parameterised OR of both would make the planner filter row by row.
+    if want_idless:
+        rows += conn.execute(_STORED_IDLESS, bounds).fetchall()
+    if want_with_id:
+        rows += conn.execute(_STORED_WITH_ID, bounds).fetchall()
     idless: Counter[tuple[int, Decimal, Decimal]] = Counter()
     with_id: Counter[tuple[int, Decimal, Decimal]] = Counter()
     for second, price, volume, no_id in rows:
