@@ -31,6 +31,7 @@ from histdata.actors.journal import Journal
 from histdata.config import (
     Config,
     DatabaseConfig,
+    GapfillConfig,
     KrakenConfig,
     LiveConfig,
     QueryConfig,
