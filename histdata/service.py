@@ -7,7 +7,7 @@
      ├─ live (rest_for_one)
      │    flusher ◀── batches ── buffer ◀── live.trades / live.candles ── feed
      ├─ rollup, gapfiller, backfiller, maintenance   (later issues; see _plug_in)
-     └─ query        /healthz and /metrics on the Unix socket
+     └─ query        the read API, /healthz and /metrics on the Unix socket
 
 The live supervisor starts its children consumer first (flusher, buffer, feed), so that the
 reverse-order shutdown stops the feed first, lets the buffer drain into the flusher, and the
@@ -22,15 +22,11 @@ is taking the batches), ``STOPPING=1`` when a graceful stop begins.
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import h11
-import orjson
 import structlog
 import trio
 
@@ -42,9 +38,11 @@ from histdata.actors.gapfiller import GapFiller
 from histdata.actors.hub import LiveHub
 from histdata.actors.journal import Journal
 from histdata.actors.maintenance import MaintenanceActor
+from histdata.actors.query import QueryApp
 from histdata.actors.rollup import RollupActor
 from histdata.config import Config
 from histdata.errors import DatabaseUnavailable
+from histdata.httpserver import Request, Response, open_unix_listener, serve_http
 from histdata.kraken import KrakenRest, RateLimiter, open_kraken_rest
 from histdata.model import Candle, datetime_to_ns
 from histdata.storage import Storage, open_storage
@@ -221,8 +219,7 @@ class Service:
 
     def _plug_in(self, timeout: float) -> list[ChildSpec]:
         """The actors beside the live path, built when they start (they need the open
-        Storage, which the storage child opens first). The query child is still the
-        /healthz stand-in until the socket server of the serving issue lands."""
+        Storage, which the storage child opens first)."""
         small = 0.05 * timeout
         specs = [
             ChildSpec("rollup", self._run_rollup, shutdown_timeout_s=small),
@@ -240,7 +237,7 @@ class Service:
             )
         specs += [
             ChildSpec("maintenance", self._run_maintenance, shutdown_timeout_s=small),
-            ChildSpec("query", self._query_placeholder, shutdown_timeout_s=small),
+            ChildSpec("query", self._run_query, shutdown_timeout_s=small),
         ]
         return specs
 
@@ -294,10 +291,33 @@ class Service:
                 symbol = await self.catch_up.receive()
                 log.warning("reconnect hole not repaired: [gapfill] is disabled", symbol=symbol)
 
-    async def _query_placeholder(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        await serve_health(Path(self.config.query.socket), self, task_status=task_status)
+    async def _run_query(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The read API (:class:`~histdata.actors.query.QueryApp`) on the Unix socket."""
+        app = QueryApp(
+            self.storage_actor.get(),
+            self.registry,
+            hub=self.hub,
+            status=self.status,
+            metrics=self.metrics,
+            stream_queue=self.config.query.stream_queue,
+        )
+
+        async def handle(request: Request) -> Response:
+            reply = await app.handle(request.method, request.path, request.query)
+            return Response(reply.status, (("content-type", reply.content_type),), reply.body)
+
+        path = Path(self.config.query.socket)
+        listener = await open_unix_listener(path)
+        stopping = current_child_stopping()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+                await nursery.start(serve_http, handle, [listener])
+                task_status.started()
+        finally:
+            await listener.aclose()
+            with trio.CancelScope(shield=True):
+                await trio.Path(path).unlink(missing_ok=True)
 
     def _extra_statistics(self) -> dict[str, Any]:
         found: dict[str, Any] = {"hub": self.hub.statistics()}
@@ -396,79 +416,3 @@ class Service:
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
-
-
-# -- the query placeholder: /healthz and /metrics only ---------------------------------------
-
-
-async def serve_health(
-    socket_path: Path, service: Service, *, task_status: trio.TaskStatus[None]
-) -> None:
-    """Serve ``GET /healthz`` (JSON status) and ``GET /metrics`` on a Unix socket (mode 0660).
-
-    A stand-in for the query server of the serving issue, so ``histdata status`` works now.
-    Raises ``OSError`` when the socket cannot be bound.
-    """
-    stopping = current_child_stopping()
-    _remove_socket(socket_path, create_parent=True)
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    await sock.bind(str(socket_path))
-    os.chmod(socket_path, 0o660)
-    sock.listen(64)
-    listener = trio.SocketListener(sock)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
-            await nursery.start(trio.serve_listeners, partial(_serve_one, service), [listener])
-            task_status.started()
-    finally:
-        _remove_socket(socket_path)
-
-
-def _remove_socket(path: Path, *, create_parent: bool = False) -> None:
-    """Remove a stale socket file (a previous run that was killed leaves one behind)."""
-    if create_parent:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-
-
-async def _serve_one(service: Service, stream: trio.abc.Stream) -> None:
-    conn = h11.Connection(h11.SERVER)
-    try:
-        with trio.move_on_after(10):
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    conn.receive_data(bytes(data))
-                    if not data:
-                        return
-                    continue
-                if not isinstance(event, h11.Request):
-                    return
-                target = event.target.decode().split("?", 1)[0]
-                if event.method == b"GET" and target == "/healthz":
-                    snapshot = service.status()
-                    body = orjson.dumps(snapshot)
-                    status, kind = 200 if snapshot["healthy"] else 503, b"application/json"
-                elif event.method == b"GET" and target == "/metrics":
-                    body = service.metrics()
-                    status, kind = 200, b"text/plain; version=0.0.4"
-                else:
-                    body = b'{"error": "not found"}'
-                    status, kind = 404, b"application/json"
-                # One request per connection keeps this stand-in trivial; clients reconnect.
-                headers = [
-                    (b"content-type", kind),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ]
-                data = conn.send(h11.Response(status_code=status, headers=headers))
-                data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
-                data += conn.send(h11.EndOfMessage()) or b""
-                await stream.send_all(data)
-                return
-    except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        return
-    finally:
-        await stream.aclose()
