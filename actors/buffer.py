@@ -40,7 +40,7 @@ from histdata.supervisor import Channel, current_child_stopping
 
 __all__ = ["Batch", "Buffer", "BufferStatistics", "CoverageMark", "LiveItem", "live_weight"]
 
-_log = structlog.get_logger("histdata.actors.buffer").bind(actor="buffer")
+_log = structlog.get_logger("histdata.actors.buffer", actor="buffer")
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ from histdata.symbols import SymbolRegistry
 
 __all__ = ["CatchUpQueue", "CatchUpSink", "Feed", "FeedStatistics", "LivePublisher"]
 
-_log = structlog.get_logger("histdata.actors.feed").bind(actor="feed")
+_log = structlog.get_logger("histdata.actors.feed", actor="feed")
 _LOG_FIRST_REJECTIONS = 5
 _LOG_EVERY_REJECTION = 100
 

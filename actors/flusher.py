@@ -37,7 +37,7 @@ from histdata.supervisor import Backoff, Channel, current_child_stopping
 
 __all__ = ["Flusher", "FlusherStatistics"]
 
-_log = structlog.get_logger("histdata.actors.flusher").bind(actor="flusher")
+_log = structlog.get_logger("histdata.actors.flusher", actor="flusher")
 # How often journaled spill writes are fsynced (the power-cut window of the spill path).
 _SYNC_INTERVAL_S = 0.2
 

@@ -52,7 +52,7 @@ from histdata.storage import CoverageSpan
 
 __all__ = ["Journal", "JournalSpill", "JournalStatistics", "decode_batch", "encode_batch"]
 
-_log = structlog.get_logger("histdata.actors.journal").bind(actor="journal")
+_log = structlog.get_logger("histdata.actors.journal", actor="journal")
 
 _MAGIC = b"HDJ1\n"
 _HEADER = struct.Struct("<II")

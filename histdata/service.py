@@ -63,7 +63,7 @@ from histdata.timeutil import parse_time
 
 __all__ = ["Service", "StorageActor"]
 
-_log = structlog.get_logger("histdata.service").bind(actor="service")
+_log = structlog.get_logger("histdata.service", actor="service")
 # Batches in flight between buffer and flusher: enough to keep the flusher busy, small enough
 # that the buffer's input channel (with its overflow policy) is where a backlog builds up.
 _BATCH_QUEUE = 4
