@@ -34,6 +34,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -307,31 +308,32 @@ class Feed:
         loss_before = self._loss()
         next_mark = trio.current_time() + self.mark_interval_s
         try:
-            async for event in conn.events():
-                now = self._clock()
-                self._last_message_at = now
-                if isinstance(event, TradesEvent | CandlesEvent) and now - started >= 1.0:
-                    # It has delivered for a while: a drop now is "random", retry at once.
-                    self._immediate_retry = True
-                if isinstance(event, TradesEvent):
-                    await self._on_trades(event, now)
-                elif isinstance(event, CandlesEvent):
-                    self._count_rejections(event.rejections)
-                    self._candle_count += len(event.candles)
-                    if self._publish is not None:
-                        self._publish.publish_candles(event.candles)
-                    for candle in event.candles:
-                        await self._candles.send(candle)
-                elif isinstance(event, RejectedFrame):
-                    self._count_rejections((event.rejection,))
-                elif isinstance(event, StatusEvent):
-                    self._system = event.system
-                    if event.system != "online":
-                        _log.warning("Kraken engine status", system=event.system)
-                if trio.current_time() >= next_mark:
-                    next_mark = trio.current_time() + self.mark_interval_s
-                    loss_before = await self._mark(streams, mark_from, now, loss_before)
-                    mark_from = now
+            async with aclosing(conn.events()) as events:
+                async for event in events:
+                    now = self._clock()
+                    self._last_message_at = now
+                    if isinstance(event, TradesEvent | CandlesEvent) and now - started >= 1.0:
+                        # It has delivered for a while: a drop now is "random", retry at once.
+                        self._immediate_retry = True
+                    if isinstance(event, TradesEvent):
+                        await self._on_trades(event, now)
+                    elif isinstance(event, CandlesEvent):
+                        self._count_rejections(event.rejections)
+                        self._candle_count += len(event.candles)
+                        if self._publish is not None:
+                            self._publish.publish_candles(event.candles)
+                        for candle in event.candles:
+                            await self._candles.send(candle)
+                    elif isinstance(event, RejectedFrame):
+                        self._count_rejections((event.rejection,))
+                    elif isinstance(event, StatusEvent):
+                        self._system = event.system
+                        if event.system != "online":
+                            _log.warning("Kraken engine status", system=event.system)
+                    if trio.current_time() >= next_mark:
+                        next_mark = trio.current_time() + self.mark_interval_s
+                        loss_before = await self._mark(streams, mark_from, now, loss_before)
+                        mark_from = now
         finally:
             # Whatever ends the session (a close, staleness, a stop), cover what was seen.
             last = self._last_message_at or mark_from

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -52,11 +53,12 @@ async def sim() -> AsyncIterator[Any]:
 async def take(conn: KrakenWs, n: int, kind: type[Any] = object) -> list[Any]:
     """The next n events of the given kind (others are skipped)."""
     found: list[Event] = []
-    async for event in conn.events():
-        if isinstance(event, kind):
-            found.append(event)
-            if len(found) == n:
-                break
+    async with aclosing(conn.events()) as events:
+        async for event in events:
+            if isinstance(event, kind):
+                found.append(event)
+                if len(found) == n:
+                    break
     return found
 
 
@@ -152,13 +154,14 @@ class TestFailures:
         good = 0
         async with open_kraken_ws(sim.ws_url, ["BTC/USD"], REGISTRY) as conn:
             with trio.fail_after(20):
-                async for event in conn.events():
-                    if isinstance(event, RejectedFrame):
-                        rejected += 1
-                    elif isinstance(event, TradesEvent):
-                        rejected += len(event.rejections)
-                        good += len(event.trades)
-                        truth.update(event.trades)
-                    if rejected >= 5 and good >= 20:
-                        break
+                async with aclosing(conn.events()) as events:
+                    async for event in events:
+                        if isinstance(event, RejectedFrame):
+                            rejected += 1
+                        elif isinstance(event, TradesEvent):
+                            rejected += len(event.rejections)
+                            good += len(event.trades)
+                            truth.update(event.trades)
+                        if rejected >= 5 and good >= 20:
+                            break
         assert truth <= set(sim.market.trades("BTC/USD"))

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 import trio
@@ -423,26 +425,65 @@ async def open_kraken_ws(
     names = list(dict.fromkeys(registry.canonical(symbol) for symbol in symbols))
     if not names:
         raise ValueError("open_kraken_ws needs at least one symbol")
-    async with AsyncExitStack() as stack:
-        try:
-            ws = await stack.enter_async_context(
-                trio_websocket.open_websocket_url(
-                    url, extra_headers=[(b"User-Agent", USER_AGENT.encode())]
-                )
+    try:
+        async with AsyncExitStack() as stack:
+            ws = await _connect(stack, url)
+            conn = KrakenWs(
+                ws,
+                names,
+                registry,
+                ohlc_interval=ohlc_interval,
+                stale_after_s=stale_after_s,
+                ping_interval_s=ping_interval_s,
             )
-        except trio_websocket.ConnectionRejected as exc:
-            raise KrakenError(
-                f"Kraken WebSocket {url} rejected the upgrade: HTTP {exc.status_code}"
-            ) from exc
-        except (trio_websocket.HandshakeError, OSError) as exc:
-            raise KrakenError(f"cannot connect to Kraken WebSocket {url}: {exc!r}") from exc
-        conn = KrakenWs(
-            ws,
-            names,
-            registry,
-            ohlc_interval=ohlc_interval,
-            stale_after_s=stale_after_s,
-            ping_interval_s=ping_interval_s,
+            await conn._subscribe()
+            yield conn
+    except BaseExceptionGroup as group:
+        # The nursery in _connect runs only trio_websocket's reader task, which does not raise,
+        # so a group holds exactly the error of the session body: re-raise it as itself, so
+        # callers catch ConnectionClosed, StaleConnection… directly.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _connect(stack: AsyncExitStack, url: str) -> trio_websocket.WebSocketConnection:
+    """Open the TCP (or TLS, with SNI) stream and the WebSocket over it, both closed by ``stack``.
+
+    The stream is opened here rather than by ``trio_websocket.open_websocket_url`` because
+    that one leaves the socket open after an abnormal closure (1006); a feed that
+    reconnects all day must not leak a descriptor per dropped connection.
+
+    Raises:
+        KrakenError: the connection or the upgrade failed.
+    """
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise KrakenError(f"Kraken WebSocket URL must be ws:// or wss://host/..., got {url!r}")
+    host, port = parts.hostname, parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        stream: trio.abc.Stream
+        if secure:
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+            )
+        else:
+            stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise KrakenError(f"cannot connect to Kraken WebSocket {url}: {exc!r}") from exc
+    stack.push_async_callback(stream.aclose)
+    nursery = await stack.enter_async_context(trio.open_nursery())
+    try:
+        ws = await trio_websocket.wrap_client_stream(
+            nursery, stream, host, resource, extra_headers=[(b"User-Agent", USER_AGENT.encode())]
         )
-        await conn._subscribe()
-        yield conn
+    except trio_websocket.ConnectionRejected as exc:
+        raise KrakenError(
+            f"Kraken WebSocket {url} rejected the upgrade: HTTP {exc.status_code}"
+        ) from exc
+    except (trio_websocket.HandshakeError, OSError, trio.BrokenResourceError) as exc:
+        raise KrakenError(f"cannot connect to Kraken WebSocket {url}: {exc!r}") from exc
+    stack.push_async_callback(ws.aclose)
+    return ws
