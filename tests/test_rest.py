@@ -44,6 +44,7 @@ async def sim() -> AsyncIterator[Any]:
         seed=1, symbols=("BTC/USD", "ETH/USD"), trade_rate_per_s=50.0, history_s=HISTORY_S
     )
     async with open_simulator(config) as simulator:
+        simulator.pause_trading()  # REST history is compared with a fixed ground truth
         yield simulator
 
 
