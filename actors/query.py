@@ -12,13 +12,16 @@ Endpoints (GET only)::
 
 Every parameter is validated before anything reaches the database, which only ever sees
 bound parameters: an unknown or repeated parameter, a malformed symbol, interval, time,
-stream or format, or ``start >= end`` is answered ``400 {"error": "..."}`` naming the
-parameter; a well-formed symbol the registry does not know is ``404``. Symbols accept every
-spelling the registry does (``BTC/USD``, ``XBTUSD``, ``XXBTZUSD``, ``XBT/USD``); responses
-use the canonical name. ``interval`` defaults to ``1m``, ``format`` to ``json``.
+stream or format, a time outside ``EARLIEST`` to ``LATEST``, or ``start >= end`` is answered
+``400 {"error": "..."}`` naming the parameter; a well-formed symbol the registry does not
+know is ``404``. Symbols accept every spelling the registry does (``BTC/USD``, ``XBTUSD``,
+``XXBTZUSD``, ``XBT/USD``); responses use the canonical name. ``interval`` defaults to
+``1m``, ``format`` to ``json``.
 
 Candle and trade bodies stream in chunks (see :mod:`histdata.formats`); the first chunk is
-read before the status line is sent, so a database outage is a clean ``503``. Reads run in
+read before the status line is sent, so a database outage is a clean ``503``. An outage after
+that raises out of the body, so the connection is cut before the end of the chunked body and
+no client mistakes a truncated read for a complete one. Reads run in
 READ ONLY transactions, under the read-only role when the database allowed creating it.
 A ``/v1/stream`` client gets a bounded queue in the :class:`~histdata.actors.hub.LiveHub`;
 when it falls behind it receives an ``{"type":"error"}`` line and is disconnected, and
@@ -30,7 +33,8 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -47,14 +51,15 @@ from histdata.formats import (
     trade_encoder,
     trade_row,
 )
+from histdata.httpserver import Request, Response, open_unix_listener, serve_http
 from histdata.storage import Storage
 from histdata.storage.reads import ReadOptions, iter_candle_rows, symbol_extent
 from histdata.symbols import SymbolRegistry
 from histdata.timeutil import format_time, parse_interval, parse_time
 
-__all__ = ["BadParameter", "QueryApp", "Reply"]
+__all__ = ["EARLIEST", "LATEST", "BadParameter", "QueryApp", "Reply", "check_range"]
 
-_log = structlog.get_logger("histdata.actors.query").bind(actor="query")
+_log = structlog.get_logger("histdata.actors.query", actor="query")
 # Spellings the registry could ever know: letters, digits and . / : _ -, at most 32.
 _SYMBOL_RE = re.compile(r"^[A-Za-z0-9./:_-]{1,32}$")
 _STREAMS = ("trades", "candles")
@@ -62,6 +67,10 @@ _JSON = "application/json"
 _NDJSON = "application/x-ndjson"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 Body = bytes | AsyncIterator[bytes]
+# The times a read may name: Unix time, up to where the trades' int64 nanoseconds end, less
+# room for the storage to round an edge up to a bucket (at most 366 days) without overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2262, 1, 1, tzinfo=UTC)
 
 
 class BadParameter(ValueError):
@@ -79,6 +88,21 @@ class Reply:
     status: int
     content_type: str
     body: Body
+
+
+def check_range(start: datetime, end: datetime) -> None:
+    """Check a read range: both edges within ``[EARLIEST, LATEST]`` and ``start < end``.
+
+    Raises:
+        BadParameter: naming ``start`` or ``end``.
+    """
+    for name, value in (("start", start), ("end", end)):
+        if not EARLIEST <= value <= LATEST:
+            raise BadParameter(
+                name, f"must be between {format_time(EARLIEST)} and {format_time(LATEST)}"
+            )
+    if end <= start:
+        raise BadParameter("end", "must be after start")
 
 
 def _error(status: int, message: str) -> Reply:
@@ -123,8 +147,7 @@ class _Params:
 
     def range(self) -> tuple[datetime, datetime]:
         start, end = self.time("start"), self.time("end")
-        if end <= start:
-            raise BadParameter("end", "must be after start")
+        check_range(start, end)
         return start, end
 
     def fmt(self) -> Format:
@@ -205,6 +228,34 @@ class QueryApp:
             _log.warning("read failed: database unavailable", path=path, error=str(exc))
             return _error(503, "database unavailable; try again")
 
+    async def serve(
+        self,
+        path: Path,
+        *,
+        mode: int = 0o660,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the endpoints over HTTP/1.1 on a Unix socket at ``path`` until cancelled.
+
+        The socket file is created with ``mode`` before it accepts connections, reported
+        started once listening, and removed on exit.
+
+        Raises:
+            OSError: another server listens on ``path``, or it cannot be created.
+        """
+        listener = await open_unix_listener(path, mode=mode)
+        try:
+            await serve_http(self.handle_http, [listener], task_status=task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+                await trio.Path(path).unlink(missing_ok=True)
+
+    async def handle_http(self, request: Request) -> Response:
+        """:meth:`handle` as an :mod:`histdata.httpserver` handler."""
+        reply = await self.handle(request.method, request.path, request.query)
+        return Response(reply.status, (("content-type", reply.content_type),), reply.body)
+
     async def _stream_body(
         self, encoder: Encoder, chunks: AsyncIterator[list[Any]], convert: bool
     ) -> Body:
@@ -216,8 +267,13 @@ class QueryApp:
                 yield encoder.begin()
                 if first is not None:
                     yield encoder.rows([trade_row(t) for t in first] if convert else first)
-                async for rows in chunks:
-                    yield encoder.rows([trade_row(t) for t in rows] if convert else rows)
+                try:
+                    async for rows in chunks:
+                        yield encoder.rows([trade_row(t) for t in rows] if convert else rows)
+                except DatabaseUnavailable as exc:
+                    self.failures += 1
+                    _log.warning("read failed mid-body: database unavailable", error=str(exc))
+                    raise
                 yield encoder.end()
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]

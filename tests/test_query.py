@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import h11
+import httpx
 import orjson
 import pyarrow as pa
 import pytest
 import trio
+from test_flusher import Outage  # type: ignore[import-not-found]
 
-from histdata.actors.hub import LiveHub
+from histdata.actors.hub import DROP_SLOW, LiveHub
 from histdata.actors.query import QueryApp, Reply
+from histdata.errors import DatabaseUnavailable
 from histdata.model import Candle, CandleSource, Side, Trade
 from histdata.storage import CoverageSpan, Storage
 from histdata.symbols import SymbolRegistry
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
+T0_NS = int(T0.timestamp()) * 10**9
 
 
 def candles(n: int) -> list[Candle]:
@@ -84,6 +94,7 @@ async def get(app: QueryApp, path: str, **query: str) -> tuple[int, str, bytes]:
 
 
 RANGE = {"start": "2024-03-04", "end": "2024-03-05"}
+PARAMS_RANGE = {name: [value] for name, value in RANGE.items()}
 
 
 class TestCandles:
@@ -281,31 +292,332 @@ class TestValidation:
         reply = await app.handle("POST", "/v1/candles", {})
         assert reply.status == 405
 
-    @pytest.mark.parametrize("attack", INJECTIONS)
+    async def test_outage_mid_body_cuts_the_body_short(
+        self, app: QueryApp, pg_admin_dsn: str, database_url: str
+    ) -> None:
+        """A database lost after the first chunk raises out of the body instead of ending it."""
+        reply = await app.handle(
+            "GET", "/v1/candles", {"symbol": ["BTC/USD"], "format": ["csv"], **PARAMS_RANGE}
+        )
+        assert reply.status == 200
+        assert not isinstance(reply.body, bytes)
+        body: AsyncIterator[bytes] = reply.body
+        assert (await anext(body)).startswith(b"time,open")
+        assert (await anext(body)).count(b"\n") == 7
+        outage = Outage(pg_admin_dsn, database_url)
+        await outage.start()
+        try:
+            with pytest.raises(DatabaseUnavailable):
+                async for _ in body:
+                    pass
+        finally:
+            await outage.end()
+        assert app.failures == 1
+
+
+# -- over the real Unix socket -----------------------------------------------------------------
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    """A short socket path (AF_UNIX paths are limited to about 100 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="hdq") as directory:
+        yield Path(directory) / "histdata.sock"
+
+
+@pytest.fixture
+async def http(
+    app: QueryApp, socket_path: Path, nursery: trio.Nursery
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the app served over a real Unix socket."""
+    await nursery.start(app.serve, socket_path)
+    async with httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(uds=str(socket_path)), base_url="http://localhost"
+    ) as client:
+        yield client
+
+
+async def table_state(storage: Storage) -> tuple[list[str], list[int]]:
+    """The public tables and the row counts of the data tables, to show nothing was dropped."""
+
+    def read(conn: Any) -> tuple[list[str], list[int]]:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            )
+        ]
+        counts = [
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("symbols", "trades", "candles_1m", "coverage")
+        ]
+        return names, counts
+
+    return await storage.run(read)
+
+
+class TestSocket:
+    async def test_socket_file_is_0660_and_removed_on_exit(
+        self, app: QueryApp, socket_path: Path
+    ) -> None:
+        """The served socket file has mode 0660 whatever the umask, and is gone after serving."""
+        old = os.umask(0o077)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(app.serve, socket_path)
+                mode = (await trio.Path(socket_path).stat()).st_mode
+                assert stat.S_ISSOCK(mode)
+                assert stat.S_IMODE(mode) == 0o660
+                nursery.cancel_scope.cancel()
+        finally:
+            os.umask(old)
+        assert not await trio.Path(socket_path).exists()
+
+    async def test_candles_in_each_format(self, http: httpx.AsyncClient) -> None:
+        """Candles arrive over the socket as JSON, CSV and an Arrow stream pyarrow reads back."""
+        query = {"symbol": "XBT/USD", "interval": "5m", **RANGE}
+        as_json = await http.get("/v1/candles", params=query)
+        as_csv = await http.get("/v1/candles", params={**query, "format": "csv"})
+        as_arrow = await http.get("/v1/candles", params={**query, "format": "arrow"})
+        assert as_json.headers["content-type"] == "application/json"
+        assert as_csv.headers["content-type"] == "text/csv; charset=utf-8"
+        assert as_arrow.headers["content-type"] == "application/vnd.apache.arrow.stream"
+        assert all(r.headers["transfer-encoding"] == "chunked" for r in (as_json, as_csv))
+        rows = as_json.json()["candles"]
+        lines = as_csv.text.splitlines()
+        table = pa.ipc.open_stream(io.BytesIO(as_arrow.content)).read_all()
+        assert len(rows) == len(lines) - 1 == table.num_rows == 24
+        assert lines[0] == "time,open,high,low,close,volume,vwap,trades"
+        assert lines[1].split(",") == [str(v) if v is not None else "" for v in rows[0].values()]
+        assert table.to_pylist()[1] == {
+            **rows[1],
+            "time": T0 + timedelta(minutes=5),
+            "trades": rows[1]["trades"],
+        }
+
+    async def test_trades_in_each_format(self, http: httpx.AsyncClient) -> None:
+        """Trades arrive over the socket in each format with the same rows in trade order."""
+        query = {"symbol": "BTC/USD", **RANGE}
+        rows = (await http.get("/v1/trades", params=query)).json()["trades"]
+        lines = (await http.get("/v1/trades", params={**query, "format": "csv"})).text
+        body = (await http.get("/v1/trades", params={**query, "format": "arrow"})).content
+        table = pa.ipc.open_stream(io.BytesIO(body)).read_all()
+        assert [r["trade_id"] for r in rows] == [1000, None, 1002, 1003, 1004]
+        assert lines.splitlines()[1:] == [
+            ",".join("" if v is None else str(v) for v in r.values()) for r in rows
+        ]
+        assert table.column("price").to_pylist() == [r["price"] for r in rows]
+        assert table.column("side").to_pylist() == [r["side"] for r in rows]
+
+    async def test_symbols_coverage_health_and_metrics(self, http: httpx.AsyncClient) -> None:
+        """The JSON endpoints and the Prometheus text answer over the socket."""
+        symbols = await http.get("/v1/symbols")
+        assert [s["symbol"] for s in symbols.json()["symbols"]] == ["BTC/USD"]
+        coverage = await http.get(
+            "/v1/coverage", params={"symbol": "XXBTZUSD", "stream": "candles", **RANGE}
+        )
+        assert coverage.status_code == 200
+        assert coverage.json()["symbol"] == "BTC/USD"
+        assert coverage.json()["stream"] == "candles"
+        health = await http.get("/healthz")
+        assert (health.status_code, health.json()["healthy"]) == (200, True)
+        metrics = await http.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert "histdata_up 1" in metrics.text
+
+    async def test_bad_parameter_is_a_json_400_naming_it(self, http: httpx.AsyncClient) -> None:
+        """A bad parameter on any endpoint is a JSON 400 whose error names the parameter."""
+        cases: list[tuple[str, dict[str, str], str]] = [
+            ("/v1/candles", {"symbol": "BTC USD", **RANGE}, "symbol"),
+            ("/v1/candles", {"symbol": "BTC/USD", "interval": "1y", **RANGE}, "interval"),
+            ("/v1/candles", {"symbol": "BTC/USD", "start": "soon", "end": "2024-03-05"}, "start"),
+            ("/v1/candles", {"symbol": "BTC/USD", "start": "2024-03-04", "end": "x"}, "end"),
+            ("/v1/candles", {"symbol": "BTC/USD", "format": "parquet", **RANGE}, "format"),
+            ("/v1/trades", {"symbol": "BTC/USD", "format": "", **RANGE}, "format"),
+            ("/v1/trades", {"symbol": "BTC/USD", "start": "2024-03-04"}, "end"),
+            ("/v1/trades", {"symbol": "BTC/USD", "interval": "1m", **RANGE}, "interval"),
+            ("/v1/coverage", {"symbol": "BTC/USD", "stream": "book", **RANGE}, "stream"),
+            ("/v1/stream", {"symbols": "BTC/USD,ETH USD"}, "symbols"),
+            ("/v1/symbols", {"symbol": "BTC/USD"}, "symbol"),
+            ("/healthz", {"verbose": "1"}, "verbose"),
+            ("/metrics", {"format": "json"}, "format"),
+            ("/v1/coverage", {"symbol": "BTC/USD", "start": "1", "end": "1"}, "end"),
+            ("/v1/trades", {"symbol": "BTC/USD", "start": "1e9", "end": "2e9"}, "start"),
+            ("/v1/trades", {"symbol": "BTC/USD", "start": "0", "end": "9999-12-31"}, "end"),
+            ("/v1/candles", {"symbol": "BTC/USD", "start": "1969-12-31", "end": "1"}, "start"),
+            ("/v1/trades", {"symbol": "BTC/USD", "start": "0", "end": "99999999999999"}, "end"),
+        ]
+        for path, query, parameter in cases:
+            response = await http.get(path, params=query)
+            assert response.status_code == 400, (path, query)
+            assert response.headers["content-type"] == "application/json"
+            assert f"'{parameter}'" in error_of(response.content)
+
+    @pytest.mark.parametrize("path", ["/v1/candles", "/v1/trades", "/v1/coverage"])
+    async def test_widest_valid_range_is_answered(self, http: httpx.AsyncClient, path: str) -> None:
+        """The epoch to the latest time allowed is a valid range at any interval."""
+        query = {"symbol": "BTC/USD", "start": "0", "end": "2262-01-01T00:00:00Z"}
+        if path == "/v1/candles":
+            query["interval"] = "527040"  # the longest: 366 days
+        response = await http.get(path, params=query)
+        assert response.status_code == 200
+        assert response.json()
+
+    async def test_unknown_symbol_is_a_json_404(self, http: httpx.AsyncClient) -> None:
+        """A well-formed symbol the registry does not know is a JSON 404 on every endpoint."""
+        cases: list[tuple[str, dict[str, str]]] = [
+            ("/v1/candles", {"symbol": "DOGE/EUR", **RANGE}),
+            ("/v1/trades", {"symbol": "NOPE", **RANGE}),
+            ("/v1/coverage", {"symbol": "XDG/XBT", **RANGE}),
+            ("/v1/stream", {"symbols": "BTC/USD,FAKE/USD"}),
+        ]
+        for path, query in cases:
+            response = await http.get(path, params=query)
+            assert response.status_code == 404, (path, query)
+            assert "error" in response.json()
+
     @pytest.mark.parametrize(
-        ("path", "parameter"),
+        ("path", "parameters"),
         [
-            ("/v1/candles", "symbol"),
-            ("/v1/candles", "interval"),
-            ("/v1/candles", "start"),
-            ("/v1/candles", "end"),
-            ("/v1/candles", "format"),
-            ("/v1/trades", "symbol"),
-            ("/v1/trades", "start"),
-            ("/v1/coverage", "stream"),
-            ("/v1/coverage", "symbol"),
-            ("/v1/stream", "symbols"),
+            ("/v1/candles", ("symbol", "interval", "start", "end", "format")),
+            ("/v1/trades", ("symbol", "start", "end", "format")),
+            ("/v1/coverage", ("symbol", "stream", "start", "end")),
+            ("/v1/stream", ("symbols",)),
         ],
     )
-    async def test_sql_injection_is_rejected(
-        self, app: QueryApp, storage: Storage, path: str, parameter: str, attack: str
+    async def test_sql_injection_in_any_parameter_is_rejected(
+        self, http: httpx.AsyncClient, storage: Storage, path: str, parameters: tuple[str, ...]
     ) -> None:
-        """An injection attempt in any parameter is a 400 naming it, and the tables survive."""
-        query = {"symbol": "BTC/USD", **RANGE, parameter: attack}
-        if path == "/v1/stream":
-            query = {parameter: attack}
-        with trio.fail_after(5):
-            status, _, body = await get(app, path, **query)
-        assert status == 400
-        assert f"'{parameter}'" in error_of(body)
-        assert await storage.count_trades("BTC/USD", T0, T0 + timedelta(days=1)) == 5
+        """Injection attempts in any parameter are 400s naming it, and every table survives."""
+        before = await table_state(storage)
+        base = {"symbols": "BTC/USD"} if path == "/v1/stream" else {"symbol": "BTC/USD", **RANGE}
+        for parameter in parameters:
+            for attack in [*INJECTIONS, *(a.replace("BTC/USD", "") for a in INJECTIONS)]:
+                with trio.fail_after(10):
+                    response = await http.get(path, params={**base, parameter: attack})
+                assert response.status_code == 400, (parameter, attack)
+                assert f"'{parameter}'" in error_of(response.content)
+        assert await table_state(storage) == before
+
+    async def test_stream_relays_events_and_heartbeats(
+        self, storage: Storage, socket_path: Path, nursery: trio.Nursery
+    ) -> None:
+        """A stream client gets hello, its symbol's trades and candles, and idle heartbeats."""
+        hub = LiveHub()
+        app = QueryApp(
+            storage, SymbolRegistry.shipped(), hub=hub, status=dict, metrics=bytes, heartbeat_s=0.05
+        )
+        await nursery.start(app.serve, socket_path)
+        async with await StreamClient.open(socket_path, "/v1/stream?symbols=XBTUSD") as client:
+            assert await client.event() == {"type": "hello", "symbols": ["BTC/USD"]}
+            assert client.headers[b"content-type"] == b"application/x-ndjson"
+            hub.publish_trades([Trade("ETH/USD", 1, Decimal(1), Decimal(1)), *trades(1)])
+            hub.publish_candles(candles(1))
+            got = [await client.event() for _ in range(2)]
+            assert [(e["type"], e["symbol"]) for e in got] == [
+                ("trade", "BTC/USD"),
+                ("candle", "BTC/USD"),
+            ]
+            assert got[1]["volume"] == "0.00000001"
+            assert await client.event() == {"type": "heartbeat"}
+
+    async def test_slow_stream_client_is_dropped_while_a_fast_one_keeps_up(
+        self, storage: Storage, socket_path: Path, nursery: trio.Nursery
+    ) -> None:
+        """A client that stops reading is dropped with a counted reason; a reading one is not."""
+        hub = LiveHub()
+        app = QueryApp(
+            storage, SymbolRegistry.shipped(), hub=hub, status=dict, metrics=bytes, stream_queue=50
+        )
+        await nursery.start(app.serve, socket_path)
+        async with (
+            await StreamClient.open(socket_path, "/v1/stream", rcvbuf=4096) as slow,
+            await StreamClient.open(socket_path, "/v1/stream") as fast,
+        ):
+            assert (await slow.event())["type"] == "hello"  # then it never reads again
+            assert (await fast.event())["type"] == "hello"
+            published = 0
+            # The slow socket's kernel buffers fill, then its hub queue: it is dropped.
+            while hub.statistics().dropped.get(DROP_SLOW, 0) == 0:
+                assert published < 100_000, "the slow client was never dropped"
+                hub.publish_trades(trades_at(published, 25))
+                published += 25
+                for _ in range(25):
+                    await fast.event()  # the fast client reads everything, batch by batch
+            hub.publish_trades(trades_at(published, 1))
+            assert (await fast.event())["trade_id"] == published
+            stats = hub.statistics()
+            assert stats.dropped == {DROP_SLOW: 1}
+            assert stats.subscribers == 1
+            assert stats.trades_published == published + 1
+            # The dropped client gets what was queued, then a final error line, then the end.
+            events = await slow.rest()
+            assert [e["trade_id"] for e in events[:-1]] == list(range(len(events) - 1))
+            assert events[-1]["type"] == "error"
+            assert events[-1]["reason"] == DROP_SLOW
+
+
+class StreamClient:
+    """A ``/v1/stream`` reader on a raw socket, parsed with h11 (no buffering client between)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._conn = h11.Connection(h11.CLIENT)
+        self._buffer = b""
+        self.headers: dict[bytes, bytes] = {}
+
+    @classmethod
+    async def open(cls, path: Path, target: str, *, rcvbuf: int | None = None) -> StreamClient:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        await sock.connect(str(path))
+        client = cls(trio.SocketStream(sock))
+        request = h11.Request(method="GET", target=target, headers=[("host", "histdata")])
+        await client._stream.send_all(client._conn.send(request))
+        await client._stream.send_all(client._conn.send(h11.EndOfMessage()))
+        return client
+
+    async def __aenter__(self) -> StreamClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stream.aclose()
+
+    async def _line(self) -> bytes | None:
+        while b"\n" not in self._buffer:
+            event = self._conn.next_event()
+            if event is h11.NEED_DATA:
+                self._conn.receive_data(await self._stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200
+                self.headers = dict(event.headers)
+            elif isinstance(event, h11.Data):
+                self._buffer += event.data
+            else:
+                assert isinstance(event, h11.EndOfMessage), event
+                assert not self._buffer
+                return None
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    async def event(self) -> dict[str, Any]:
+        """The next event; fails if the stream ended."""
+        line = await self._line()
+        assert line is not None, "the stream ended"
+        event: dict[str, Any] = orjson.loads(line)
+        return event
+
+    async def rest(self) -> list[dict[str, Any]]:
+        """Every remaining event up to the end of the body."""
+        events = []
+        while (line := await self._line()) is not None:
+            events.append(orjson.loads(line))
+        return events
+
+
+def trades_at(first: int, n: int) -> list[Trade]:
+    return [
+        Trade("BTC/USD", T0_NS + i, Decimal("42000.1"), Decimal("0.5"), trade_id=i)
+        for i in range(first, first + n)
+    ]
