@@ -13,13 +13,13 @@ from histdata.backfill import FetchProgress, backfill_cursor_name, backfill_trad
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Trade, ns_to_datetime
+from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage
 from histdata.storage.history import coverage_report
 from histdata.supervisor.backoff import Backoff
 from histdata.symbols import SymbolRegistry
 
 # Skips only while the simulator module is missing; a simulator that fails to import fails.
-_sim = pytest.importorskip("histdata.sim", reason="histdata.sim (the simulator) not there yet")
 
 REGISTRY = SymbolRegistry.shipped()
 HISTORY_S = 300.0  # 50 trades/s for 5 minutes: 15 pages of 1000
@@ -31,10 +31,10 @@ def key(trade: Trade) -> tuple[Any, ...]:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
-    config = _sim.SimConfig(
+    config = SimConfig(
         seed=3, symbols=("BTC/USD", "ETH/USD"), trade_rate_per_s=50.0, history_s=HISTORY_S
     )
-    async with _sim.open_simulator(config) as simulator:
+    async with open_simulator(config) as simulator:
         simulator.pause_trading()  # a fixed ground truth
         yield simulator
 

@@ -13,14 +13,9 @@ import trio.testing
 from histdata.actors.buffer import CoverageMark, LiveItem, live_weight
 from histdata.actors.feed import CatchUpQueue, Feed
 from histdata.model import Candle, Trade
+from histdata.sim import SimConfig, open_simulator
 from histdata.supervisor import Backoff, Channel, ChildSpec, Overflow, Supervisor
 from histdata.symbols import SymbolRegistry
-
-_sim = pytest.importorskip(
-    "histdata.sim", reason="histdata.sim (the Kraken simulator) not there yet"
-)
-SimConfig = _sim.SimConfig
-open_simulator = _sim.open_simulator
 
 REGISTRY = SymbolRegistry.shipped()
 

@@ -15,12 +15,11 @@ from histdata.history import repair_symbol
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Candle, Trade, ns_to_datetime
+from histdata.sim import SimConfig, open_simulator
 from histdata.storage import CoverageSpan, Storage, Stream
 from histdata.storage.history import coverage_report, floor_to
 from histdata.supervisor.backoff import Backoff
 from histdata.symbols import SymbolRegistry
-
-_sim = pytest.importorskip("histdata.sim", reason="histdata.sim (the simulator) not there yet")
 
 REGISTRY = SymbolRegistry.shipped()
 MIN = timedelta(minutes=1)
@@ -44,8 +43,8 @@ def ohlcvt(candle: Candle) -> tuple[Any, ...]:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Any]:
-    config = _sim.SimConfig(seed=5, symbols=("BTC/USD",), trade_rate_per_s=20.0, history_s=1800.0)
-    async with _sim.open_simulator(config) as simulator:
+    config = SimConfig(seed=5, symbols=("BTC/USD",), trade_rate_per_s=20.0, history_s=1800.0)
+    async with open_simulator(config) as simulator:
         simulator.pause_trading()
         yield simulator
 

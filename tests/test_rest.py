@@ -14,16 +14,9 @@ from histdata.kraken.parse import KrakenRequestError
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import CandleSource, Trade
+from histdata.sim import SimConfig, open_simulator
 from histdata.supervisor.backoff import Backoff
 from histdata.symbols import SymbolRegistry
-
-# The simulator is written in parallel; until histdata.sim exists these tests skip (only a
-# missing module skips: a simulator that fails to import fails the run).
-_sim = pytest.importorskip(
-    "histdata.sim", reason="histdata.sim (the Kraken simulator) not there yet"
-)
-SimConfig = _sim.SimConfig
-open_simulator = _sim.open_simulator
 
 REGISTRY = SymbolRegistry.shipped()
 HISTORY_S = 600.0  # 50 trades/s for 10 minutes: 30 pages of 1000

@@ -38,13 +38,8 @@ from histdata.config import (
     ServiceConfig,
 )
 from histdata.service import Service
+from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage, open_storage
-
-_sim = pytest.importorskip(
-    "histdata.sim", reason="histdata.sim (the Kraken simulator) not there yet"
-)
-SimConfig = _sim.SimConfig
-open_simulator = _sim.open_simulator
 
 FAR = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 SYMBOL = "BTC/USD"

@@ -23,15 +23,8 @@ from histdata.kraken.ws import (
     open_kraken_ws,
 )
 from histdata.model import CandleSource
+from histdata.sim import SimConfig, open_simulator
 from histdata.symbols import SHIPPED_PAIRS, SymbolInfo, SymbolRegistry
-
-# The simulator is written in parallel; until histdata.sim exists these tests skip (only a
-# missing module skips: a simulator that fails to import fails the run).
-_sim = pytest.importorskip(
-    "histdata.sim", reason="histdata.sim (the Kraken simulator) not there yet"
-)
-SimConfig = _sim.SimConfig
-open_simulator = _sim.open_simulator
 
 REGISTRY = SymbolRegistry.shipped()
 # A registry built from a stale v1 wsname: it sends XBT/USD, which v2 refuses.

@@ -32,7 +32,7 @@ import itertools
 import json
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -316,7 +316,7 @@ class KrakenWs:
 
     # -------------------------------------------------------------------------- parsing
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         """Yield events until the connection fails.
 
         Raises:
