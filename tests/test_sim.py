@@ -1,0 +1,331 @@
+"""Tests for histdata.sim: the market's ground truth and Kraken's wire shapes and quirks.
+
+The clients' own tests (test_rest, test_ws, test_feed…) already run against the simulator;
+these pin down what the simulator promises on the wire, with raw HTTP and WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio_websocket
+
+from histdata.model import NS_PER_S
+from histdata.sim import SimConfig, Simulator, open_simulator
+from histdata.sim.market import MINUTE_NS, Market
+from histdata.symbols import SymbolRegistry
+
+REGISTRY = SymbolRegistry.shipped()
+BTC = REGISTRY.resolve("BTC/USD")
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    config = SimConfig(seed=2, symbols=("BTC/USD",), trade_rate_per_s=20.0, history_s=900.0)
+    async with open_simulator(config) as simulator:
+        simulator.pause_trading()
+        yield simulator
+
+
+async def get(sim: Simulator, endpoint: str, **params: str) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.get(f"{sim.rest_url}/0/public/{endpoint}", params=params)
+
+
+async def rows(sim: Simulator, endpoint: str, key: str = "XXBTZUSD", **params: str) -> Any:
+    body = (await get(sim, endpoint, **params)).json(parse_float=Decimal)
+    assert body["error"] == []
+    return body["result"][key], body["result"].get("last")
+
+
+class TestMarket:
+    def test_same_seed_same_market(self) -> None:
+        """Two markets with one seed and start have identical trades."""
+        a, b = (
+            Market([BTC], seed=9, rate_per_s=20.0, start_ns=10**18, history_s=600.0)
+            for _ in range(2)
+        )
+        assert a.trades("BTC/USD") == b.trades("BTC/USD")
+        other = Market([BTC], seed=10, rate_per_s=20.0, start_ns=10**18, history_s=600.0)
+        assert other.trades("BTC/USD") != a.trades("BTC/USD")
+
+    def test_ids_times_and_same_time_fills(self) -> None:
+        """Ids run 1, 2, 3…, times never go back, are whole µs, and some trades share one."""
+        market = Market([BTC], seed=1, rate_per_s=50.0, start_ns=10**18, history_s=600.0)
+        trades = market.trades("BTC/USD")
+        assert [t.trade_id for t in trades] == list(range(1, len(trades) + 1))
+        assert all(a.time_ns <= b.time_ns for a, b in itertools.pairwise(trades))
+        assert all(t.time_ns % 1000 == 0 for t in trades)
+        assert any(a.time_ns == b.time_ns for a, b in itertools.pairwise(trades))
+
+    def test_candles_aggregate_their_trades(self) -> None:
+        """Each candle is exactly first/max/min/last price, summed volume and count."""
+        market = Market([BTC], seed=3, rate_per_s=10.0, start_ns=10**18, history_s=900.0)
+        trades = market.trades("BTC/USD")
+        for candle in market.candles("BTC/USD"):
+            start = candle.time.timestamp() * NS_PER_S
+            inside = [t for t in trades if start <= t.time_ns < start + MINUTE_NS]
+            assert candle.open == inside[0].price
+            assert candle.close == inside[-1].price
+            assert candle.high == max(t.price for t in inside)
+            assert candle.low == min(t.price for t in inside)
+            assert candle.volume == sum(t.volume for t in inside)
+            assert candle.trades == len(inside)
+        assert market.candles("BTC/USD")[-1].final is False
+
+
+class TestRestShapes:
+    async def test_errors_are_http_200_without_result(self, sim: Simulator) -> None:
+        """An unknown pair is HTTP 200 with only an error list."""
+        response = await get(sim, "Trades", pair="SOLUSD")
+        assert response.status_code == 200
+        assert response.json() == {"error": ["EQuery:Unknown asset pair"]}
+
+    @pytest.mark.parametrize(
+        ("kind", "status", "text"),
+        [
+            ("body", 200, "EGeneral:Too many requests"),
+            ("eapi", 200, "EAPI:Rate limit exceeded"),
+            ("html429", 429, "<html>"),
+        ],
+    )
+    async def test_injected_throttles(
+        self, sim: Simulator, kind: str, status: int, text: str
+    ) -> None:
+        """Each throttle kind answers as Kraken or Cloudflare does, once per injection."""
+        sim.faults.throttle_next(1, kind=kind)
+        throttled = await get(sim, "Time")
+        assert (throttled.status_code, text in throttled.text) == (status, True)
+        assert (await get(sim, "Time")).json()["error"] == []
+
+    async def test_missing_user_agent_is_refused(self, sim: Simulator) -> None:
+        """A request without User-Agent gets Cloudflare's 403 page, as Kraken's edge does."""
+        host, port = sim.rest_url.removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"GET /0/public/Time HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await stream.receive_some(4096)
+        assert head.startswith(b"HTTP/1.1 403")
+
+    async def test_trades_rows_and_cursor(self, sim: Simulator) -> None:
+        """Rows are Kraken's 7 fields, times 7-decimal seconds, last a 19-digit ns string."""
+        page, last = await rows(sim, "Trades", pair="XBTUSD", since="0", count="5")
+        assert len(page) == 5
+        price, volume, time, side, ord_type, misc, trade_id = page[0]
+        assert isinstance(price, str)
+        assert isinstance(volume, str)
+        assert str(time).split(".")[1].__len__() == 7
+        assert (side in "bs", ord_type in "ml", misc, trade_id) == (True, True, "", 1)
+        assert len(last) == 19
+        assert int(last) > int(Decimal(str(page[-1][2])) * NS_PER_S)
+
+    async def test_slash_pair_is_echoed(self, sim: Simulator) -> None:
+        """A slash spelling comes back as the result key, not the REST key (a Kraken quirk)."""
+        page, _ = await rows(sim, "Trades", key="BTC/USD", pair="BTC/USD", since="0", count="1")
+        assert len(page) == 1
+
+    async def test_since_units_agree(self, sim: Simulator) -> None:
+        """since in seconds, fractional seconds and nanoseconds select the same trades."""
+        truth = sim.market.trades("BTC/USD")
+        second = truth[len(truth) // 2].time_ns // NS_PER_S + 1
+        pages = [
+            (await rows(sim, "Trades", pair="XBTUSD", since=since, count="3"))[0]
+            for since in (str(second), f"{second}.0", str(second * NS_PER_S))
+        ]
+        assert pages[0] == pages[1] == pages[2]
+        assert Decimal(str(pages[0][0][2])) >= second
+
+    async def test_count_is_capped_at_1000(self, sim: Simulator) -> None:
+        """count above 1000 is silently capped."""
+        page, _ = await rows(sim, "Trades", pair="XBTUSD", since="0", count="5000")
+        assert len(page) <= 1000
+        assert len(page) >= 999
+
+    async def test_boundary_duplicates(self, sim: Simulator) -> None:
+        """With the fault on, the next page repeats the previous page's last trade."""
+        sim.faults.boundary_duplicates = True
+        first, last = await rows(sim, "Trades", pair="XBTUSD", since="0", count="10")
+        second, _ = await rows(sim, "Trades", pair="XBTUSD", since=last, count="10")
+        assert second[0][6] == first[-1][6]
+
+    async def test_pages_never_split_same_time_trades(self) -> None:
+        """Without the fault, paging by last yields every trade exactly once."""
+        config = SimConfig(
+            symbols=("BTC/USD",), trade_rate_per_s=20.0, history_s=600, same_time_ratio=0.3
+        )
+        ids: list[int] = []
+        since = "0"
+        async with open_simulator(config) as sim:
+            sim.pause_trading()
+            while True:
+                page, last = await rows(sim, "Trades", pair="XBTUSD", since=since, count="700")
+                if not page:
+                    break
+                ids.extend(row[6] for row in page)
+                since = last
+            assert ids == [t.trade_id for t in sim.market.trades("BTC/USD")]
+
+    async def test_missing_last(self, sim: Simulator) -> None:
+        """drop_last_ratio 1 omits last from every Trades reply."""
+        sim.faults.drop_last_ratio = 1.0
+        _, last = await rows(sim, "Trades", pair="XBTUSD", since="0", count="5")
+        assert last is None
+
+    async def test_ohlc_window_and_live_row(self, sim: Simulator) -> None:
+        """OHLC serves at most 721 rows; since trims the window but keeps the live row."""
+        page, last = await rows(sim, "OHLC", pair="XBTUSD")
+        assert 0 < len(page) <= 721
+        assert last == page[-1][0]
+        assert all(row[0] % 60 == 0 and len(row) == 8 for row in page)
+        trimmed, _ = await rows(sim, "OHLC", pair="XBTUSD", since=str(page[-1][0] + 1))
+        assert trimmed == page[-1:]
+
+    async def test_ohlc_bad_interval(self, sim: Simulator) -> None:
+        """An interval Kraken does not serve is EGeneral:Invalid arguments."""
+        body = (await get(sim, "OHLC", pair="XBTUSD", interval="360")).json()
+        assert body == {"error": ["EGeneral:Invalid arguments"]}
+
+    async def test_ohlc_placeholders(self) -> None:
+        """With placeholders on, empty minutes come as zero-volume rows at the previous close."""
+        config = SimConfig(seed=4, symbols=("BTC/USD",), trade_rate_per_s=0.01, history_s=7200)
+        async with open_simulator(config) as sim:
+            sim.faults.ohlc_placeholders = True
+            page, _ = await rows(sim, "OHLC", pair="XBTUSD")
+        times = [row[0] for row in page]
+        assert times == list(range(times[0], times[-1] + 60, 60))
+        empty = [row for row in page if row[7] == 0]
+        assert empty
+        assert all(Decimal(row[6]) == 0 and row[1] == row[4] for row in empty)
+
+    async def test_asset_pairs(self, sim: Simulator) -> None:
+        """AssetPairs lists the simulated pairs under their REST keys with v1 wsnames."""
+        (await get(sim, "AssetPairs")).raise_for_status()
+        body = (await get(sim, "AssetPairs")).json()
+        assert body["result"]["XXBTZUSD"]["wsname"] == "XBT/USD"
+        assert body["result"]["XXBTZUSD"]["pair_decimals"] == 1
+        unknown = (await get(sim, "AssetPairs", pair="XBTUSD,NOPE")).json()
+        assert unknown == {"error": ["EQuery:Unknown asset pair"]}
+
+
+class TestRestLimit:
+    async def test_token_bucket_throttles_a_burst(self) -> None:
+        """With Kraken's limit enforced, calls beyond the burst are throttled and counted."""
+        config = SimConfig(symbols=("BTC/USD",), history_s=60, rest_rate_per_s=0.5, rest_burst=4)
+        async with open_simulator(config) as sim:
+            errors = [(await get(sim, "Time")).json()["error"] for _ in range(8)]
+            stats = sim.statistics().rest
+        assert errors[:4] == [[]] * 4
+        assert errors[4:] == [["EGeneral:Too many requests"]] * 4
+        assert stats.throttled == 4
+
+
+async def frames(ws: trio_websocket.WebSocketConnection, n: int) -> list[dict[str, Any]]:
+    return [json.loads(await ws.get_message()) for _ in range(n)]
+
+
+async def drain(ws: trio_websocket.WebSocketConnection) -> None:
+    while True:
+        await ws.get_message()
+
+
+async def subscribe(ws: trio_websocket.WebSocketConnection, **params: Any) -> None:
+    await ws.send_message(json.dumps({"method": "subscribe", "params": params, "req_id": 7}))
+
+
+class TestWebSocket:
+    async def test_status_then_one_ack_per_symbol(self) -> None:
+        """Connect gives a status with a >2^63 id; each symbol is acked, v1 names refused."""
+        config = SimConfig(symbols=("BTC/USD", "ETH/USD"), history_s=60)
+        async with (
+            open_simulator(config) as sim,
+            trio_websocket.open_websocket_url(sim.ws_url) as ws,
+        ):
+            (status,) = await frames(ws, 1)
+            assert status["channel"] == "status"
+            assert status["data"][0]["connection_id"] > 2**63
+            await subscribe(ws, channel="trade", symbol=["BTC/USD", "XBT/USD", "eth/usd"])
+            acks = await frames(ws, 3)
+        assert [a["success"] for a in acks] == [True, False, False]
+        assert acks[1]["error"] == "Currency pair not supported XBT/USD"
+        assert all(a["req_id"] == 7 and a["method"] == "subscribe" for a in acks)
+
+    async def test_ohlc_rows_carry_interval_begin_and_end_timestamp(self) -> None:
+        """ohlc rows: interval_begin in ns, the deprecated timestamp at the interval end."""
+        config = SimConfig(symbols=("BTC/USD",), trade_rate_per_s=50.0, history_s=120)
+        async with (
+            open_simulator(config) as sim,
+            trio_websocket.open_websocket_url(sim.ws_url) as ws,
+        ):
+            await frames(ws, 1)
+            await subscribe(ws, channel="ohlc", symbol=["BTC/USD"], interval=1)
+            ack, snapshot = await frames(ws, 2)
+        assert ack["result"]["warnings"] == ["timestamp is deprecated, use interval_begin"]
+        assert snapshot["type"] == "snapshot"
+        row = snapshot["data"][-1]
+        begin = row["interval_begin"]
+        assert begin.endswith(":00.000000000Z")
+        assert row["timestamp"][:16] > begin[:16]
+
+    async def test_ping_pong_and_unknown_unsubscribe(self, sim: Simulator) -> None:
+        """A ping is answered with its req_id; unsubscribing nothing is an error ack."""
+        async with trio_websocket.open_websocket_url(sim.ws_url) as ws:
+            await frames(ws, 1)
+            await ws.send_message(json.dumps({"method": "ping", "req_id": 42}))
+            (pong,) = await frames(ws, 1)
+            assert (pong["method"], pong["req_id"]) == ("pong", 42)
+            await ws.send_message(
+                json.dumps(
+                    {"method": "unsubscribe", "params": {"channel": "trade", "symbol": ["BTC/USD"]}}
+                )
+            )
+            (ack,) = await frames(ws, 1)
+            await ws.send_message("not json")
+            (error,) = await frames(ws, 1)
+        assert (ack["success"], ack["error"]) == (False, "Subscription Not Found")
+        assert error["error"] == "Malformed request"
+
+    async def test_subscriptions_do_not_survive_a_reconnect(self) -> None:
+        """After a close, a new connection gets no data until it subscribes again."""
+        config = SimConfig(symbols=("BTC/USD",), trade_rate_per_s=200.0, history_s=10)
+        async with open_simulator(config) as sim:
+            async with trio_websocket.open_websocket_url(sim.ws_url) as ws:
+                await frames(ws, 1)
+                await subscribe(ws, channel="trade", symbol=["BTC/USD"], snapshot=False)
+                await frames(ws, 2)  # the ack and a first update
+                sim.faults.close_ws(1001)
+                with pytest.raises(trio_websocket.ConnectionClosed) as info:
+                    await drain(ws)
+                assert info.value.reason is not None
+                assert info.value.reason.code == 1001
+            async with trio_websocket.open_websocket_url(sim.ws_url) as ws:
+                await frames(ws, 1)
+                with trio.move_on_after(0.5) as idle:
+                    await ws.get_message()
+                assert idle.cancelled_caught
+            assert sim.statistics().ws.closes_injected == 1
+
+
+class TestCommand:
+    def test_histdata_sim_serves_until_stopped(self) -> None:
+        """`histdata sim` on free ports prints its URLs and answers REST calls."""
+        command = [sys.executable, "-m", "histdata.cli", "sim", "--rest-port", "0"]
+        command += ["--ws-port", "0", "--history-s", "60", "--log-level", "warning"]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+            try:
+                assert process.stdout is not None
+                line = process.stdout.readline()
+                rest_url = line.split("REST ")[1].split()[0]
+                reply = httpx.get(f"{rest_url}/0/public/Trades", params={"pair": "ETHUSD"}).json()
+                assert reply["error"] == []
+                assert reply["result"]["XETHZUSD"]
+            finally:
+                process.terminate()
