@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -228,6 +229,22 @@ class TestRestLimit:
         assert stats.throttled == 4
 
 
+@asynccontextmanager
+async def raw_ws(url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A plain WebSocket client that owns its TCP stream.
+
+    trio_websocket's own open_websocket_url leaves the socket open when the server closes.
+    """
+    host, port = url.removeprefix("ws://").removesuffix("/v2").split(":")
+    async with (
+        await trio.open_tcp_stream(host, int(port)) as stream,
+        trio.open_nursery() as nursery,
+    ):
+        ws = await trio_websocket.wrap_client_stream(nursery, stream, host, "/v2")
+        yield ws
+        await ws.aclose()
+
+
 async def frames(ws: trio_websocket.WebSocketConnection, n: int) -> list[dict[str, Any]]:
     return [json.loads(await ws.get_message()) for _ in range(n)]
 
@@ -247,7 +264,7 @@ class TestWebSocket:
         config = SimConfig(symbols=("BTC/USD", "ETH/USD"), history_s=60)
         async with (
             open_simulator(config) as sim,
-            trio_websocket.open_websocket_url(sim.ws_url) as ws,
+            raw_ws(sim.ws_url) as ws,
         ):
             (status,) = await frames(ws, 1)
             assert status["channel"] == "status"
@@ -263,7 +280,7 @@ class TestWebSocket:
         config = SimConfig(symbols=("BTC/USD",), trade_rate_per_s=50.0, history_s=120)
         async with (
             open_simulator(config) as sim,
-            trio_websocket.open_websocket_url(sim.ws_url) as ws,
+            raw_ws(sim.ws_url) as ws,
         ):
             await frames(ws, 1)
             await subscribe(ws, channel="ohlc", symbol=["BTC/USD"], interval=1)
@@ -277,7 +294,7 @@ class TestWebSocket:
 
     async def test_ping_pong_and_unknown_unsubscribe(self, sim: Simulator) -> None:
         """A ping is answered with its req_id; unsubscribing nothing is an error ack."""
-        async with trio_websocket.open_websocket_url(sim.ws_url) as ws:
+        async with raw_ws(sim.ws_url) as ws:
             await frames(ws, 1)
             await ws.send_message(json.dumps({"method": "ping", "req_id": 42}))
             (pong,) = await frames(ws, 1)
@@ -297,7 +314,7 @@ class TestWebSocket:
         """After a close, a new connection gets no data until it subscribes again."""
         config = SimConfig(symbols=("BTC/USD",), trade_rate_per_s=200.0, history_s=10)
         async with open_simulator(config) as sim:
-            async with trio_websocket.open_websocket_url(sim.ws_url) as ws:
+            async with raw_ws(sim.ws_url) as ws:
                 await frames(ws, 1)
                 await subscribe(ws, channel="trade", symbol=["BTC/USD"], snapshot=False)
                 await frames(ws, 2)  # the ack and a first update
@@ -306,7 +323,7 @@ class TestWebSocket:
                     await drain(ws)
                 assert info.value.reason is not None
                 assert info.value.reason.code == 1001
-            async with trio_websocket.open_websocket_url(sim.ws_url) as ws:
+            async with raw_ws(sim.ws_url) as ws:
                 await frames(ws, 1)
                 with trio.move_on_after(0.5) as idle:
                     await ws.get_message()
