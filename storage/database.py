@@ -62,6 +62,9 @@ _ORD_FROM_CODE = {"m": "market", "l": "limit"}
 _SAME_TRADE_WINDOW = timedelta(seconds=1)
 # Changed minutes closer than this share one rollup dirty range (see Storage._mark_dirty).
 _DIRTY_MERGE_GAP = timedelta(hours=6)
+# copy_new_trades hands psycopg its rows in slices of this size rather than one large buffer.
+_COPY_WRITE_BYTES = 1 << 20
+Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +309,77 @@ class Storage:
         if cursor is not None:
             self._set_cursor(conn, *cursor)
         return WriteResult(inserted=inserted, present=len(trades) - inserted)
+
+    async def register_symbol(self, symbol: str) -> int:
+        """The database id of ``symbol`` (any spelling), registering it on first use.
+
+        For bulk writers that encode the id into their rows (:meth:`copy_new_trades`).
+
+        Raises:
+            UnknownSymbol: the registry does not know the spelling.
+        """
+        return await self.run(self.symbol_id, symbol)
+
+    async def copy_new_trades(
+        self,
+        symbol: str,
+        start: datetime,
+        end: datetime,
+        rows_csv: Buffer,
+        rows: int,
+        *,
+        coverage: Sequence[tuple[str, CoverageSpan]] = (),
+    ) -> WriteResult | None:
+        """``COPY`` id-less CSV trades straight into ``trades`` if ``[start, end)`` has none.
+
+        The bulk twin of :meth:`write_trades` for the importer: with no stored trade of
+        ``symbol`` in the range there is nothing to deduplicate against, so the rows skip the
+        staging table and ``ON CONFLICT``. Returns None, having written nothing, when the range
+        holds a trade (or a concurrent writer stored one of these keys first); the caller then
+        writes the rows with :meth:`write_trades`.
+
+        ``rows_csv`` holds ``rows`` lines ``symbol_id,time,price,volume,seq,source``: the id
+        from :meth:`register_symbol`, the time as a zone-less UTC timestamp
+        (``2020-09-13 12:26:40``) in ``[start, end)``, exact decimal text, the ``seq`` among
+        same-time rows, and ``c`` (CSV). Coverage commits with the rows, as in write_trades.
+        """
+        try:
+            return await self.run(
+                self._copy_new_trades, symbol, start, end, rows_csv, rows, coverage
+            )
+        except psycopg.errors.UniqueViolation:
+            return None
+
+    def _copy_new_trades(
+        self,
+        conn: Connection,
+        symbol: str,
+        start: datetime,
+        end: datetime,
+        rows_csv: Buffer,
+        rows: int,
+        coverage: Sequence[tuple[str, CoverageSpan]],
+    ) -> WriteResult | None:
+        sid = self.symbol_id(conn, symbol)
+        stored = conn.execute(
+            "SELECT EXISTS (SELECT FROM trades WHERE symbol_id = %s AND time >= %s AND time < %s)",
+            (sid, start, end),
+        ).fetchone()
+        if stored is None or stored[0]:
+            return None
+        conn.execute("SET LOCAL TimeZone = 'UTC'")  # the rows' times carry no zone
+        data = memoryview(rows_csv)
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY trades (symbol_id, time, price, volume, seq, source) FROM STDIN (FORMAT csv)"
+            ) as copy:
+                for offset in range(0, len(data), _COPY_WRITE_BYTES):
+                    copy.write(data[offset : offset + _COPY_WRITE_BYTES])
+            if cur.rowcount != rows:
+                raise ValueError(f"COPY stored {cur.rowcount} trades, expected {rows}")
+        for covered_symbol, span in coverage:
+            self._add_coverage(conn, covered_symbol, span)
+        return WriteResult(inserted=rows, present=0)
 
     async def read_trades(
         self, symbol: str, start: datetime, end: datetime, *, limit: int | None = None

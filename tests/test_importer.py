@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
 import random
+import time
 import zipfile
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -22,6 +26,9 @@ from histdata.importer import (
     sniff_layout,
     split_name,
 )
+from histdata.importer.columnar import read_trade3_block, second_boundary
+from histdata.importer.rows import max_time_ns, parse_trade3
+from histdata.importer.sources import line_blocks
 from histdata.model import NS_PER_S, Trade
 from histdata.storage import Storage
 from histdata.storage.history import HoleKind, coverage_report
@@ -119,6 +126,101 @@ class TestSeqCounter:
         with pytest.raises(RejectedInput) as info:
             seqs.next(1)
         assert info.value.reason == "out_of_order"
+
+    def test_skipped_runs_leave_the_state_of_row_by_row_numbering(self) -> None:
+        """skip_runs then next() numbers every later row as next() alone would, window included."""
+        rng = random.Random(5)
+        for _ in range(200):
+            window = rng.randint(1, 6)
+            before = [rng.randint(0, 12) for _ in range(rng.randint(0, 15))]
+            by_row, bulk = SeqCounter(window=window), SeqCounter(window=window)
+            for t in before:
+                for counter in (by_row, bulk):
+                    with contextlib.suppress(RejectedInput):
+                        counter.next(t)
+            start = max(before, default=0) + rng.randint(0, 2)
+            if bulk.first_seq(start) is None:
+                continue
+            times = sorted({start, *(start + rng.randint(1, 9) for _ in range(rng.randint(0, 8)))})
+            counts = [rng.randint(1, 3) for _ in times]
+            first_seqs = [
+                by_row.next(t) for t, n in zip(times, counts, strict=True) for _ in range(n)
+            ]
+            assert first_seqs[0] == bulk.first_seq(start)
+            bulk.skip_runs(times, counts)
+            for t in [rng.randint(0, 25) for _ in range(30)]:
+                outcomes: list[int | str] = []
+                for counter in (by_row, bulk):
+                    try:
+                        outcomes.append(counter.next(t))
+                    except RejectedInput as exc:
+                        outcomes.append(exc.reason)
+                assert outcomes[0] == outcomes[1]
+            assert by_row.backwards == bulk.backwards
+
+
+def parse_rows(lines: list[str], seqs: SeqCounter) -> list[Trade]:
+    max_ns = max_time_ns(time.time_ns())
+    return [parse_trade3(line.rstrip("\n").split(","), "BTC/USD", seqs, max_ns) for line in lines]
+
+
+class TestColumnarBlocks:
+    def test_block_equals_row_by_row_parsing(self) -> None:
+        """A valid block yields the same trades and seqs as the row parser, text kept exact."""
+        lines = [f"{T0},100.50,0.1\n", f"{T0},007.5,2.\n", f"{T0 + 2},1,0.00010\n"]
+        seqs = SeqCounter()
+        block = read_trade3_block("".join(lines).encode(), seqs, max_time_ns(time.time_ns()))
+        assert block is not None
+        assert (block.rows, block.first_s, block.last_s) == (3, T0, T0 + 2)
+        assert block.to_trades("BTC/USD") == parse_rows(lines, SeqCounter())
+        encoded = bytes(block.encode_copy_csv(7)).decode().splitlines()
+        assert encoded[0] == "7,2020-09-13 12:00:00,100.50,0.1,0,c"
+        assert encoded[1] == "7,2020-09-13 12:00:00,007.5,2.,1,c"
+        assert seqs.next(T0 * NS_PER_S + 2 * NS_PER_S) == 1
+
+    def test_block_continues_the_seq_of_the_previous_one(self) -> None:
+        """Rows of a second that began in the previous block keep counting from it."""
+        seqs = SeqCounter()
+        seqs.next(T0 * NS_PER_S)
+        block = read_trade3_block(f"{T0},1,1\n{T0},1,1\n".encode(), seqs, 2**62)
+        assert block is not None
+        assert block.table["seq"].to_pylist() == [1, 2]
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            f"{T0 + 1},abc,0.5",  # bad price
+            f"{T0 + 1},1",  # missing field
+            f"{T0 + 1},1,0.000",  # zero volume
+            "",  # blank line
+            f"{T0 + 1}.5,1,1",  # fractional time: valid, but for the row parser
+            f'"{T0 + 1}",1,1',  # quoted: the row parser does not unquote
+            f"{T0 - 5},1,1",  # time goes back
+            "1000000000,1,1",  # before 2010
+            f"{T0 + 1},1e3,1",  # exponent: valid, but for the row parser
+        ],
+    )
+    def test_anything_unusual_is_left_to_the_row_parser(self, bad: str) -> None:
+        """A block with one line the fast check cannot vouch for is refused, seqs untouched."""
+        seqs = SeqCounter()
+        data = f"{T0},1,1\n{bad}\n{T0 + 2},1,1\n".encode()
+        assert read_trade3_block(data, seqs, max_time_ns(time.time_ns())) is None
+        assert seqs.next(T0 * NS_PER_S) == 0
+
+    def test_blocks_end_between_seconds_and_lose_nothing(self) -> None:
+        """Blocks hold whole lines, never split a second, and join back into the file."""
+        rng = random.Random(3)
+        t, lines = T0, []
+        for _ in range(5_000):
+            t += rng.choice([0, 0, 1])
+            lines.append(f"{t},1.{rng.randint(0, 9)},2\n")
+        data = "".join(lines).encode()
+        blocks = list(line_blocks(io.BytesIO(data), 1_000, second_boundary))
+        assert b"".join(blocks) == data
+        assert len(blocks) > 50
+        for left, right in itertools.pairwise(blocks):
+            assert left.endswith(b"\n")
+            assert left.rsplit(b"\n", 2)[-2].split(b",")[0] != right.split(b",")[0]
 
 
 async def trade_counts_per_second(storage: Storage, start: int, end: int) -> Counter[int]:
@@ -233,11 +335,11 @@ class TestImportTrades:
                 if batches == 3:
                     scope.cancel()
 
-            await import_paths(storage, [path], batch_rows=1_000, on_progress=on_progress)
+            await import_paths(storage, [path], block_bytes=30_000, on_progress=on_progress)
         end = max(expected) + 1
         committed = await storage.count_trades("BTC/USD", at(T0), at(end))
-        assert 3_000 <= committed < 20_000
-        rerun = await import_paths(storage, [path], batch_rows=1_000)
+        assert 0 < committed < 20_000
+        rerun = await import_paths(storage, [path], block_bytes=30_000)
         assert (rerun.inserted, rerun.present) == (20_000 - committed, committed)
         assert await trade_counts_per_second(storage, T0, end) == expected
 
@@ -260,6 +362,72 @@ class TestImportTrades:
         summary = (await import_paths(storage, [path])).files[0]
         assert (summary.inserted, summary.present, summary.cross_source) == (2, 2, 2)
         assert await storage.count_trades("BTC/USD", at(T0), at(T0 + 2)) == 4
+
+    async def test_copy_and_overlap_paths_store_identical_rows(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """A file copied into empty ranges and one merged around stored trades end up equal."""
+        lines = write_trades3(tmp_path / "XBTUSD.csv", 3_000, seed=11)
+        (tmp_path / "ETHUSD.csv").write_bytes((tmp_path / "XBTUSD.csv").read_bytes())
+        end = max(lines) + 1
+        # A REST trade (with an id, so it matches no CSV row) in the middle of ETH's range
+        # sends the block around it down the staging and ON CONFLICT path.
+        middle = sorted(lines)[len(lines) // 2]
+        rest = Trade("ETH/USD", middle * NS_PER_S + 1_000, Decimal("1"), Decimal("1"), trade_id=1)
+        await storage.write_trades([rest], source="rest")
+        summary = await import_paths(
+            storage, [tmp_path / "XBTUSD.csv", tmp_path / "ETHUSD.csv"], block_bytes=8_000
+        )
+        assert [f.inserted for f in summary.files] == [3_000, 3_000]
+
+        def rows(trades: list[Trade]) -> list[tuple[int, str, str, int]]:
+            return [(t.time_ns, str(t.price), str(t.volume), t.seq) for t in trades]
+
+        btc = await storage.read_trades("BTC/USD", at(T0), at(end))
+        eth = await storage.read_trades("ETH/USD", at(T0), at(end))
+        assert rows(btc) == rows([t for t in eth if t.trade_id is None])
+        assert len(btc) == 3_000
+        for symbol in ("BTC/USD", "ETH/USD"):
+            report = await coverage_report(storage, symbol, "trades", at(T0), at(end))
+            assert report.holes == []
+
+    async def test_bad_line_far_into_the_file_keeps_its_line_number(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """Blocks copied whole count their lines, so a later rejection names its true line."""
+        path = tmp_path / "XBTUSD.csv"
+        lines = [f"{T0 + i // 3},100.{i % 10},0.5\n" for i in range(3_000)]
+        lines[2_500] = f"{T0 + 2_500 // 3},100.1,-1\n"
+        path.write_text("".join(lines))
+        summary = (await import_paths(storage, [path], block_bytes=2_000)).files[0]
+        assert (summary.rows_read, summary.inserted) == (3_000, 2_999)
+        assert summary.examples["bad_volume"] == ["line 2501: volume '-1' is not a decimal number"]
+        expected = Counter(T0 + i // 3 for i in range(3_000) if i != 2_500)
+        assert await trade_counts_per_second(storage, T0, T0 + 1_000) == expected
+
+    async def test_rows_going_back_in_time_get_the_same_seqs(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """A file whose times step back across blocks is numbered exactly as row by row."""
+        rng = random.Random(9)
+        times = sorted(T0 + rng.randint(0, 400) for _ in range(2_000))
+        for i in rng.sample(range(2_000), 20):
+            times[i] -= rng.randint(1, 30)  # a few rows out of order
+        lines = [f"{t},{rng.randint(1, 99)}.5,1\n" for t in times]
+        (tmp_path / "XBTUSD.csv").write_text("".join(lines))
+        summary = (await import_paths(storage, [tmp_path / "XBTUSD.csv"], block_bytes=3_000)).files[
+            0
+        ]
+        expected = parse_rows(lines, SeqCounter())
+        assert summary.inserted == 2_000
+        assert summary.out_of_order == 20
+        stored = await storage.read_trades("BTC/USD", at(T0 - 60), at(T0 + 500))
+        assert sorted((t.time_ns, t.seq) for t in stored) == sorted(
+            (t.time_ns, t.seq) for t in expected
+        )
+        assert {(t.time_ns, t.seq): t.price for t in stored} == {
+            (t.time_ns, t.seq): t.price for t in expected
+        }
 
 
 class TestImportCandles:

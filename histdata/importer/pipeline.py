@@ -31,23 +31,30 @@ lines to rebuild the ``seq`` counters, which is most of the cost.
 
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 import trio
 
 from histdata.errors import RejectedInput
+from histdata.importer.columnar import TradeBlock, read_trade3_block, second_boundary
 from histdata.importer.rows import SeqCounter, max_time_ns, parse_ohlcvt, parse_trade3, parse_trade7
 from histdata.importer.sniff import FileLayout, sniff_layout, split_name
-from histdata.importer.sources import CountingReader, ImportSource, discover_sources
+from histdata.importer.sources import (
+    CountingReader,
+    ImportSource,
+    decode_lines,
+    discover_sources,
+    line_blocks,
+)
 from histdata.model import NS_PER_S, Candle, Trade, ns_to_datetime
 from histdata.storage.database import CoverageSpan, Storage
 from histdata.storage.history import (
@@ -128,45 +135,31 @@ class ImportSummary:
 
 @dataclass(slots=True)
 class _Batch:
-    rows: list[Trade] | list[Candle]
+    rows: list[Trade] | list[Candle] | TradeBlock
     bytes_read: int
+    copy_csv: memoryview | None = None  # a TradeBlock encoded for Storage.copy_new_trades
 
 
-class _Reader:
-    """Reads one source in batches; runs in worker threads, one call at a time."""
+class _RowParser:
+    """Parses lines one at a time with the row parsers, counting and sampling rejections."""
 
     def __init__(
-        self,
-        source: ImportSource,
-        symbol: str,
-        layout: FileLayout,
-        interval: int | None,
-        lines: Iterator[str],
-        counter: CountingReader,
-        *,
-        batch_rows: int,
-        max_examples: int,
-        first_line_no: int,
+        self, symbol: str, layout: FileLayout, interval: int | None, *, max_examples: int
     ) -> None:
-        self.source = source
         self.symbol = symbol
         self.layout = layout
         self.interval = interval
-        self._lines = lines
-        self._counter = counter
-        self._batch_rows = batch_rows
-        self._max_examples = max_examples
-        self._line_no = first_line_no
-        self._max_ns = max_time_ns(time.time_ns())
+        self.max_examples = max_examples
+        self.max_ns = max_time_ns(time.time_ns())
         self.seqs = SeqCounter()
+        self.line_no = 0
         self.rows_read = 0
         self.rejected: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}
 
-    def next_batch(self) -> _Batch | None:
-        """Parse up to ``batch_rows`` good rows; None at the end of the file."""
-        rows: list[Any] = []
-        symbol, seqs, max_ns = self.symbol, self.seqs, self._max_ns
+    def parse_lines(self, lines: Iterable[str], rows: list[Any], limit: int) -> None:
+        """Append the good rows of ``lines`` to ``rows``; stop once ``rows`` holds ``limit``."""
+        symbol, seqs, max_ns = self.symbol, self.seqs, self.max_ns
         parse: Callable[[list[str]], Trade | Candle]
         if self.layout is FileLayout.TRADES3:
             parse = lambda f: parse_trade3(f, symbol, seqs, max_ns)  # noqa: E731
@@ -176,8 +169,8 @@ class _Reader:
             interval = self.interval or 1
             parse = lambda f: parse_ohlcvt(f, symbol, interval, max_ns)  # noqa: E731
         append = rows.append
-        for line in self._lines:
-            self._line_no += 1
+        for line in lines:
+            self.line_no += 1
             self.rows_read += 1
             text = line.rstrip("\r\n")
             try:
@@ -187,41 +180,94 @@ class _Reader:
             except RejectedInput as exc:
                 self._reject(exc)
                 continue
-            if len(rows) >= self._batch_rows:
+            if len(rows) >= limit:
                 break
-        if not rows:  # the loop only stops early on a full batch: this is the end
-            return None
-        return _Batch(rows, self._counter.count)
 
     def _reject(self, exc: RejectedInput) -> None:
         self.rejected[exc.reason] += 1
         examples = self.examples.setdefault(exc.reason, [])
-        if len(examples) < self._max_examples:
-            examples.append(f"line {self._line_no}: {exc.detail}")
+        if len(examples) < self.max_examples:
+            examples.append(f"line {self.line_no}: {exc.detail}")
+
+
+class _Reader:
+    """Reads one source in batches of parsed rows; runs in worker threads, one call at a time."""
+
+    def __init__(
+        self, parser: _RowParser, lines: Iterator[str], counter: CountingReader, *, batch_rows: int
+    ) -> None:
+        self.parser = parser
+        self._lines = lines
+        self._counter = counter
+        self._batch_rows = batch_rows
+
+    def next_batch(self) -> _Batch | None:
+        """Parse up to ``batch_rows`` good rows; None at the end of the file."""
+        rows: list[Any] = []
+        self.parser.parse_lines(self._lines, rows, self._batch_rows)
+        if not rows:  # parse_lines only stops early on a full batch: this is the end
+            return None
+        return _Batch(rows, self._counter.count)
+
+
+class _BlockReader:
+    """Reads a 3-column trades file in blocks of whole seconds, column-wise where it can.
+
+    A block that :func:`read_trade3_block` accepts is encoded for ``COPY`` right here, in
+    the worker thread; any other block is parsed row by row, so its bad lines are rejected
+    and reported exactly as by :class:`_Reader`.
+    """
+
+    def __init__(
+        self, parser: _RowParser, stream: IO[bytes], counter: CountingReader, *, block_bytes: int
+    ) -> None:
+        self.parser = parser
+        self.symbol_id: int | None = None  # set before the first next_batch
+        self._blocks = line_blocks(stream, block_bytes, second_boundary)
+        self._counter = counter
+
+    def next_batch(self) -> _Batch | None:
+        """Read the next block with any good rows; None at the end of the file."""
+        parser = self.parser
+        assert self.symbol_id is not None
+        for data in self._blocks:
+            block = read_trade3_block(data, parser.seqs, parser.max_ns)
+            if block is not None:
+                parser.line_no += block.rows
+                parser.rows_read += block.rows
+                return _Batch(
+                    block, self._counter.count, memoryview(block.encode_copy_csv(self.symbol_id))
+                )
+            rows: list[Any] = []
+            parser.parse_lines(decode_lines(io.BytesIO(data)), rows, len(data) + 1)
+            if rows:
+                return _Batch(rows, self._counter.count)
+        return None
 
 
 def _open_reader(
-    source: ImportSource, stack: ExitStack, storage: Storage, *, batch_rows: int, max_examples: int
-) -> _Reader:
+    source: ImportSource,
+    stack: ExitStack,
+    storage: Storage,
+    *,
+    batch_rows: int,
+    block_bytes: int,
+    max_examples: int,
+) -> _Reader | _BlockReader:
     """Recognise ``source`` and open it for batch reads (raises RejectedInput if unknown)."""
     name = split_name(source.name, storage.registry)
-    text, counter = stack.enter_context(source.open_text())
-    head = [line for _, line in zip(range(_SNIFF_LINES), text, strict=False)]
+    with source.open_text() as (text, _):
+        head = [line for _, line in zip(range(_SNIFF_LINES), text, strict=False)]
     layout = sniff_layout(head, name, where=source.label)
-    first_line_no = 0
+    parser = _RowParser(name.symbol, layout, name.interval_min, max_examples=max_examples)
+    counter = stack.enter_context(source.open_binary())
+    stream = io.BufferedReader(counter, buffer_size=1 << 20)
     if head and not head[0][:1].isdigit():
-        head, first_line_no = head[1:], 1  # a header row (the quarterly trades form has one)
-    return _Reader(
-        source,
-        name.symbol,
-        layout,
-        name.interval_min,
-        chain(head, text),
-        counter,
-        batch_rows=batch_rows,
-        max_examples=max_examples,
-        first_line_no=first_line_no,
-    )
+        stream.readline()  # a header row (the quarterly trades form has one)
+        parser.line_no = 1
+    if layout is FileLayout.TRADES3:
+        return _BlockReader(parser, stream, counter, block_bytes=block_bytes)
+    return _Reader(parser, decode_lines(stream), counter, batch_rows=batch_rows)
 
 
 async def import_source(
@@ -229,11 +275,15 @@ async def import_source(
     source: ImportSource,
     *,
     batch_rows: int = 50_000,
+    block_bytes: int = 8 << 20,
     symbols: Iterable[str] | None = None,
     on_progress: Progress | None = None,
     max_examples: int = 5,
 ) -> FileSummary:
     """Import one CSV (loose or a ZIP member) and return its summary.
+
+    A batch is ``batch_rows`` rows, except in 3-column trade files, which are read in blocks
+    of about ``block_bytes`` bytes (8 MiB is about 270,000 rows) ending at a change of second.
 
     A file whose name or content is not a Kraken layout is skipped (``skipped`` says why)
     rather than failing the whole import; so is a file whose pair is not in ``symbols``
@@ -249,16 +299,24 @@ async def import_source(
         try:
             reader = await trio.to_thread.run_sync(
                 lambda: _open_reader(
-                    source, stack, storage, batch_rows=batch_rows, max_examples=max_examples
+                    source,
+                    stack,
+                    storage,
+                    batch_rows=batch_rows,
+                    block_bytes=block_bytes,
+                    max_examples=max_examples,
                 )
             )
         except RejectedInput as exc:
             return FileSummary(source.label, skipped=f"{exc.reason}: {exc.detail}")
-        if symbols is not None and reader.symbol not in {
+        parser = reader.parser
+        if symbols is not None and parser.symbol not in {
             storage.registry.canonical(s) for s in symbols
         }:
-            return FileSummary(source.label, symbol=reader.symbol, skipped="symbol not selected")
-        writer = _Writer(storage, reader)
+            return FileSummary(source.label, symbol=parser.symbol, skipped="symbol not selected")
+        if isinstance(reader, _BlockReader):
+            reader.symbol_id = await storage.register_symbol(parser.symbol)
+        writer = _Writer(storage, parser)
         send, receive = trio.open_memory_channel[_Batch](1)
 
         async def produce() -> None:
@@ -270,26 +328,26 @@ async def import_source(
             nursery.start_soon(produce)
             async with receive:
                 async for batch in receive:
-                    await writer.write(batch.rows)
+                    await writer.write(batch)
                     if on_progress is not None:
                         on_progress(source, batch.bytes_read)
     if on_progress is not None:
         on_progress(source, source.size)
     summary = FileSummary(
         source.label,
-        symbol=reader.symbol,
-        layout=reader.layout,
-        interval_min=reader.interval,
-        rows_read=reader.rows_read,
+        symbol=parser.symbol,
+        layout=parser.layout,
+        interval_min=parser.interval,
+        rows_read=parser.rows_read,
         inserted=writer.inserted,
         updated=writer.updated,
         present=writer.present,
         cross_source=writer.cross_source,
-        rejected=dict(reader.rejected),
-        examples=reader.examples,
-        out_of_order=reader.seqs.backwards,
+        rejected=dict(parser.rejected),
+        examples=parser.examples,
+        out_of_order=parser.seqs.backwards,
         checked=writer.checked
-        if reader.layout is FileLayout.OHLCVT and reader.interval != 1
+        if parser.layout is FileLayout.OHLCVT and parser.interval != 1
         else None,
         mismatches=writer.mismatches[:max_examples],
         elapsed_s=time.monotonic() - started,
@@ -311,9 +369,9 @@ async def import_source(
 class _Writer:
     """Writes a reader's batches and accumulates the counts; coverage runs contiguously."""
 
-    def __init__(self, storage: Storage, reader: _Reader) -> None:
+    def __init__(self, storage: Storage, parser: _RowParser) -> None:
         self.storage = storage
-        self.reader = reader
+        self.parser = parser
         self.inserted = self.updated = self.present = self.cross_source = 0
         self.matched = self.unverifiable = 0
         self.mismatches: list[CandleMismatch] = []
@@ -329,27 +387,22 @@ class _Writer:
         self._covered_to = end
         return start, end
 
-    async def write(self, rows: list[Trade] | list[Candle]) -> None:
+    async def write(self, batch: _Batch) -> None:
+        rows = batch.rows
+        symbol = self.parser.symbol
+        if isinstance(rows, TradeBlock):
+            await self._write_block(rows, batch.copy_csv)
+            return
         if not rows:
             return
-        symbol = self.reader.symbol
-        if self.reader.layout is not FileLayout.OHLCVT:
+        if self.parser.layout is not FileLayout.OHLCVT:
             trades: list[Trade] = rows  # type: ignore[assignment]
             low_s = min(t.time_ns for t in trades) // NS_PER_S
             high_s = max(t.time_ns for t in trades) // NS_PER_S + 1
-            start, end = self._span(
-                ns_to_datetime(low_s * NS_PER_S), ns_to_datetime(high_s * NS_PER_S)
-            )
-            kept, dropped = await drop_cross_source_duplicates(self.storage, trades)
-            result = await self.storage.write_trades(
-                kept, source="csv", coverage=[(symbol, CoverageSpan("trades", "csv", start, end))]
-            )
-            self.inserted += result.inserted
-            self.present += result.present + dropped
-            self.cross_source += dropped
+            await self._write_trades(trades, low_s, high_s)
             return
         candles: list[Candle] = rows  # type: ignore[assignment]
-        interval = self.reader.interval or 1
+        interval = self.parser.interval or 1
         if interval != 1:
             matched, mismatches, unverifiable = await compare_coarse_candles(
                 self.storage, symbol, interval, candles
@@ -368,12 +421,47 @@ class _Writer:
         self.updated += written.updated
         self.present += written.unchanged
 
+    async def _write_block(self, block: TradeBlock, copy_csv: memoryview | None) -> None:
+        """COPY the block straight in when its seconds hold no stored trade, else as rows."""
+        low_s, high_s = block.first_s, block.last_s + 1
+        low, high = ns_to_datetime(low_s * NS_PER_S), ns_to_datetime(high_s * NS_PER_S)
+        if copy_csv is not None:
+            covered = self._covered_to
+            start, end = self._span(low, high)
+            result = await self.storage.copy_new_trades(
+                self.parser.symbol,
+                low,
+                high,
+                copy_csv,
+                block.rows,
+                coverage=[(self.parser.symbol, CoverageSpan("trades", "csv", start, end))],
+            )
+            if result is not None:
+                self.inserted += result.inserted
+                return
+            self._covered_to = covered  # nothing was written: the span is claimed again
+        trades = await trio.to_thread.run_sync(block.to_trades, self.parser.symbol)
+        await self._write_trades(trades, low_s, high_s)
+
+    async def _write_trades(self, trades: list[Trade], low_s: int, high_s: int) -> None:
+        """The general path: drop cross-source duplicates, then an idempotent write."""
+        symbol = self.parser.symbol
+        start, end = self._span(ns_to_datetime(low_s * NS_PER_S), ns_to_datetime(high_s * NS_PER_S))
+        kept, dropped = await drop_cross_source_duplicates(self.storage, trades)
+        result = await self.storage.write_trades(
+            kept, source="csv", coverage=[(symbol, CoverageSpan("trades", "csv", start, end))]
+        )
+        self.inserted += result.inserted
+        self.present += result.present + dropped
+        self.cross_source += dropped
+
 
 async def import_paths(
     storage: Storage,
     paths: Iterable[Path],
     *,
     batch_rows: int = 50_000,
+    block_bytes: int = 8 << 20,
     symbols: Iterable[str] | None = None,
     on_source: Callable[[ImportSource], None] | None = None,
     on_progress: Progress | None = None,
@@ -392,7 +480,12 @@ async def import_paths(
             on_source(source)
         summaries.append(
             await import_source(
-                storage, source, batch_rows=batch_rows, symbols=selected, on_progress=on_progress
+                storage,
+                source,
+                batch_rows=batch_rows,
+                block_bytes=block_bytes,
+                symbols=selected,
+                on_progress=on_progress,
             )
         )
     return ImportSummary(summaries)

@@ -13,6 +13,8 @@ trades that share a second are all kept.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
+from collections.abc import Sequence
 from decimal import Decimal
 
 from histdata.errors import RejectedInput
@@ -62,10 +64,12 @@ class SeqCounter:
 
     def __init__(self, *, window: int = 65_536) -> None:
         self._window = window
-        self._counts: dict[int, int] = {}
+        # Oldest first; an OrderedDict pops its oldest entry in O(1) where a dict rescans.
+        self._counts: OrderedDict[int, int] = OrderedDict()
         self._current = -1
         self._current_n = 0
         self._floor = -1  # newest time forgotten from the window
+        self._newest = -1  # newest time ever numbered
         self.backwards = 0
 
     def next(self, time_ns: int) -> int:
@@ -92,12 +96,60 @@ class SeqCounter:
                 )
             n = 0
             self._counts[time_ns] = 0
+            self._newest = max(self._newest, time_ns)
             while len(self._counts) > self._window:
-                oldest = next(iter(self._counts))
-                del self._counts[oldest]
+                oldest, _ = self._counts.popitem(last=False)
                 self._floor = max(self._floor, oldest)
         self._current, self._current_n = time_ns, n + 1
         return n
+
+    def first_seq(self, time_ns: int) -> int | None:
+        """The ``seq`` :meth:`next` would give ``time_ns`` if a run of rows can start there.
+
+        None unless ``time_ns`` is, or lies after, the newest time seen so far: only then
+        does a time-ordered run of rows from ``time_ns`` on get its ``seq`` values by
+        counting alone (see :meth:`skip_runs`).
+        """
+        if time_ns > self._newest:
+            return 0
+        if time_ns == self._current == self._newest:
+            return self._current_n
+        return None
+
+    def skip_runs(self, times: Sequence[int], counts: Sequence[int]) -> None:
+        """Account for ``counts[i]`` rows at each of the increasing ``times``, numbered elsewhere.
+
+        The state afterwards is exactly that of calling :meth:`next` once per row; the first
+        time must be one :meth:`first_seq` accepted.
+        """
+        if len(times) != len(counts):
+            raise ValueError("times and counts differ in length")
+        first = 0
+        if times and times[0] == self._current:
+            self._current_n += counts[0]
+            first = 1
+        if first == len(times):
+            return
+        # What next() does one row at a time, in bulk: every new time is appended with its
+        # count (later times are never already held) and the oldest beyond the window go.
+        held = self._counts
+        if self._current >= 0:
+            held[self._current] = self._current_n
+        excess = len(held) + len(times) - first - self._window
+        if excess > 0:
+            dropped_held = list(held)[: min(excess, len(held))]
+            dropped_new = excess - len(dropped_held)
+            self._floor = max(
+                self._floor,
+                *dropped_held,
+                times[first + dropped_new - 1] if dropped_new else -1,
+            )
+            if dropped_held:
+                held = self._counts = OrderedDict(list(held.items())[len(dropped_held) :])
+            first += dropped_new
+        held.update(zip(times[first:], counts[first:], strict=True))
+        self._current, self._current_n = times[-1], counts[-1]
+        self._newest = max(self._newest, self._current)
 
 
 def parse_trade3(fields: list[str], symbol: str, seqs: SeqCounter, max_ns: int) -> Trade:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-__all__ = ["CountingReader", "ImportSource", "discover_sources"]
+__all__ = ["CountingReader", "ImportSource", "decode_lines", "discover_sources", "line_blocks"]
 
 
 class CountingReader(io.RawIOBase):
@@ -57,6 +57,20 @@ class ImportSource:
         return f"{self.path}:{self.member}" if self.member else str(self.path)
 
     @contextmanager
+    def open_binary(self) -> Iterator[CountingReader]:
+        """Open for streaming byte reads; the stream counts the bytes read through it.
+
+        Raises:
+            OSError, zipfile.BadZipFile: the file or archive cannot be read.
+        """
+        with self.path.open("rb") as raw:
+            if self.member is None:
+                yield CountingReader(raw)
+                return
+            with zipfile.ZipFile(raw) as archive, archive.open(self.member) as member:
+                yield CountingReader(member)
+
+    @contextmanager
     def open_text(self) -> Iterator[tuple[io.TextIOWrapper, CountingReader]]:
         """Open for streaming text reads; yields the text stream and its byte counter.
 
@@ -66,23 +80,43 @@ class ImportSource:
         Raises:
             OSError, zipfile.BadZipFile: the file or archive cannot be read.
         """
-        with self.path.open("rb") as raw:
-            if self.member is None:
-                counter = CountingReader(raw)
-                yield self._wrap(counter), counter
-                return
-            with zipfile.ZipFile(raw) as archive, archive.open(self.member) as member:
-                counter = CountingReader(member)
-                yield self._wrap(counter), counter
+        with self.open_binary() as counter:
+            yield decode_lines(io.BufferedReader(counter, buffer_size=1 << 20)), counter
 
-    @staticmethod
-    def _wrap(counter: CountingReader) -> io.TextIOWrapper:
-        return io.TextIOWrapper(
-            io.BufferedReader(counter, buffer_size=1 << 20),
-            encoding="utf-8",
-            errors="replace",
-            newline="",
-        )
+
+def decode_lines(stream: IO[bytes]) -> io.TextIOWrapper:
+    """``stream`` as text lines the way every importer reads them.
+
+    UTF-8 with undecodable bytes as U+FFFD; lines end at ``\n``, ``\r\n`` or ``\r``,
+    which stay on the line.
+    """
+    return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
+
+
+def line_blocks(
+    stream: IO[bytes], size: int, cut: Callable[[bytes], int] | None = None
+) -> Iterator[bytes]:
+    """Read ``stream`` in blocks of about ``size`` bytes that end at a line end.
+
+    ``cut(block)`` may end a block earlier than its last newline (the rest starts the next
+    block); the file's last block ends wherever the file does. No line is split or lost.
+    """
+    carry = b""
+    while True:
+        data = stream.read(size)
+        if not data:
+            if carry:
+                yield carry
+            return
+        data = carry + data if carry else data
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            carry = data  # one line longer than a block: keep reading
+            continue
+        if cut is not None:
+            end = cut(data[:end]) or end
+        carry = data[end:]
+        yield data[:end]
 
 
 def discover_sources(paths: Iterable[Path]) -> Iterator[ImportSource]:
