@@ -13,19 +13,22 @@
             ...
 
 Rows are dicts with the contract's fields in order; prices and volumes are exact
-:class:`~decimal.Decimal` and times aware UTC :class:`~datetime.datetime`. Data travels as an
-Arrow IPC stream. ``frame="pandas"`` or ``"polars"`` returns a DataFrame instead (the library
-must be installed; this module imports neither unless asked); its decimal columns hold
-``Decimal`` objects, or ``float64`` with ``exact=False`` — a choice the caller makes knowingly.
+:class:`~decimal.Decimal` and times aware UTC :class:`~datetime.datetime` (a trade time's
+digits below the microsecond, which ``datetime`` cannot hold, are dropped; the list keeps the
+exact trade order). Data travels as an Arrow IPC stream. ``frame="pandas"`` or ``"polars"``
+returns a DataFrame instead (the library must be installed; this module imports neither
+unless asked); its decimal columns hold ``Decimal`` objects, or ``float64`` with
+``exact=False`` — a choice the caller makes knowingly.
 
 Errors: :class:`ServiceNotRunning` when nothing listens on the socket, :class:`BadRequest`
 (400: the message names the parameter), :class:`NotFound` (404: unknown symbol or endpoint),
-:class:`ServiceUnavailable` (503), all subclasses of :class:`ClientError`.
+:class:`ServiceUnavailable` (503), :class:`StreamDropped` (the live stream fell behind), all
+subclasses of :class:`ClientError`, which is also raised when a response is cut short.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -34,6 +37,8 @@ import httpx
 import orjson
 
 from histdata.errors import HistdataError
+from histdata.model import ns_to_datetime
+from histdata.timeutil import parse_interval
 
 __all__ = [
     "BadRequest",
@@ -42,12 +47,13 @@ __all__ = [
     "NotFound",
     "ServiceNotRunning",
     "ServiceUnavailable",
+    "StreamDropped",
 ]
 
 TimeLike = datetime | str | int | float
 FrameKind = Literal["pandas", "polars"]
 _DECIMAL_COLUMNS = {"open", "high", "low", "close", "volume", "vwap", "price"}
-_UNITS = {"m": 1, "h": 60, "d": 1440, "w": 10080}
+_NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
 class ClientError(HistdataError):
@@ -75,6 +81,15 @@ class ServiceUnavailable(ClientError):
     """HTTP 503: the service runs but its database is unavailable (or it is unhealthy)."""
 
 
+class StreamDropped(ClientError):
+    """The service cut off the live stream; :attr:`reason` says why (``slow_consumer``: the
+    client read too slowly and its queue filled)."""
+
+    def __init__(self, message: str, *, reason: str, url: str = "") -> None:
+        self.reason = reason
+        super().__init__(message, url=url)
+
+
 _BY_STATUS: dict[int, type[ClientError]] = {400: BadRequest, 404: NotFound, 503: ServiceUnavailable}
 
 
@@ -86,11 +101,21 @@ def _time_param(value: TimeLike) -> str:
     return str(value)
 
 
-def _interval_minutes(interval: str | int) -> int:
-    text = str(interval).strip().lower()
-    if text.isdigit():
-        return int(text)
-    return int(text[:-1]) * _UNITS[text[-1]]
+def _rows(table: Any) -> list[dict[str, Any]]:
+    """Arrow table to dicts: exact decimals, aware UTC times (ns-safe without pandas)."""
+    columns: list[list[Any]] = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if name == "time":
+            scale = _NS_PER_UNIT[column.type.unit]
+            # to_pylist() refuses ns times with sub-µs digits unless pandas is installed.
+            raw = column.cast("int64").to_pylist()
+            columns.append([None if v is None else ns_to_datetime(v * scale) for v in raw])
+        elif name in _DECIMAL_COLUMNS:
+            columns.append([None if v is None else Decimal(v) for v in column.to_pylist()])
+        else:
+            columns.append(column.to_pylist())
+    names = table.column_names
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 class Client:
@@ -136,15 +161,22 @@ class Client:
             url=str(response.request.url),
         )
 
+    def _not_running(self, error: str, path: str) -> ServiceNotRunning:
+        return ServiceNotRunning(f"histdata is not running at {self._socket}: {error}", url=path)
+
     def _get(self, path: str, params: dict[str, str]) -> httpx.Response:
         try:
             response = self._http.get(path, params=params)
-        except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise ServiceNotRunning(
-                f"histdata is not running at {self._socket}: {exc}", url=path
-            ) from exc
-        self._raise_for(response)
-        return response
+        except httpx.ConnectError as exc:
+            # Raised outside this block: httpcore leaves the socket of a failed Unix connect
+            # in its traceback, and dropping the traceback here closes it now, not at some GC.
+            refused = str(exc)
+        except httpx.TransportError as exc:
+            raise ClientError(f"request to {path} failed: {exc}", url=path) from exc
+        else:
+            self._raise_for(response)
+            return response
+        raise self._not_running(refused, path)
 
     def _table(self, path: str, params: dict[str, str]) -> Any:
         import pyarrow as pa
@@ -155,12 +187,7 @@ class Client:
     @staticmethod
     def _convert(table: Any, frame: FrameKind | None, exact: bool) -> Any:
         if frame is None:
-            rows: list[dict[str, Any]] = table.to_pylist()
-            for row in rows:
-                for key in _DECIMAL_COLUMNS.intersection(row):
-                    if row[key] is not None:
-                        row[key] = Decimal(row[key])
-            return rows
+            return _rows(table)
         if frame == "polars":
             import polars as pl  # type: ignore[import-not-found, unused-ignore]
 
@@ -244,8 +271,12 @@ class Client:
         self, symbol: str, interval: str | int = "1m", *, now: datetime | None = None
     ) -> dict[str, Any] | None:
         """The newest candle of ``symbol`` started within the last two intervals (possibly
-        still in progress), or None when there is none that recent."""
-        minutes = _interval_minutes(interval)
+        still in progress), or None when there is none that recent.
+
+        Raises:
+            ValueError: ``interval`` is not an interval (checked before any request).
+        """
+        minutes = parse_interval(str(interval))
         at = now or datetime.now(UTC)
         rows = self.candles(
             symbol,
@@ -277,13 +308,17 @@ class Client:
         result: dict[str, Any] = orjson.loads(self._get("/healthz", {}).content)
         return result
 
-    def stream(self, symbols: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Live events (``type``: ``trade``, ``candle``, ``heartbeat``) as dicts, forever.
+    def stream(self, symbols: Sequence[str] | None = None) -> Generator[dict[str, Any], None, None]:
+        """Live events (``type``: ``trade``, ``candle``, ``heartbeat``) as dicts, until the
+        service stops (the iteration then ends) or the generator is closed (which closes the
+        connection).
 
-        Raises :class:`ClientError` when the service drops the stream (the client fell
-        behind) or refuses it.
+        Event values are the wire's: decimals and times as strings. Raises
+        :class:`StreamDropped` when the service drops the stream because the client fell
+        behind, and the other :class:`ClientError` subclasses when it refuses it.
         """
         params = {"symbols": ",".join(symbols)} if symbols else {}
+        refused = None
         try:
             with self._http.stream("GET", "/v1/stream", params=params, timeout=None) as response:
                 self._raise_for(response)
@@ -292,9 +327,17 @@ class Client:
                         continue
                     event: dict[str, Any] = orjson.loads(line)
                     if event.get("type") == "error":
-                        raise ClientError(str(event.get("error")), url="/v1/stream")
+                        raise StreamDropped(
+                            str(event.get("error")),
+                            reason=str(event.get("reason")),
+                            url="/v1/stream",
+                        )
                     if event.get("type") == "hello":
                         continue
                     yield event
-        except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise ServiceNotRunning(f"histdata is not running at {self._socket}: {exc}") from exc
+        except httpx.ConnectError as exc:
+            refused = str(exc)  # raised below, for the reason given in _get
+        except httpx.TransportError as exc:
+            raise ClientError(f"live stream failed: {exc}", url="/v1/stream") from exc
+        if refused is not None:
+            raise self._not_running(refused, "/v1/stream")

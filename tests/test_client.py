@@ -1,0 +1,301 @@
+"""histdata.client against the query API served on a real Unix socket and database."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+from test_flusher import Outage, wait_for  # type: ignore[import-not-found]
+
+from histdata.actors.hub import DROP_SLOW, LiveHub
+from histdata.actors.query import QueryApp
+from histdata.client import (
+    BadRequest,
+    Client,
+    ClientError,
+    NotFound,
+    ServiceNotRunning,
+    ServiceUnavailable,
+    StreamDropped,
+)
+from histdata.model import Candle, CandleSource, Side, Trade
+from histdata.storage import CoverageSpan, Storage
+from histdata.symbols import SymbolRegistry
+
+T0 = datetime(2024, 3, 4, tzinfo=UTC)
+T0_NS = int(T0.timestamp()) * 10**9
+R = TypeVar("R")
+
+
+def candles(n: int) -> list[Candle]:
+    return [
+        Candle(
+            symbol="ETH/USD",
+            time=T0 + timedelta(minutes=i),
+            open=Decimal("3000.01"),
+            high=Decimal("3001.5") + i,
+            low=Decimal("2999.99"),
+            close=Decimal("3000.10") + i,
+            volume=Decimal("0.00000001") * (i + 1),
+            vwap=None if i == 0 else Decimal("3000.5"),
+            trades=2,
+            source=CandleSource.REST,
+        )
+        for i in range(n)
+    ]
+
+
+def trades(n: int, first: int = 0) -> list[Trade]:
+    return [
+        Trade(
+            symbol="ETH/USD",
+            time_ns=T0_NS + i * 1_000_000_007,  # sub-microsecond digits
+            price=Decimal("3000.12345678"),
+            volume=Decimal("0.1"),
+            side=Side.BUY if i % 2 else None,
+            trade_id=None if i == 1 else 500 + i,
+        )
+        for i in range(first, first + n)
+    ]
+
+
+class Served:
+    """A QueryApp on a real socket, and a Client for it whose calls run in worker threads."""
+
+    def __init__(self, app: QueryApp, hub: LiveHub, path: Path) -> None:
+        self.app = app
+        self.hub = hub
+        self.path = path
+        self.client = Client(str(path), timeout_s=30)
+
+    async def call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run a blocking client call off the event loop that serves it."""
+        return await trio.to_thread.run_sync(partial(fn, *args, **kwargs))
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="hdc") as directory:
+        yield Path(directory) / "histdata.sock"
+
+
+def make_app(storage: Storage, hub: LiveHub, *, healthy: bool = True, queue: int = 100) -> QueryApp:
+    return QueryApp(
+        storage,
+        SymbolRegistry.shipped(),
+        hub=hub,
+        status=lambda: {"healthy": healthy},
+        metrics=bytes,
+        stream_queue=queue,
+        chunk=11,
+    )
+
+
+@pytest.fixture
+async def served(
+    storage: Storage, socket_path: Path, nursery: trio.Nursery
+) -> AsyncIterator[Served]:
+    await storage.write_candles(candles(120))
+    await storage.write_trades(
+        trades(4),
+        source="rest",
+        coverage=[("ETH/USD", CoverageSpan("trades", "rest", T0, T0 + timedelta(hours=1)))],
+    )
+    hub = LiveHub()
+    app = make_app(storage, hub, queue=2)
+    await nursery.start(app.serve, socket_path)
+    result = Served(app, hub, socket_path)
+    yield result
+    result.client.close()
+
+
+START, END = "2024-03-04", "2024-03-05"
+
+
+class TestReads:
+    async def test_candles_are_plain_rows_with_exact_values(self, served: Served) -> None:
+        """Candles come back as dicts in contract order with Decimals and aware UTC times."""
+        rows = await served.call(served.client.candles, "XETHZUSD", "1m", START, END)
+        assert len(rows) == 120
+        assert list(rows[0]) == ["time", "open", "high", "low", "close", "volume", "vwap", "trades"]
+        assert rows[0]["time"] == T0
+        assert rows[0]["time"].utcoffset() == timedelta(0)
+        assert rows[0]["volume"] == Decimal("0.00000001")
+        assert str(rows[0]["close"]) == "3000.10"  # the stored digits, not a float's
+        assert rows[0]["vwap"] is None
+        assert rows[1]["vwap"] == Decimal("3000.5")
+        assert rows[119]["trades"] == 2
+
+    async def test_trades_keep_order_and_nulls_with_nanosecond_times(self, served: Served) -> None:
+        """Trades with sub-µs times come back in trade order, times truncated to the µs."""
+        rows = await served.call(served.client.trades, "ETH/USD", T0, T0 + timedelta(hours=1))
+        assert [r["trade_id"] for r in rows] == [500, None, 502, 503]
+        assert [r["side"] for r in rows] == [None, "buy", None, "buy"]
+        assert rows[1]["time"] == T0 + timedelta(seconds=1)  # +7 ns dropped
+        assert rows[3]["time"] == T0 + timedelta(seconds=3, microseconds=0)
+        assert rows[0]["price"] == Decimal("3000.12345678")
+
+    async def test_several_timeframes_in_one_call(self, served: Served) -> None:
+        """timeframes() returns each requested interval's candles under its own key."""
+        found = await served.call(served.client.timeframes, "ETH/USD", ["1m", 15, "1h"], START, END)
+        assert list(found) == ["1m", "15", "1h"]
+        assert [len(rows) for rows in found.values()] == [120, 8, 2]
+        assert found["1h"][0]["volume"] == sum(c.volume for c in candles(60))
+        assert found["15"][1]["time"] == T0 + timedelta(minutes=15)
+
+    async def test_latest_candle_is_the_newest_recent_one(self, served: Served) -> None:
+        """latest_candle() is the last candle started within two intervals of now, else None."""
+        now = T0 + timedelta(minutes=120, seconds=30)
+        latest = await served.call(served.client.latest_candle, "ETH/USD", "1m", now=now)
+        assert latest is not None
+        assert latest["time"] == T0 + timedelta(minutes=119)
+        hourly = await served.call(served.client.latest_candle, "ETH/USD", "1h", now=now)
+        assert hourly is not None
+        assert hourly["time"] == T0 + timedelta(hours=1)
+        later = now + timedelta(minutes=5)
+        assert await served.call(served.client.latest_candle, "ETH/USD", "1m", now=later) is None
+
+    async def test_symbols_coverage_and_health(self, served: Served) -> None:
+        """symbols(), coverage() and health() return the service's documents."""
+        (entry,) = await served.call(served.client.symbols)
+        assert entry["symbol"] == "ETH/USD"
+        assert entry["candles"]["last"] == "2024-03-04T01:59:00Z"
+        coverage = await served.call(served.client.coverage, "ETH/USD", START, END)
+        assert coverage["covered"] == [
+            {"start": "2024-03-04T00:00:00Z", "end": "2024-03-04T01:00:00Z"}
+        ]
+        assert coverage["gaps"][0]["start"] == "2024-03-04T01:00:00Z"
+        assert (await served.call(served.client.health))["healthy"] is True
+
+    @pytest.mark.parametrize("kind", ["pandas", "polars"])
+    async def test_frames_when_installed(self, served: Served, kind: str) -> None:
+        """frame= returns that library's DataFrame, exact Decimals by default, floats on request."""
+        pytest.importorskip(kind)
+        exact = await served.call(served.client.candles, "ETH/USD", "1h", START, END, frame=kind)
+        floats = await served.call(
+            served.client.candles, "ETH/USD", "1h", START, END, frame=kind, exact=False
+        )
+        assert len(exact) == len(floats) == 2
+        assert next(iter(exact["close"])) == Decimal("3059.10")
+        assert next(iter(floats["close"])) == pytest.approx(3059.1)
+
+
+class TestErrors:
+    async def test_bad_parameter_is_bad_request_naming_it(self, served: Served) -> None:
+        """A 400 raises BadRequest carrying the status and the server's message."""
+        with pytest.raises(BadRequest, match="'interval'") as caught:
+            await served.call(served.client.candles, "ETH/USD", "7x", START, END)
+        assert caught.value.status == 400
+        with pytest.raises(BadRequest, match="'end'"):
+            await served.call(served.client.trades, "ETH/USD", END, START)
+
+    async def test_unknown_symbol_is_not_found(self, served: Served) -> None:
+        """A 404 raises NotFound for every call that names a symbol."""
+        with pytest.raises(NotFound, match="DOGE/EUR"):
+            await served.call(served.client.candles, "DOGE/EUR", "1m", START, END)
+        with pytest.raises(NotFound):
+            await served.call(served.client.coverage, "DOGE/EUR", START, END)
+
+    async def test_database_outage_is_service_unavailable(
+        self, served: Served, pg_admin_dsn: str, database_url: str
+    ) -> None:
+        """With the database down the service answers 503, raised as ServiceUnavailable."""
+        outage = Outage(pg_admin_dsn, database_url)
+        await outage.start()
+        try:
+            with pytest.raises(ServiceUnavailable) as caught:
+                await served.call(served.client.trades, "ETH/USD", START, END)
+        finally:
+            await outage.end()
+        assert caught.value.status == 503
+        assert len(await served.call(served.client.trades, "ETH/USD", START, END)) == 4
+
+    async def test_unhealthy_service_is_service_unavailable(
+        self, storage: Storage, socket_path: Path, nursery: trio.Nursery
+    ) -> None:
+        """health() raises ServiceUnavailable when /healthz answers 503."""
+        await nursery.start(make_app(storage, LiveHub(), healthy=False).serve, socket_path)
+        with Client(str(socket_path)) as client, pytest.raises(ServiceUnavailable):
+            await trio.to_thread.run_sync(client.health)
+
+    # httpcore 1.0.9 never closes the socket of a failed Unix connect; the client drops it
+    # at once, which closes it with this warning.
+    @pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
+    async def test_no_service_is_service_not_running(self, socket_path: Path) -> None:
+        """Without a listener (no file, or a stale one) calls raise ServiceNotRunning."""
+        with Client(str(socket_path)) as client:
+            with pytest.raises(ServiceNotRunning, match=str(socket_path)):
+                await trio.to_thread.run_sync(client.symbols)
+            await trio.Path(socket_path).touch()
+            with pytest.raises(ServiceNotRunning):
+                await trio.to_thread.run_sync(lambda: next(client.stream()))
+
+    async def test_naive_time_is_refused_before_any_request(self, socket_path: Path) -> None:
+        """A naive datetime is a ValueError: histdata never guesses a time zone."""
+        with Client(str(socket_path)) as client, pytest.raises(ValueError, match="naive"):
+            client.candles("ETH/USD", "1m", datetime(2024, 1, 1), datetime(2024, 1, 2))
+
+    def test_errors_share_one_base(self) -> None:
+        """Every client error is a ClientError, so one except clause catches them all."""
+        for cls in (BadRequest, NotFound, ServiceUnavailable, ServiceNotRunning, StreamDropped):
+            assert issubclass(cls, ClientError)
+
+
+class TestStream:
+    async def test_stream_yields_live_events_for_the_symbols(self, served: Served) -> None:
+        """The iterator yields the chosen symbols' trades and candles as dicts, hello skipped."""
+        events = served.client.stream(["XETHZUSD"])
+
+        def take(n: int) -> list[dict[str, Any]]:
+            return [next(events) for _ in range(n)]
+
+        async with trio.open_nursery() as nursery:
+            got: list[dict[str, Any]] = []
+
+            async def reader() -> None:
+                got.extend(await served.call(take, 2))
+
+            nursery.start_soon(reader)
+            await wait_for(lambda: served.hub.statistics().subscribers == 1)
+            served.hub.publish_trades([Trade("BTC/USD", 1, Decimal(1), Decimal(1)), *trades(1)])
+            served.hub.publish_candles(candles(1))
+        await served.call(events.close)
+        assert [(e["type"], e["symbol"]) for e in got] == [
+            ("trade", "ETH/USD"),
+            ("candle", "ETH/USD"),
+        ]
+        assert got[0]["price"] == "3000.12345678"
+        assert got[1]["final"] is True
+
+    async def test_falling_behind_raises_stream_dropped(self, served: Served) -> None:
+        """A client whose queue overflows gets what was queued, then StreamDropped."""
+        received: list[dict[str, Any]] = []
+
+        def consume() -> StreamDropped:
+            try:
+                for event in served.client.stream():
+                    received.append(event)
+            except StreamDropped as exc:
+                return exc
+            raise AssertionError("the stream ended without being dropped")
+
+        async with trio.open_nursery() as nursery:
+            outcome: list[StreamDropped] = []
+
+            async def reader() -> None:
+                outcome.append(await served.call(consume))
+
+            nursery.start_soon(reader)
+            await wait_for(lambda: served.hub.statistics().subscribers == 1)
+            served.hub.publish_trades(trades(10))  # the queue holds 2
+        assert outcome[0].reason == DROP_SLOW
+        # What was queued (2), plus one if the server was already waiting for the first event.
+        assert [e["trade_id"] for e in received] in ([500, None], [500, None, 502])
+        assert served.hub.statistics().dropped == {DROP_SLOW: 1}
