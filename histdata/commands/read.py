@@ -8,7 +8,8 @@
 When the service is running (its ``[query] socket`` accepts a connection) the body is
 streamed from the socket unchanged; otherwise the command opens the database itself and
 encodes the same rows with the same encoders, so both paths print identical bytes. CSV is the
-default; ``--end`` defaults to now. Errors print one line and exit 1 (bad input: 2).
+default; ``--end`` defaults to now. Errors print one line and exit 1; bad input (a malformed
+time, interval or range, an unknown symbol) exits 2 on both paths.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import sys
 from typing import BinaryIO
 
 import httpx
+import orjson
 import trio
 
+from histdata.actors.query import check_range
 from histdata.commands.common import open_command_storage, setup
+from histdata.config import Config
+from histdata.errors import UnknownSymbol
 from histdata.formats import FORMATS, candle_encoder, trade_encoder, trade_row
 from histdata.storage.reads import iter_candle_rows
 from histdata.symbols import SymbolRegistry
@@ -55,21 +60,28 @@ def _via_socket(socket: str, path: str, params: dict[str, str], out: BinaryIO) -
             http.stream("GET", f"http://histdata{path}", params=params) as response,
         ):
             if response.status_code != 200:
-                message = response.read().decode(errors="replace").strip()
-                print(f"histdata: {response.status_code} {message}", file=sys.stderr)
+                body = response.read()
+                try:
+                    message = str(orjson.loads(body)["error"])
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    message = body.decode(errors="replace").strip()
+                print(f"histdata: {message} (HTTP {response.status_code})", file=sys.stderr)
                 return 2 if response.status_code in (400, 404) else 1
             for part in response.iter_bytes():
                 out.write(part)
             out.flush()
             return 0
-    except (httpx.ConnectError, FileNotFoundError):
+    except httpx.ConnectError:
         return None
 
 
-async def _direct(args: argparse.Namespace, out: BinaryIO) -> int:
-    config = setup(args)
+async def _direct(args: argparse.Namespace, config: Config, out: BinaryIO) -> int:
     registry = SymbolRegistry.shipped()
-    symbol = registry.canonical(args.symbol)
+    try:
+        symbol = registry.canonical(args.symbol)
+    except UnknownSymbol as exc:
+        print(f"histdata: {exc}", file=sys.stderr)
+        return 2
     start = parse_time(args.start)
     end = parse_time(args.end) if args.end else utc_now()
     async with open_command_storage(config, registry) as storage:
@@ -95,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         start = parse_time(args.start)
         end = parse_time(args.end) if args.end else utc_now()
+        check_range(start, end)
         if args._read_kind == "candles":
             parse_interval(args.interval)
     except ValueError as exc:
@@ -115,4 +128,4 @@ def main(args: argparse.Namespace) -> int:
         )
         if status is not None:
             return status
-    return trio.run(_direct, args, out)
+    return trio.run(_direct, args, config, out)
