@@ -17,8 +17,9 @@ Rows are dicts with the contract's fields in order; prices and volumes are exact
 digits below the microsecond, which ``datetime`` cannot hold, are dropped; the list keeps the
 exact trade order). Data travels as an Arrow IPC stream. ``frame="pandas"`` or ``"polars"``
 returns a DataFrame instead (the library must be installed; this module imports neither
-unless asked); its decimal columns hold ``Decimal`` objects, or ``float64`` with
-``exact=False`` — a choice the caller makes knowingly.
+unless asked); its decimal columns hold ``Decimal`` objects (polars: a ``Decimal`` column
+scaled to the most fractional digits present), or ``float64`` with ``exact=False`` — a choice
+the caller makes knowingly.
 
 Errors: :class:`ServiceNotRunning` when nothing listens on the socket, :class:`BadRequest`
 (400: the message names the parameter), :class:`NotFound` (404: unknown symbol or endpoint),
@@ -99,6 +100,14 @@ def _time_param(value: TimeLike) -> str:
             raise ValueError(f"naive datetime {value.isoformat()}; use an aware UTC time")
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     return str(value)
+
+
+def _scale(column: Any) -> int:
+    """The most digits after the decimal point in a column of decimal text."""
+    import pyarrow.compute as pc
+
+    fraction = pc.replace_substring_regex(column, pattern=r"^[^.]*\.?", replacement="")
+    return int(pc.max(pc.utf8_length(fraction)).as_py() or 0)
 
 
 def _rows(table: Any) -> list[dict[str, Any]]:
@@ -192,11 +201,12 @@ class Client:
             import polars as pl  # type: ignore[import-not-found, unused-ignore]
 
             df = pl.from_arrow(table)
-            if not exact:
-                df = df.with_columns(
-                    [pl.col(c).cast(pl.Float64) for c in df.columns if c in _DECIMAL_COLUMNS]
+            decimals = [c for c in df.columns if c in _DECIMAL_COLUMNS]
+            if exact:
+                return df.with_columns(
+                    [pl.col(c).cast(pl.Decimal(scale=_scale(table.column(c)))) for c in decimals]
                 )
-            return df
+            return df.with_columns([pl.col(c).cast(pl.Float64) for c in decimals])
         if frame == "pandas":
             df = table.to_pandas()
             for column in _DECIMAL_COLUMNS.intersection(df.columns):
