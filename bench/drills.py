@@ -1,0 +1,691 @@
+"""``make drills``: fault drills against the real processes, written up in docs/reliability.md.
+
+Usage::
+
+    .venv/bin/python -m bench.drills [--only NAME ...] [--quick] [--dsn DSN] [--out PATH]
+
+Drills (``--only`` takes these names):
+
+- ``db_outage``: ``histdata run`` recording the simulator at 5,000 trades/s while its database
+  refuses connections for 60 s (15 s with ``--quick``); after the journal drained and the gap
+  filler ran, the stored trade ids are compared with the simulator's.
+- ``kill_import``: ``histdata import`` of a generated multi-million-row Kraken trades CSV,
+  SIGKILLed twice mid-import and re-run: the stored rows must be exactly the file's.
+- ``kill_backfill``: ``histdata backfill`` against the simulator, SIGKILLed twice and re-run:
+  the stored trades must be exactly the simulator's in ``[since, until)``.
+- ``ws_drops``: the simulator closes every WebSocket every 10 s for two minutes (40 s with
+  ``--quick``); after the gap filler's repair, stored == emitted with no duplicates.
+- ``fuzz``: 10,000+ malformed WebSocket frames, CSV rows, REST bodies and query requests
+  through tests/test_fuzz.py's properties at drill size.
+
+Each drill uses a scratch database created and dropped on ``--dsn``'s server, reports trades
+emitted / stored / lost / duplicated, process crashes and actor restarts (``histdata status
+--json``) and peak RSS (psutil), and the verdict. A failed drill is a finding: it is written
+up, never retried until it passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.drill_common import (
+    DEFAULT_DSN,
+    HISTDATA,
+    NS_PER_S,
+    DrillResult,
+    Proc,
+    RssMonitor,
+    Sim,
+    actor_restarts,
+    channel,
+    compare_ids,
+    count_trades,
+    id_ranges,
+    scratch_database,
+    service_env,
+    set_connections,
+    sim_truth,
+    start_sim,
+    status,
+    stored_trade_ids,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "reliability.md"
+SYMBOLS = ("BTC/USD", "ETH/USD")
+
+
+class Options(argparse.Namespace):
+    only: list[str] | None
+    quick: bool
+    dsn: str
+    out: Path
+    keep: bool
+
+
+# ----------------------------------------------------------------------------- service runner
+
+
+class Service:
+    """``histdata run`` as a child process; an unexpected exit is counted and restarted."""
+
+    def __init__(self, result: DrillResult, env: dict[str, str], workdir: Path, rss: RssMonitor):
+        self.result = result
+        self.env = env
+        self.workdir = workdir
+        self.rss = rss
+        self.proc: Proc | None = None
+        self.starts = 0
+        self.last: dict[str, Any] | None = None
+        self.restarts_seen: dict[str, int] = {}
+
+    def start(self) -> None:
+        self.starts += 1
+        self.proc = Proc("run", [*HISTDATA, "run"], self.workdir / "run.log", self.env).start()
+        self.rss.track("run", self.proc.pid)
+        if not wait_until(lambda: self.poll() is not None, 60, 0.5):
+            raise RuntimeError("histdata run did not answer on its socket within 60 s")
+
+    def check(self) -> None:
+        """Count and restart an unexpected exit."""
+        assert self.proc is not None
+        code = self.proc.exit_code()
+        if code is not None:
+            self.proc.close()
+            self.result.process_crashes += 1
+            self.result.findings.append(
+                f"`histdata run` exited unexpectedly with status {code}; last log lines: "
+                + " | ".join(self.proc.tail(4))
+            )
+            self.result.step(f"histdata run exited with {code}: restarting it")
+            self.start()
+
+    def poll(self) -> dict[str, Any] | None:
+        """A status snapshot (kept as :attr:`last`), merging actor restarts seen so far."""
+        snapshot = status(self.env)
+        if snapshot is not None:
+            self.last = snapshot
+            for name, n in actor_restarts(snapshot).items():
+                self.restarts_seen[name] = max(self.restarts_seen.get(name, 0), n)
+        return snapshot
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and wait; a non-zero exit is a finding."""
+        assert self.proc is not None
+        started = time.monotonic()
+        code = self.proc.stop(timeout_s)
+        took = time.monotonic() - started
+        self.result.step(f"SIGTERM: histdata run exited with {code} after {took:.1f} s")
+        if code != 0:
+            self.result.process_crashes += 1
+            self.result.findings.append(
+                f"`histdata run` exited with {code} on SIGTERM; last log lines: "
+                + " | ".join(self.proc.tail(4))
+            )
+        return code
+
+    def settle_restarts(self) -> None:
+        self.result.actor_restarts = sum(self.restarts_seen.values())
+        if self.restarts_seen:
+            self.result.findings.append(f"actor restarts: {self.restarts_seen}")
+
+
+def journal_trades(snapshot: dict[str, Any]) -> int:
+    """Trades in the journal not yet replayed (appended - replayed - dropped)."""
+    j = snapshot["journal"]
+    return int(j["appended_trades"] - j["replayed_trades"] - j["dropped_trades"])
+
+
+def timeline(service: Service, label: str) -> str:
+    """One line of live statistics for the notes."""
+    s = service.last
+    if s is None:
+        return f"{label}: no status"
+    trades = channel(s, "live.trades")
+    fl = s["flusher"]
+    return (
+        f"{label}: live.trades depth {trades['depth']} (peak {trades['peak']}, spilled "
+        f"{trades['spilled']}, dropped {trades['dropped']}), journal {s['journal']['bytes']} B /"
+        f" {journal_trades(s)} trades, written {fl['trades_written']}, database_up "
+        f"{fl['database_up']}"
+    )
+
+
+def watch(service: Service, seconds: float, label: str, *, every_s: float = 2.0) -> None:
+    """Keep the service under observation for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(every_s, max(0.0, deadline - time.monotonic())))
+        service.check()
+        service.poll()
+    service.result.notes.append(timeline(service, label))
+
+
+def compare_service(result: DrillResult, url: str, sim: Sim, symbols: tuple[str, ...]) -> None:
+    """Stored ids vs the simulator's per symbol, within the stored range; fills the counts."""
+    result.emitted = result.stored = result.lost = result.duplicated = 0
+    for symbol in symbols:
+        truth = [i for i, _ in sim_truth(sim.rest_url, symbol)]
+        cmp = compare_ids(symbol, truth, stored_trade_ids(url, symbol))
+        result.emitted += cmp.emitted
+        result.stored += cmp.stored
+        result.lost += len(cmp.missing)
+        result.duplicated += sum(cmp.duplicated.values())
+        result.notes.append(cmp.describe())
+        if cmp.missing:
+            result.findings.append(
+                f"{symbol}: {len(cmp.missing)} trades lost within the stored id range "
+                f"{cmp.low}..{cmp.high}: ids {id_ranges(cmp.missing)}"
+            )
+        if cmp.duplicated:
+            result.findings.append(
+                f"{symbol}: {sum(cmp.duplicated.values())} duplicate rows, e.g. ids "
+                f"{sorted(cmp.duplicated)[:5]}"
+            )
+
+
+# ----------------------------------------------------------------------------- drill 1
+
+
+def drill_db_outage(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    rate, outage_s = 5000, 15.0 if opts.quick else 60.0
+    warm_s, after_s = (5.0, 10.0) if opts.quick else (15.0, 30.0)
+    drain_s, gapfill_s = (60.0, 10.0) if opts.quick else (180.0, 15.0)
+    per_symbol = rate / len(SYMBOLS)
+    result = DrillResult("db_outage", f"database unreachable for {outage_s:.0f} s at {rate}/s")
+    with scratch_database(opts.dsn, f"histdata_drill_outage_{os.getpid()}") as url:
+        sim_args = ["--rate", f"{per_symbol:g}", "--symbols", ",".join(SYMBOLS)]
+        sim_args += ["--history-s", "5", "--rest-limit", "0"]
+        sim = start_sim(workdir, *sim_args)
+        rss.track("sim", sim.proc.pid)
+        result.commands.append("histdata sim --rest-port 0 --ws-port 0 " + " ".join(sim_args))
+        env = service_env(url, workdir, sim, SYMBOLS, gapfill_interval_s=f"{gapfill_s:g}")
+        result.commands.append(
+            "histdata run  (HISTDATA_DATABASE_URL=<scratch db>, HISTDATA_KRAKEN_*=<sim>, "
+            f"HISTDATA_KRAKEN_SYMBOLS={','.join(SYMBOLS)}, "
+            f"HISTDATA_GAPFILL_INTERVAL_S={gapfill_s:g})"
+        )
+        service = Service(result, env, workdir, rss)
+        try:
+            service.start()
+            result.step(f"service recording {len(SYMBOLS)} symbols at {per_symbol:g} trades/s each")
+            watch(service, warm_s, f"after {warm_s:.0f} s warm-up")
+            set_connections(opts.dsn, url, False)
+            result.step(
+                f"database offline (ALLOW_CONNECTIONS false + pg_terminate_backend) for "
+                f"{outage_s:.0f} s"
+            )
+            try:
+                watch(service, outage_s, "end of the outage")
+            finally:
+                set_connections(opts.dsn, url, True)
+            result.step("database back online")
+            watch(service, after_s, f"{after_s:.0f} s after recovery")
+
+            def drained() -> bool:
+                service.check()
+                s = service.poll()
+                return bool(
+                    s is not None
+                    and s["flusher"]["database_up"]
+                    and journal_trades(s) == 0
+                    and channel(s, "live.trades")["depth"] < 10_000
+                )
+
+            started = time.monotonic()
+            ok = wait_until(drained, drain_s, 2.0)
+            result.notes.append(timeline(service, "drain check"))
+            if ok:
+                result.step(
+                    f"journal drained {time.monotonic() - started:.0f} s after the wait began"
+                )
+            else:
+                result.findings.append(
+                    f"the backlog did not drain within {drain_s:.0f} s of the load phase: "
+                    + timeline(service, "at the deadline")
+                )
+                result.step(f"backlog NOT drained after {drain_s:.0f} s")
+            watch(service, 2 * gapfill_s, "after two gap-filler rounds")
+            result.step(f"waited {2 * gapfill_s:.0f} s for the gap filler's repair")
+            service.settle_restarts()
+            if service.last is not None:
+                result.notes.append(
+                    "flusher: " + json.dumps(service.last["flusher"], separators=(",", ":"))
+                )
+        finally:
+            if service.proc is not None:
+                service.stop()
+        leftover = leftover_journal(workdir)
+        if leftover:
+            result.findings.append(
+                f"{leftover} trades were still in the journal after a clean SIGTERM "
+                "(they are replayed at the next start, not lost)"
+            )
+        compare_service(result, url, sim, SYMBOLS)
+        sim.proc.stop()
+    result.peak_rss_mb = rss.peak_mb("run")
+    return result
+
+
+def leftover_journal(workdir: Path) -> int:
+    """Trades left in the service's journal directory (read without the service running)."""
+    import trio
+
+    from histdata.actors.buffer import Batch
+    from histdata.actors.journal import Journal
+
+    directory = workdir / "var" / "journal"
+    if not directory.exists():
+        return 0
+    count = 0
+
+    async def collect(batch: Batch) -> None:
+        nonlocal count
+        count += len(batch.trades)
+
+    copy = workdir / "journal-copy"
+    subprocess.run(["cp", "-r", str(directory), str(copy)], check=True)
+    trio.run(Journal(copy, max_bytes=1 << 34).replay, collect)
+    return count
+
+
+# ----------------------------------------------------------------------------- drill 2a
+
+
+def drill_kill_import(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    from bench.import_bench import generate
+
+    rows = 1_000_000 if opts.quick else 3_000_000
+    result = DrillResult("kill_import", f"SIGKILL twice mid-import of {rows:,} CSV rows")
+    path = workdir / "XBTUSD.csv"
+    generate(path, rows)
+    count, price_sum, volume_sum = 0, Decimal(0), Decimal(0)
+    with path.open() as f:
+        for line in f:
+            _, p, v = line.rstrip("\n").split(",")
+            count += 1
+            price_sum += Decimal(p)
+            volume_sum += Decimal(v)
+    result.emitted = count
+    result.step(f"generated {path.name}: {count:,} rows (time,price,volume)")
+    with scratch_database(opts.dsn, f"histdata_drill_import_{os.getpid()}") as url:
+        env = service_env(url, workdir, None, ("BTC/USD",))
+        argv = [*HISTDATA, "import", str(path), "--no-progress"]
+        result.commands.append(f"histdata import {path.name} --no-progress")
+        for fraction in (0.3, 0.7):
+            proc = Proc("import", argv, workdir / "import.log", env).start()
+            rss.track("import", proc.pid)
+            target = int(rows * fraction)
+            reached = wait_until(
+                lambda t=target, p=proc: count_trades(url) >= t or p.exit_code() is not None,
+                600,
+                0.2,
+            )
+            stored = count_trades(url)
+            if proc.exit_code() is not None:
+                proc.close()
+                result.findings.append(
+                    f"the import finished before the planned kill at {fraction:.0%}"
+                    f" (exit {proc.exit_code()})"
+                )
+                break
+            proc.signal(signal.SIGKILL)
+            proc.wait(10)
+            proc.close()
+            result.step(
+                f"SIGKILL with {stored:,} rows stored (target {fraction:.0%}"
+                f"{'' if reached else ', not reached'})"
+            )
+        proc = Proc("import", argv, workdir / "import.log", env).start(stdout_pipe=True)
+        rss.track("import", proc.pid)
+        assert proc.popen is not None
+        out, _ = proc.popen.communicate(timeout=1800)
+        proc.close()
+        summary = out.decode(errors="replace").strip()
+        result.step(f"re-run exited with {proc.exit_code()}: {summary.splitlines()[-1]}")
+        result.notes.extend(summary.splitlines())
+        if proc.exit_code() != 0:
+            result.process_crashes += 1
+            result.findings.append(f"the re-run exited with {proc.exit_code()}")
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*), count(DISTINCT (time, time_ns, seq)), sum(price), sum(volume)"
+                " FROM trades"
+            ).fetchone()
+        assert row is not None
+        total, distinct, stored_price, stored_volume = row
+        result.stored = total
+        result.duplicated = total - distinct
+        result.lost = max(0, count - distinct)
+        extra = distinct - count
+        result.notes.append(
+            f"stored rows {total:,}, distinct keys {distinct:,}; sum(price) file {price_sum} "
+            f"stored {stored_price}; sum(volume) file {volume_sum} stored {stored_volume}"
+        )
+        if extra > 0:
+            result.findings.append(f"{extra} stored rows are not in the file")
+        if (stored_price, stored_volume) != (price_sum, volume_sum):
+            result.findings.append("stored price/volume sums differ from the file's")
+    result.peak_rss_mb = rss.peak_mb("import")
+    return result
+
+
+# ----------------------------------------------------------------------------- drill 2b
+
+
+def drill_kill_backfill(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    history_s = 900 if opts.quick else 1800
+    rate = 100
+    result = DrillResult("kill_backfill", "SIGKILL twice mid-backfill from the simulator")
+    sim_args = ["--rate", str(rate), "--symbols", "BTC/USD", "--history-s", str(history_s)]
+    sim_args += ["--rest-limit", "20"]
+    sim = start_sim(workdir, *sim_args)
+    result.commands.append("histdata sim --rest-port 0 --ws-port 0 " + " ".join(sim_args))
+    now = int(time.time())
+    since, until = now - history_s + 60, now - 5
+    try:
+        with scratch_database(opts.dsn, f"histdata_drill_backfill_{os.getpid()}") as url:
+            env = service_env(
+                url, workdir, sim, ("BTC/USD",), kraken_rest_rate_per_s="15", kraken_rest_burst="20"
+            )
+            argv = [*HISTDATA, "backfill", "BTC/USD", "--since", str(since), "--until", str(until)]
+            argv.append("--no-progress")
+            result.commands.append(
+                f"histdata backfill BTC/USD --since {since} --until {until} --no-progress"
+                "  (HISTDATA_KRAKEN_REST_RATE_PER_S=15; the simulator allows 20/s)"
+            )
+            truth = [(i, t) for i, t in sim_truth(sim.rest_url, "BTC/USD") if since * NS_PER_S <= t]
+            truth = [(i, t) for i, t in truth if t < until * NS_PER_S]
+            result.emitted = len(truth)
+            result.step(f"simulator holds {len(truth):,} trades in [since, until)")
+            for fraction in (0.3, 0.6):
+                proc = Proc("backfill", argv, workdir / "backfill.log", env).start()
+                rss.track("backfill", proc.pid)
+                target = int(len(truth) * fraction)
+                wait_until(
+                    lambda t=target, p=proc: count_trades(url) >= t or p.exit_code() is not None,
+                    600,
+                    0.2,
+                )
+                stored = count_trades(url)
+                if proc.exit_code() is not None:
+                    proc.close()
+                    result.findings.append(
+                        f"the backfill ended before the planned kill at {fraction:.0%}"
+                        f" (exit {proc.exit_code()}): " + " | ".join(proc.tail(3))
+                    )
+                    break
+                proc.signal(signal.SIGKILL)
+                proc.wait(10)
+                proc.close()
+                result.step(f"SIGKILL with {stored:,} trades stored (target {fraction:.0%})")
+            proc = Proc("backfill", argv, workdir / "backfill.log", env).start()
+            rss.track("backfill", proc.pid)
+            code = proc.wait(1800)
+            proc.close()
+            result.step(f"re-run exited with {code}")
+            if code != 0:
+                result.process_crashes += 1
+                result.findings.append(
+                    f"the re-run exited with {code}: " + " | ".join(proc.tail(4))
+                )
+            stored_ids = stored_trade_ids(url, "BTC/USD")
+            cmp = compare_ids("BTC/USD", [i for i, _ in truth], stored_ids)
+            wanted = {i for i, _ in truth}
+            missing = sorted(wanted - set(stored_ids))
+            extra = sorted(set(stored_ids) - wanted)
+            result.stored = len(stored_ids)
+            result.lost = len(missing)
+            result.duplicated = sum(cmp.duplicated.values())
+            result.notes.append(
+                f"truth ids {min(wanted)}..{max(wanted)}; stored {len(stored_ids):,} rows"
+            )
+            if missing:
+                result.findings.append(f"{len(missing)} trades missing: {id_ranges(missing)}")
+            if extra:
+                result.findings.append(f"{len(extra)} trades outside [since, until) stored")
+            if cmp.duplicated:
+                result.findings.append(f"duplicates: {sorted(cmp.duplicated)[:5]}")
+    finally:
+        sim.proc.stop()
+    result.peak_rss_mb = rss.peak_mb("backfill")
+    return result
+
+
+# ----------------------------------------------------------------------------- drill 3
+
+
+def drill_ws_drops(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    run_s = 40.0 if opts.quick else 120.0
+    repair_s = 90.0 if opts.quick else 240.0
+    gapfill_s, per_symbol = 10.0, 50
+    result = DrillResult("ws_drops", f"WebSocket closed every 10 s for {run_s:.0f} s")
+    with scratch_database(opts.dsn, f"histdata_drill_ws_{os.getpid()}") as url:
+        sim_args = ["--rate", str(per_symbol), "--symbols", ",".join(SYMBOLS)]
+        sim_args += ["--history-s", "60", "--rest-limit", "0", "--close-every-s", "10"]
+        sim = start_sim(workdir, *sim_args)
+        rss.track("sim", sim.proc.pid)
+        result.commands.append("histdata sim --rest-port 0 --ws-port 0 " + " ".join(sim_args))
+        env = service_env(url, workdir, sim, SYMBOLS, gapfill_interval_s=f"{gapfill_s:g}")
+        result.commands.append(
+            f"histdata run  (HISTDATA_GAPFILL_INTERVAL_S={gapfill_s:g}; Kraken's 1 call/s REST "
+            "limit kept in histdata's own limiter)"
+        )
+        service = Service(result, env, workdir, rss)
+        try:
+            service.start()
+            result.step(f"recording {len(SYMBOLS)} symbols at {per_symbol} trades/s each")
+            watch(service, run_s, f"after {run_s:.0f} s of drops")
+            deadline = time.monotonic() + repair_s
+            while True:
+                compare_service(result, url, sim, SYMBOLS)
+                if not result.lost or time.monotonic() > deadline:
+                    break
+                result.notes.clear()
+                watch(service, 10.0, "repair")
+            if not result.lost:
+                result.findings = [f for f in result.findings if "lost" not in f]
+            result.step(
+                f"compared after the repair wait: lost {result.lost}, duplicated"
+                f" {result.duplicated}"
+            )
+            snap = service.poll()
+            if snap is not None:
+                feed = snap["feed"]
+                result.notes.append(
+                    f"reconnects: {feed['sessions'] - 1} (sessions {feed['sessions']}, closes "
+                    f"{feed['closes']}, catch-ups requested {feed['catch_ups_requested']})"
+                )
+                if "gapfiller" in snap:
+                    result.notes.append(
+                        "gapfiller: " + json.dumps(snap["gapfiller"], separators=(",", ":"))[:600]
+                    )
+            service.settle_restarts()
+        finally:
+            if service.proc is not None:
+                service.stop()
+        # Findings about loss were collected by compare_service; keep one copy of each.
+        result.findings = list(dict.fromkeys(result.findings))
+        sim.proc.stop()
+    result.peak_rss_mb = rss.peak_mb("run")
+    return result
+
+
+# ----------------------------------------------------------------------------- drill 4
+
+
+def drill_fuzz(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    result = DrillResult("fuzz", "10,000+ malformed inputs through the parsers and the API")
+    counts_file = workdir / "fuzz-counts.json"
+    examples = "150" if opts.quick else "500"
+    env = {
+        **os.environ,
+        "HISTDATA_TEST_DSN": os.environ.get("HISTDATA_TEST_DSN", opts.dsn),
+        "HISTDATA_FUZZ_EXAMPLES": examples,
+        "HISTDATA_FUZZ_COUNTS": str(counts_file),
+    }
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fuzz.py"]
+    result.commands.append(f"HISTDATA_FUZZ_EXAMPLES={examples} python -m pytest tests/test_fuzz.py")
+    proc = Proc("fuzz", argv, workdir / "fuzz.log", env)
+    proc.start()
+    rss.track("fuzz", proc.pid)
+    code = proc.wait(3600)
+    proc.close()
+    counts: dict[str, dict[str, int]] = {}
+    if counts_file.exists():
+        counts = json.loads(counts_file.read_text())
+    malformed = sum(c.get("malformed", 0) for c in counts.values())
+    good = sum(c.get("good", 0) for c in counts.values())
+    result.emitted = malformed
+    result.stored = good
+    for name, c in sorted(counts.items()):
+        result.notes.append(
+            f"{name}: {c.get('malformed', 0):,} malformed inputs, {c.get('good', 0):,} good ones"
+            " kept beside them"
+        )
+    result.step(f"pytest exited with {code}: {proc.tail(1)}")
+    if code != 0:
+        result.findings.append("property failures: " + " | ".join(proc.tail(12)))
+    if malformed < 10_000:
+        result.findings.append(f"only {malformed} malformed inputs were generated (< 10,000)")
+    result.peak_rss_mb = rss.peak_mb("fuzz")
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+DRILLS: dict[str, Callable[[Options, Path, RssMonitor], DrillResult]] = {
+    "db_outage": drill_db_outage,
+    "kill_import": drill_kill_import,
+    "kill_backfill": drill_kill_backfill,
+    "ws_drops": drill_ws_drops,
+    "fuzz": drill_fuzz,
+}
+
+
+def table(results: list[DrillResult]) -> list[str]:
+    lines = [
+        "| drill | emitted | stored | lost | duplicated | crashes (process / actor) |"
+        " peak RSS | time | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        verdict = "PASS" if r.passed else ("ERROR" if r.error else "FAIL")
+        lines.append(
+            f"| {r.name} | {r.emitted:,} | {r.stored:,} | {r.lost:,} | {r.duplicated:,} |"
+            f" {r.process_crashes} / {r.actor_restarts} | {r.peak_rss_mb:.0f} MiB |"
+            f" {r.seconds:.0f} s | {verdict} |"
+        )
+    return lines
+
+
+def machine() -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPUs, {memory:.0f} GiB, Python "
+        f"{platform.python_version()}, load average {load} at the end"
+    )
+
+
+def write_doc(path: Path, results: list[DrillResult], opts: Options) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        "# Reliability drills",
+        "",
+        "Written by `make drills` (`python -m bench.drills"
+        + (" --quick" if opts.quick else "")
+        + (f" --only {' '.join(opts.only)}" if opts.only else "")
+        + f"`) on {stamp}; {machine()}.",
+        "",
+        "Each drill runs the real programs (`histdata sim`, `histdata run`, `histdata import`,"
+        " `histdata backfill`) against a scratch database on the local PostgreSQL and compares"
+        " what was stored with the ground truth: the simulator's own trades, paged through its"
+        " REST `Trades` endpoint, or the generated file. *Lost* counts trades of the truth that"
+        " are not stored (for the live drills: within the stored trade-id range, since id gaps"
+        " at the ends are only when recording started and stopped); *duplicated* counts extra"
+        " stored rows of a trade; *crashes* are unexpected process exits (or a non-zero exit on"
+        " SIGTERM) and actor restarts summed over the supervision tree from"
+        " `histdata status --json`; *peak RSS* is psutil's resident set of the process under"
+        " test (with its children), sampled every 250 ms. The target in every drill is zero"
+        " loss and zero duplicates; a drill that misses it is a finding, written up below, not"
+        " retried until it passes.",
+        "",
+        *table(results),
+        "",
+    ]
+    for r in results:
+        verdict = "PASS" if r.passed else ("ERROR" if r.error else "FAIL")
+        out += [f"## {r.name}: {r.title} — {verdict}", "", "Commands:", ""]
+        out += [f"    {c}" for c in r.commands] + ["", "What was done:", ""]
+        out += [f"{n}. {s}" for n, s in enumerate(r.steps, start=1)] + [""]
+        out += [
+            f"Emitted {r.emitted:,}, stored {r.stored:,}, lost {r.lost:,}, duplicated"
+            f" {r.duplicated:,}, process crashes {r.process_crashes}, actor restarts"
+            f" {r.actor_restarts}, peak RSS {r.peak_rss_mb:.0f} MiB, {r.seconds:.0f} s.",
+            "",
+        ]
+        if r.notes:
+            out += ["Measurements:", ""] + [f"- {n}" for n in r.notes] + [""]
+        if r.findings or r.error:
+            out += ["**Findings:**", ""] + [f"- {f}" for f in r.findings]
+            if r.error:
+                out += ["- the drill itself failed:", "", "```", r.error.rstrip(), "```"]
+            out += [""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.drills", description=__doc__)
+    parser.add_argument("--only", action="append", choices=sorted(DRILLS), help="repeatable")
+    parser.add_argument("--quick", action="store_true", help="shorter durations and sizes")
+    parser.add_argument("--dsn", default=os.environ.get("HISTDATA_DRILL_DSN", DEFAULT_DSN))
+    parser.add_argument("--out", type=Path, default=DOC, help="report (docs/reliability.md)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    opts = parser.parse_args(argv, namespace=Options())
+    names = opts.only or list(DRILLS)
+    results: list[DrillResult] = []
+    base = Path(tempfile.mkdtemp(prefix="histdata-drills-"))
+    print(f"drills: {', '.join(names)}; logs under {base}", flush=True)
+    for name in names:
+        workdir = base / name
+        workdir.mkdir()
+        started = time.monotonic()
+        with RssMonitor() as rss:
+            try:
+                result = DRILLS[name](opts, workdir, rss)
+            except Exception:
+                result = DrillResult(name, "harness error", error=traceback.format_exc())
+                print(result.error, file=sys.stderr)
+        result.seconds = time.monotonic() - started
+        results.append(result)
+        print("\n".join(table([result])), flush=True)
+    print()
+    print("\n".join(table(results)))
+    write_doc(opts.out, results, opts)
+    print(f"\nwrote {opts.out}")
+    if not opts.keep:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
