@@ -96,6 +96,10 @@ async def fetch_trades(
 ) -> FetchResult:
     """Fetch and store every trade of ``symbol`` in ``[since, until)`` (``until`` None: to now).
 
+    "Now" is the moment the fetch starts: on an active market every page brings trades made
+    since the previous request, so following the tail would never end. Trades after that
+    moment are the live feed's (or the next repair's) to record.
+
     With ``cursor_name`` the position is persisted with every page and a stored cursor is
     resumed from; the cursor is deleted when the range is complete.
 
@@ -110,6 +114,7 @@ async def fetch_trades(
     start_ns = position = int(cursor)
     target_ns = until_ns if until_ns is not None else time.time_ns()
     started = trio.current_time()
+    started_ns = time.time_ns()
     pages = inserted = present = cross = 0
     iterator = rest.iter_trades(symbol, since=cursor, until_ns=until_ns)
     try:
@@ -161,6 +166,8 @@ async def fetch_trades(
                         trio.current_time() - started,
                     )
                 )
+            if until_ns is None and position >= started_ns:
+                break
     finally:
         await iterator.aclose()  # type: ignore[attr-defined]
     if cursor_name:

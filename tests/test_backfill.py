@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 
 from histdata.actors.backfiller import Backfiller
-from histdata.backfill import FetchProgress, backfill_cursor_name, backfill_trades
+from histdata.backfill import FetchProgress, backfill_cursor_name, backfill_trades, fetch_trades
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Trade, ns_to_datetime
@@ -120,6 +121,19 @@ class TestBackfill:
         assert fractions == sorted(fractions)
         assert fractions[-1] == 1.0
         assert any(p.eta_s is not None for p in seen[:-1])
+
+    async def test_open_ended_fetch_ends_on_a_live_market(
+        self, sim: Any, rest: KrakenRest, storage: Storage
+    ) -> None:
+        """ "To now" stops at the moment the fetch began even while trades keep coming."""
+        sim.resume_trading()
+        began = time.time_ns()
+        with trio.fail_after(30):
+            result = await fetch_trades(storage, rest, "BTC/USD", since_ns=0)
+        truth = [t for t in sim.market.trades("BTC/USD") if t.time_ns < began]
+        assert result.end_ns >= began
+        got = await stored(storage, truth)
+        assert [key(t) for t in got[: len(truth)]] == [key(t) for t in truth]
 
 
 class TestBackfiller:
