@@ -11,16 +11,21 @@ second). The baseline loads it with ``psql \\copy`` into a table with the same c
 kept as the file's integer seconds) and an index on the same key columns as ``trades_key``, so
 both sides pay for one btree; it does no validation, no duplicate check and no ``seq``
 numbering. histdata's run is the full pipeline: sniffing, exact parsing and validation, seq
-numbering, the cross-source check, binary COPY into staging and ``INSERT … ON CONFLICT``, and
-coverage, in 50,000-row transactions.
+numbering, coverage, and per block of ~270,000 rows either ``COPY`` straight into ``trades``
+(the block's seconds hold no stored trade) or the cross-source check, staging and
+``INSERT … ON CONFLICT`` (the re-import). Each histdata run is a fresh process, so its peak
+RSS (``ru_maxrss``) is its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import random
+import resource
 import subprocess
 import tempfile
 import time
@@ -95,6 +100,23 @@ async def bench_histdata(dsn: str, path: Path) -> tuple[float, int]:
         return time.perf_counter() - started, summary.inserted
 
 
+def _histdata_child(dsn: str, path: Path, out: multiprocessing.connection.Connection) -> None:
+    seconds, inserted = trio.run(bench_histdata, dsn, path)
+    out.send((seconds, inserted, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+
+
+def run_histdata(dsn: str, path: Path) -> tuple[float, int, int]:
+    """Seconds, rows inserted and peak RSS bytes of an import in a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_histdata_child, args=(dsn, path, send))
+    child.start()
+    send.close()
+    result: tuple[float, int, int] = receive.recv()
+    child.join()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=os.environ.get("HISTDATA_TEST_DSN", ""))
@@ -114,21 +136,29 @@ def main() -> None:
     try:
         migrate(with_db(args.dsn, names["histdata"]))
         psql_s = bench_psql(with_db(args.dsn, names["psql"]), path)
-        histdata_s, inserted = trio.run(bench_histdata, with_db(args.dsn, names["histdata"]), path)
+        histdata_s, inserted, histdata_rss = run_histdata(
+            with_db(args.dsn, names["histdata"]), path
+        )
         assert inserted == args.rows, f"inserted {inserted} of {args.rows}"
-        rerun_s, _ = trio.run(bench_histdata, with_db(args.dsn, names["histdata"]), path)
+        rerun_s, again, rerun_rss = run_histdata(with_db(args.dsn, names["histdata"]), path)
+        assert again == 0, f"re-import inserted {again}"
     finally:
         with psycopg.connect(args.dsn, autocommit=True) as conn:
             for name in names.values():
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    psql_rate, histdata_rate = args.rows / psql_s, args.rows / histdata_s
     print(f"machine: {machine()}")
     print(f"file: {args.rows} rows, {size_mb:.1f} MB")
-    print(f"psql \\copy:          {psql_s:7.2f} s  {args.rows / psql_s:10,.0f} rows/s")
+    print(f"psql \\copy:          {psql_s:7.2f} s  {psql_rate:10,.0f} rows/s")
     print(
-        f"histdata import:     {histdata_s:7.2f} s  {args.rows / histdata_s:10,.0f} rows/s"
-        f"  ({histdata_s / psql_s:.1f}x psql)"
+        f"histdata import:     {histdata_s:7.2f} s  {histdata_rate:10,.0f} rows/s"
+        f"  ({histdata_rate / psql_rate:.2f}x psql's rate,"
+        f" peak RSS {histdata_rss / 2**20:,.0f} MiB)"
     )
-    print(f"histdata re-import:  {rerun_s:7.2f} s  {args.rows / rerun_s:10,.0f} rows/s (adds 0)")
+    print(
+        f"histdata re-import:  {rerun_s:7.2f} s  {args.rows / rerun_s:10,.0f} rows/s"
+        f"  (adds 0, peak RSS {rerun_rss / 2**20:,.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ How the layers stack (each module only imports the ones above it):
 - ``sniff``: pair and interval from a file name, layout from its first lines.
 - ``rows``: validation of single rows into Trades and Candles; ``seq`` for id-less trades.
 - ``sources``: finding CSVs (loose, in ZIPs, under folders) and streaming them.
+- ``columnar``: whole blocks of 3-column trade lines checked and numbered at once, for COPY.
 - ``pipeline``: batches through the Storage API, coverage, cross-source dedupe, summaries.
 """
 

@@ -80,9 +80,10 @@ class TradeBlock:
         pa_csv.write_csv(table, sink, _WRITE)
         return sink.getvalue()
 
-    def to_trades(self, symbol: str) -> list[Trade]:
-        """The rows as Trades, for the row-by-row write path."""
-        columns = [self.table[name].to_pylist() for name in ("seconds", "price", "volume", "seq")]
+    def to_trades(self, symbol: str, offset: int = 0, length: int | None = None) -> list[Trade]:
+        """Rows ``offset`` to ``offset + length`` as Trades, for the row-by-row write path."""
+        part = self.table.slice(offset, length)
+        columns = [part[name].to_pylist() for name in ("seconds", "price", "volume", "seq")]
         return [
             Trade(symbol, seconds * NS_PER_S, Decimal(price), Decimal(volume), seq=seq)
             for seconds, price, volume, seq in zip(*columns, strict=True)

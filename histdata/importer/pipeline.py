@@ -2,10 +2,17 @@
 
 Reading and parsing run in a worker thread, one batch at a time, while the previous batch is
 being written, so the database and the parser overlap. A batch (``batch_rows`` rows, 50,000 by
-default) is the unit of memory and of commit: memory stays flat whatever the file size.
+default; for 3-column trades a block of ``block_bytes``) is the unit of memory and of commit:
+memory stays flat whatever the file size.
 
 What goes where:
 
+- 3-column trades are read in blocks of whole seconds (:mod:`~histdata.importer.columnar`).
+  A block whose every line is plainly valid and in time order, and whose seconds hold no
+  stored trade of the pair, is copied straight into ``trades`` as text
+  (:meth:`Storage.copy_new_trades`): nothing there to deduplicate against. Any other block
+  (a re-import, an overlap with REST/live trades, a bad or out-of-order line) takes the
+  general path below, in ``batch_rows`` pieces, with identical results.
 - Trades (3- and 7-column) go through :meth:`Storage.write_trades` (``source="csv"``) with
   their trades coverage in the same transaction, after
   :func:`~histdata.storage.history.drop_cross_source_duplicates` removed trades already
@@ -316,7 +323,7 @@ async def import_source(
             return FileSummary(source.label, symbol=parser.symbol, skipped="symbol not selected")
         if isinstance(reader, _BlockReader):
             reader.symbol_id = await storage.register_symbol(parser.symbol)
-        writer = _Writer(storage, parser)
+        writer = _Writer(storage, parser, batch_rows=batch_rows)
         send, receive = trio.open_memory_channel[_Batch](1)
 
         async def produce() -> None:
@@ -369,9 +376,10 @@ async def import_source(
 class _Writer:
     """Writes a reader's batches and accumulates the counts; coverage runs contiguously."""
 
-    def __init__(self, storage: Storage, parser: _RowParser) -> None:
+    def __init__(self, storage: Storage, parser: _RowParser, *, batch_rows: int) -> None:
         self.storage = storage
         self.parser = parser
+        self.batch_rows = batch_rows
         self.inserted = self.updated = self.present = self.cross_source = 0
         self.matched = self.unverifiable = 0
         self.mismatches: list[CandleMismatch] = []
@@ -440,8 +448,14 @@ class _Writer:
                 self.inserted += result.inserted
                 return
             self._covered_to = covered  # nothing was written: the span is claimed again
-        trades = await trio.to_thread.run_sync(block.to_trades, self.parser.symbol)
-        await self._write_trades(trades, low_s, high_s)
+        # As rows, in batches of batch_rows: a block's Trades would take ~1 KB of memory each.
+        for offset in range(0, block.rows, self.batch_rows):
+            trades = await trio.to_thread.run_sync(
+                block.to_trades, self.parser.symbol, offset, self.batch_rows
+            )
+            await self._write_trades(
+                trades, trades[0].time_ns // NS_PER_S, trades[-1].time_ns // NS_PER_S + 1
+            )
 
     async def _write_trades(self, trades: list[Trade], low_s: int, high_s: int) -> None:
         """The general path: drop cross-source duplicates, then an idempotent write."""
