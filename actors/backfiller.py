@@ -24,7 +24,7 @@ from histdata.supervisor import Backoff
 
 __all__ = ["Backfiller", "BackfillerStatistics", "run_backfiller"]
 
-_log = structlog.get_logger("histdata.actors.backfiller").bind(actor="backfiller")
+_log = structlog.get_logger("histdata.actors.backfiller", actor="backfiller")
 
 
 @dataclass(frozen=True, slots=True)

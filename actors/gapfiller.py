@@ -28,7 +28,7 @@ from histdata.supervisor import current_child_stopping
 
 __all__ = ["CatchUpRequests", "GapFiller", "GapFillerStatistics", "run_gapfiller"]
 
-_log = structlog.get_logger("histdata.actors.gapfiller").bind(actor="gapfiller")
+_log = structlog.get_logger("histdata.actors.gapfiller", actor="gapfiller")
 
 
 class CatchUpRequests(Protocol):

@@ -21,7 +21,7 @@ from histdata.storage.maintenance import apply_retention, compress_old_chunks, c
 
 __all__ = ["MaintenanceActor", "MaintenanceStatistics", "run_maintenance"]
 
-_log = structlog.get_logger("histdata.actors.maintenance").bind(actor="maintenance")
+_log = structlog.get_logger("histdata.actors.maintenance", actor="maintenance")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from histdata.storage.rollups import rollup_pass
 
 __all__ = ["RollupActor", "RollupStatistics", "run_rollup"]
 
-_log = structlog.get_logger("histdata.actors.rollup").bind(actor="rollup")
+_log = structlog.get_logger("histdata.actors.rollup", actor="rollup")
 
 
 @dataclass(frozen=True, slots=True)
