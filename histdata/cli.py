@@ -3,7 +3,8 @@
 Each sub-command lives in its own module exposing ``configure(parser)`` and
 ``main(args) -> int``; modules are imported only when their command runs, so ``histdata sim``
 does not load the database driver and ``--help`` is instant. Errors histdata raises on
-purpose print one line and exit with status 2 (configuration) or 1 (everything else).
+purpose, and files that cannot be opened, print one line and exit with status 2
+(configuration and usage) or 1 (everything else); tracebacks are for bugs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from histdata import __version__
 from histdata.errors import ConfigError, HistdataError
 
 __all__ = ["COMMANDS", "main"]
+
+_DESCRIPTION = "Record Kraken market data into PostgreSQL and read it back."
+_EPILOG = (
+    "Run `histdata COMMAND --help` for a command's options. Exit status: 0 success, 1 failure"
+    " (one line on stderr says why), 2 bad configuration or usage, 3 `gaps` found holes or"
+    " `status` found the service unhealthy, 130 interrupted."
+)
 
 # name → (module, one-line help). The order is the order of `histdata --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """Build the parser, configuring only the sub-command named in ``argv`` (if any)."""
-    parser = argparse.ArgumentParser(prog="histdata", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="histdata", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"histdata {__version__}")
     parser.add_argument(
         "-c", "--config", help="config file (default: $HISTDATA_CONFIG, else ./config.toml)"
@@ -43,7 +51,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     chosen = next((arg for arg in argv if arg in COMMANDS), None)
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        command.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        # Also accepted after the command (`histdata migrate -c x.toml`), as users type it.
+        shown = "config file (as before COMMAND)" if name != "sim" else argparse.SUPPRESS
+        command.add_argument("-c", "--config", default=argparse.SUPPRESS, help=shown)
         if name == chosen:
             module = importlib.import_module(module_name)
             module.configure(command)
@@ -63,7 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HistdataError as exc:
         print(f"histdata {args._name}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a path that does not exist, a socket we may not open…
+        print(f"histdata {args._name}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
+        print(f"histdata {args._name}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,5 +1,7 @@
 """``histdata gaps SYMBOL [--interval 1m] [--start T] [--end T] [--repair]``.
 
+``--since``/``--until`` are accepted for ``--start``/``--end``, as in ``histdata backfill``.
+
 Lists, for the trades and the 1-minute candle streams, the holes in ``[start, end)`` as ranges:
 "not observed" (nobody was listening: repairable), "unrecoverable" (marked: Kraken can no
 longer serve it) and, at ``--interval`` granularity, the observed ranges with no trades. With
@@ -12,17 +14,18 @@ Exit status: 0 when no hole remains, 3 when some do (so scripts can alert on it)
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
+import sys
+from datetime import datetime, timedelta
 
 import trio
 
-from histdata.commands.common import open_command_storage, setup
+from histdata.commands.common import interval_arg, open_command_storage, setup, time_arg
 from histdata.config import Config
 from histdata.history import RepairResult, repair_symbol
 from histdata.kraken import RateLimiter, open_kraken_rest
 from histdata.storage.database import Stream
 from histdata.storage.history import CoverageReport, coverage_report
-from histdata.timeutil import format_interval, format_time, parse_interval, parse_time, utc_now
+from histdata.timeutil import format_interval, format_time, utc_now
 
 __all__ = ["configure", "main", "render_report"]
 
@@ -32,18 +35,30 @@ _EXIT_HOLES = 3
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gaps`` arguments."""
-    parser.add_argument("symbol", help="pair in any spelling")
+    parser.add_argument("symbol", metavar="SYMBOL", help="pair in any spelling")
     parser.add_argument(
         "--interval",
         "-i",
-        default="1m",
-        type=parse_interval,
+        default=1,
+        type=interval_arg,
         help="granularity of 'observed, no trades' ranges (default 1m)",
     )
-    parser.add_argument("--start", type=parse_time, help="default: end minus gapfill lookback")
-    parser.add_argument("--end", type=parse_time, help="default: now")
-    parser.add_argument("--stream", choices=(*_STREAMS, "both"), default="both")
-    parser.add_argument("--repair", action="store_true", help="repair from REST first")
+    # --since/--until as in `histdata backfill`, so the two commands take the same range.
+    parser.add_argument(
+        "--start",
+        "--since",
+        type=time_arg,
+        help="ISO 8601 or Unix seconds (default: end minus [gapfill] lookback_days)",
+    )
+    parser.add_argument(
+        "--end", "--until", type=time_arg, help="ISO 8601 or Unix seconds (default: now)"
+    )
+    parser.add_argument(
+        "--stream", choices=(*_STREAMS, "both"), default="both", help="(default: both)"
+    )
+    parser.add_argument(
+        "--repair", action="store_true", help="repair the holes from Kraken's REST API first"
+    )
 
 
 def render_report(report: CoverageReport) -> str:
@@ -86,9 +101,9 @@ def _render_repair(result: RepairResult) -> str:
     return text
 
 
-async def _run(config: Config, args: argparse.Namespace) -> tuple[list[str], bool]:
-    end = args.end or utc_now()
-    start = args.start or end - timedelta(days=config.gapfill.lookback_days)
+async def _run(
+    config: Config, args: argparse.Namespace, start: datetime, end: datetime
+) -> tuple[list[str], bool]:
     interval = timedelta(minutes=args.interval)
     streams = _STREAMS if args.stream == "both" else (args.stream,)
     out: list[str] = []
@@ -117,8 +132,23 @@ async def _run(config: Config, args: argparse.Namespace) -> tuple[list[str], boo
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print the report (after a repair with ``--repair``); returns the exit status."""
+    """Print the report (after a repair with ``--repair``); returns the exit status.
+
+    Raises:
+        UnknownSymbol: the pair is not known.
+        KrakenError: the repair could not reach Kraken (what it stored before stays).
+        DatabaseUnavailable: the database refused the connection.
+    """
     config = setup(args)
-    out, holes = trio.run(_run, config, args)
+    end = args.end or utc_now()
+    start = args.start or end - timedelta(days=config.gapfill.lookback_days)
+    if start >= end:
+        print(
+            f"histdata gaps: the range {format_time(start)} .. {format_time(end)} is empty;"
+            " --start must be earlier than --end (default: now)",
+            file=sys.stderr,
+        )
+        return 2
+    out, holes = trio.run(_run, config, args, start, end)
     print("\n".join(out))
     return _EXIT_HOLES if holes else 0

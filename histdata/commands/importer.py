@@ -32,9 +32,34 @@ from histdata.timeutil import format_time
 __all__ = ["configure", "main", "render_summary"]
 
 
+_LAYOUT_NAMES = {
+    FileLayout.TRADES3: "time,price,volume",
+    FileLayout.TRADES7: "quarterly, with ids and sides",
+}
+
+
+def _existing_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
+    return path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``import`` arguments."""
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="CSV, ZIP or folder")
+    parser.add_argument(
+        "paths", nargs="+", type=_existing_path, metavar="PATH", help="CSV, ZIP or folder"
+    )
     parser.add_argument(
         "--symbol",
         action="append",
@@ -43,7 +68,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="import only this pair (any spelling; repeatable)",
     )
     parser.add_argument(
-        "--batch-rows", type=int, default=50_000, help="rows per committed batch (default 50000)"
+        "--batch-rows",
+        type=_positive_int,
+        default=50_000,
+        help="rows per committed batch (default 50000)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -91,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
 def _describe(f: FileSummary) -> str:
     if f.layout is FileLayout.OHLCVT:
         return f"{f.symbol} {f.interval_min}m candles"
-    return f"{f.symbol} trades ({f.layout})"
+    layout = _LAYOUT_NAMES.get(f.layout, str(f.layout)) if f.layout else "unknown layout"
+    return f"{f.symbol} trades ({layout})"
 
 
 def render_summary(summary: ImportSummary) -> str:
@@ -126,8 +155,9 @@ def render_summary(summary: ImportSummary) -> str:
             out.append(f"  rejected {reason}: {count}")
             out.extend(f"    {example}" for example in f.examples.get(reason, []))
     rejected = sum(summary.rejected.values())
+    files = f"{len(summary.files)} file{'' if len(summary.files) == 1 else 's'}"
     out.append(
-        f"total: {len(summary.files)} files, read {summary.rows_read}, inserted"
-        f" {summary.inserted}, already present {summary.present}, rejected {rejected}"
+        f"total: {files}, read {summary.rows_read}, inserted {summary.inserted},"
+        f" already present {summary.present}, rejected {rejected}"
     )
     return "\n".join(out)

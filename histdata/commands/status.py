@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 from typing import Any
 
@@ -29,14 +30,20 @@ def main(args: argparse.Namespace) -> int:
     message when the service is not running."""
     config = setup(args)
     path = config.query.socket
-    try:
-        with httpx.Client(
-            transport=httpx.HTTPTransport(uds=path), base_url="http://histdata", timeout=10.0
-        ) as client:
-            response = client.get("/healthz")
-    except httpx.TransportError:
+    # Probe with a socket we close ourselves: httpx leaks the socket of a refused Unix connect.
+    refused = _refused(path)
+    if refused is None:
+        try:
+            with httpx.Client(
+                transport=httpx.HTTPTransport(uds=path), base_url="http://histdata", timeout=10.0
+            ) as client:
+                response = client.get("/healthz")
+        except httpx.TransportError as exc:
+            refused = str(exc)
+    if refused is not None:
         print(
-            f"histdata is not running (nothing answers on {path}); start it with `histdata run`",
+            f"histdata is not running (nothing answers on {path}: {refused});"
+            " start it with `histdata run`",
             file=sys.stderr,
         )
         return 1
@@ -52,8 +59,29 @@ def main(args: argparse.Namespace) -> int:
     return 0 if snapshot.get("healthy") else 3
 
 
+def _refused(path: str) -> str | None:
+    """Why nothing accepts a connection on the Unix socket ``path`` (None: something does)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def _age(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f} s ago"
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def _tree(stats: dict[str, Any], depth: int, lines: list[str]) -> None:
@@ -107,8 +135,8 @@ def render(snapshot: dict[str, Any]) -> str:
         f"flusher: database {'up' if flusher['database_up'] else 'DOWN'}, trades written"
         f" {flusher['trades_written']} (new {flusher['trades_inserted']}), journaled"
         f" {flusher['trades_journaled']}, replayed {flusher['trades_replayed']}",
-        f"journal: {journal['bytes']} of {journal['max_bytes']} bytes in"
-        f" {journal['segments']} segments; torn {journal['torn_records']}",
+        f"journal: {_size(journal['bytes'])} of {_size(journal['max_bytes'])} in"
+        f" {journal['segments']} segments; torn records {journal['torn_records']}",
     ]
     drops = snapshot.get("drops") or {}
     lines.append(
