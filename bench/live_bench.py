@@ -25,14 +25,18 @@ Per step, in a fresh scratch database:
 4. the service's peak RSS is the kernel's high-water mark (``VmHWM``); CPU is process time
    over the trading window, in % of one core.
 
-The highest step with no loss is the sustained rate; the table also says whether the step
-kept p99 latency under 1 s and how long the backlog took to drain after trading stopped.
+The sustained rate is the highest step with no loss whose backlog was stored within
+``KEPT_UP_DRAIN_S`` of trading stopping: without that condition a step of a few seconds
+"passes" however slow the writer is, because the 200,000-trade buffer absorbs it. The
+table also gives p99 latency, the drain time and the store rate (stored trades over the
+trading time plus the drain).
 ``--profile DIR`` runs the service under cProfile (slower; for finding the bottleneck).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -61,6 +65,9 @@ from histdata.storage import migrate
 
 DB = "histdata_bench_live"
 ROOT = Path(__file__).resolve().parent.parent
+# A step "kept up" when its last trade was stored this soon after trading stopped: one
+# batch age plus a write, not a backlog.
+KEPT_UP_DRAIN_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,7 @@ class Step:
     drained: bool
     service_cpu: float
     sim_cpu: float
+    db_cpu: float
     peak_rss: int
     sessions: int
     slow_client_drops: int
@@ -91,6 +99,23 @@ def _cpu(pid: int) -> float:
     """CPU seconds (user + system) ``pid`` has used so far, from ``/proc`` (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _backend_cpu(dsn: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving the scratch database (same machine)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pids = [
+            int(row[0])
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ]
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # the backend ended meanwhile
+            out[pid] = _cpu(pid)
+    return out
 
 
 def _peak_rss(pid: int) -> int:
@@ -205,12 +230,14 @@ def _measure(
 ) -> Step:
     sim.wait_subscribed(len(symbols))
     cpu0 = (_cpu(service.pid), _cpu(sim.process.pid))
+    pg0 = _backend_cpu(dsn)
     sim.resume()
     began = time.monotonic()
     time.sleep(duration_s)
     paused = sim.pause()
     seconds = time.monotonic() - began
     cpu1 = (_cpu(service.pid), _cpu(sim.process.pid))
+    pg1 = _backend_cpu(dsn)
     truth: dict[str, int] = paused["trades"]
     emitted = sum(truth.values())
     stopped = time.monotonic()
@@ -250,6 +277,7 @@ def _measure(
         drained=ids >= emitted,
         service_cpu=(cpu1[0] - cpu0[0]) / seconds,
         sim_cpu=(cpu1[1] - cpu0[1]) / seconds,
+        db_cpu=sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items()) / seconds,
         peak_rss=peak,
         sessions=int(ws["connections"]),
         slow_client_drops=int(ws["slow_clients_dropped"]),
@@ -274,20 +302,26 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
             _ms(s.max_s),
             f"{s.drain_s:.1f} s" if s.drained else "not drained",
             f"{s.journaled:,}",
-            f"{s.service_cpu:.0%} / {s.sim_cpu:.0%}",
+            f"{s.stored_ids / (s.seconds + s.drain_s):,.0f}/s" if s.drained else "–",
+            f"{s.service_cpu:.0%} / {s.db_cpu:.0%} / {s.sim_cpu:.0%}",
             f"{s.peak_rss / 2**20:,.0f} MiB",
             f"{s.sessions} / {s.slow_client_drops}",
         ]
         for s in steps
     ]
     lossless = [s.rate for s in steps if s.lost == 0 and s.duplicated == 0]
-    timely = [s.rate for s in steps if s.lost == 0 and s.p99_s is not None and s.p99_s < 1.0]
-    sustained = f"{max(lossless):,} trades/s" if lossless else "none of the steps"
-    within = f"{max(timely):,} trades/s" if timely else "none of the steps"
+    kept_up = [s.rate for s in steps if s.rate in lossless and s.drain_s <= KEPT_UP_DRAIN_S]
+    timely = [s.rate for s in steps if s.rate in kept_up and (s.p99_s or 0.0) < 1.0]
+
+    def best(rates: list[int]) -> str:
+        return f"{max(rates):,} trades/s" if rates else "none of the steps"
+
+    sustained, within, buffered = best(kept_up), best(timely), best(lossless)
     at_2k = next((s for s in steps if s.rate == 2000), None)
     summary = {
-        "sustained (no loss)": sustained,
+        "sustained (no loss, kept up)": sustained,
         "sustained with p99 < 1 s": within,
+        "no loss (backlog allowed)": buffered,
     }
     if at_2k is not None:
         summary["latency p50/p99 at 2,000/s"] = f"{_ms(at_2k.p50_s)} / {_ms(at_2k.p99_s)}"
@@ -297,15 +331,18 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
         f"{args.duration_s:g} s of trading per step, spread over {len(args.symbols)} symbols "
         f"({', '.join(args.symbols)}); the service runs with the default configuration "
         "(batches of 2,000 trades or 0.25 s), gap filling off.",
-        f"**Sustained rate (highest step with no loss): {sustained}**; with p99 latency under "
-        f"1 s as well: {within}. Target on this machine: 20,000 trades/s with p99 < 1 s.",
+        f"**Sustained rate: {sustained}** (highest step with no loss whose backlog was stored "
+        f"within {KEPT_UP_DRAIN_S:g} s of trading stopping); with p99 latency under 1 s as "
+        f"well: {within}; without loss but with a backlog the buffer absorbed: {buffered}. "
+        "Target on this machine: 20,000 trades/s with p99 < 1 s.",
         "Latency is insert time (`clock_timestamp()`) minus the trade's time at the simulator, "
         "over every WebSocket-sourced row; it includes the simulator's 20 ms publishing tick. "
         '"Drain" is how long the service needed, after trading stopped, to store the last '
         'trade: a backlog that grew during the step. "Journaled" trades went through the disk '
         "journal (spill) because the database writer fell behind.",
-        "CPU is process time over the trading window in % of one core; the simulator, the "
-        "service and PostgreSQL share 2 cores. WS sessions / slow-client drops: the simulator "
+        "CPU is process time over the trading window in % of one core (PostgreSQL: the backends "
+        "serving the scratch database); the simulator, the service and PostgreSQL share 2 "
+        "cores. WS sessions / slow-client drops: the simulator "
         "disconnects a client whose outbox holds 2,048 unsent frames; each drop loses what was "
         "queued unless the service repairs it (gap filling is off here).",
     ]
@@ -323,7 +360,8 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
             "latency max",
             "drain",
             "journaled",
-            "CPU service / sim",
+            "store rate",
+            "CPU service / PostgreSQL / sim",
             "service peak RSS",
             "WS sessions / drops",
         ],
