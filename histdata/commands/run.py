@@ -13,9 +13,15 @@ import trio
 
 from histdata.commands.common import database_conninfo, setup
 from histdata.config import Config
+from histdata.errors import FatalError
 from histdata.service import Service
+from histdata.supervisor import SupervisorEscalation
 
 __all__ = ["configure", "main"]
+
+
+class ServiceGaveUp(FatalError):
+    """The supervision tree gave up; the message says which child and its last error."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,15 +31,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the service; returns 0 after a graceful stop.
 
-    Raises :class:`~histdata.supervisor.SupervisorEscalation` (exit status 1, so systemd's
-    ``Restart=on-failure`` applies) when the supervision tree gives up.
+    Raises:
+        ServiceGaveUp: the supervision tree gave up (exit status 1, so systemd's
+            ``Restart=on-failure`` applies), in one line naming the child and its last error.
     """
     config = setup(args)
     with database_conninfo(config) as conninfo:
-        trio.run(_serve, config, conninfo)
+        try:
+            trio.run(_serve, config, conninfo)
+        except (SupervisorEscalation, BaseExceptionGroup) as exc:
+            escalation = _escalation(exc)
+            if escalation is None:
+                raise
+            raise ServiceGaveUp(_explain(escalation)) from exc
     return 0
 
 
 async def _serve(config: Config, conninfo: str) -> None:
     service = Service(config, conninfo)
     await service.run()
+
+
+def _escalation(exc: BaseException) -> SupervisorEscalation | None:
+    """The escalation ``exc`` is, or the first of a group made of nothing else."""
+    if isinstance(exc, SupervisorEscalation):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_escalation(inner) for inner in exc.exceptions]
+        if found and all(found):
+            return found[0]
+    return None
+
+
+def _explain(escalation: SupervisorEscalation) -> str:
+    cause = escalation.__cause__
+    if cause is None:
+        return str(escalation)
+    return f"{escalation}; last error: {type(cause).__name__}: {' '.join(str(cause).split())}"
