@@ -138,8 +138,9 @@ def result(figures: dict[str, float], args: argparse.Namespace, where: str) -> R
         f"limiter is the default ({kraken.rest_rate_per_s:g} request/s, burst "
         f"{kraken.rest_burst}).",
         '"At the limit" is the floor any client could reach on the same history: the '
-        "simulator's burst at once, then one request a second. The wall time includes starting "
-        "the `histdata` process (about a second).",
+        "simulator's burst at once, then one request a second; \"at histdata's limiter\" the "
+        "same with the client's own smaller burst. The wall time includes starting the "
+        "`histdata` process (about a second).",
         "Rate-limit errors are the `EGeneral:Too many requests` replies the simulator sent.",
     ]
     return Result(
