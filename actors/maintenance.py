@@ -18,6 +18,7 @@ from histdata.config import MaintenanceConfig
 from histdata.errors import DatabaseUnavailable
 from histdata.storage import Storage
 from histdata.storage.maintenance import apply_retention, compress_old_chunks, compression_allowed
+from histdata.supervisor import sleep_unless_stopping
 
 __all__ = ["MaintenanceActor", "MaintenanceStatistics", "run_maintenance"]
 
@@ -82,7 +83,7 @@ class MaintenanceActor:
         self._last_at = time.time()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Decide on compression once, then run a round every ``interval_s`` until cancelled."""
+        """Decide on compression once, then run a round every ``interval_s`` until stopped."""
         if self._config.compress_after_days > 0:
             if await compression_allowed(self._storage):
                 self._compression = "on"
@@ -100,7 +101,8 @@ class MaintenanceActor:
                 self._failures += 1
                 self._last_error = str(exc)
                 _log.warning("maintenance round failed; retrying later", error=str(exc))
-            await trio.sleep(self._config.interval_s)
+            if await sleep_unless_stopping(self._config.interval_s):
+                return
 
     def statistics(self) -> MaintenanceStatistics:
         """Current counters."""

@@ -18,6 +18,7 @@ import trio
 from histdata.errors import DatabaseUnavailable
 from histdata.storage import Storage
 from histdata.storage.rollups import rollup_pass
+from histdata.supervisor import sleep_unless_stopping
 
 __all__ = ["RollupActor", "RollupStatistics", "run_rollup"]
 
@@ -72,7 +73,7 @@ class RollupActor:
                 return
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Drain the log every ``interval_s`` until cancelled."""
+        """Drain the log every ``interval_s`` until cancelled or asked to stop."""
         task_status.started()
         while True:
             try:
@@ -81,7 +82,8 @@ class RollupActor:
                 self._failures += 1
                 self._last_error = str(exc)
                 _log.warning("rollup pass failed; retrying at the next tick", error=str(exc))
-            await trio.sleep(self._interval_s)
+            if await sleep_unless_stopping(self._interval_s):
+                return
 
     def statistics(self) -> RollupStatistics:
         """Current counters."""

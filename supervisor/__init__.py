@@ -30,6 +30,7 @@ from histdata.supervisor.supervisor import (
     SupervisorEscalation,
     SupervisorStatistics,
     current_child_stopping,
+    sleep_unless_stopping,
 )
 
 __all__ = [
@@ -48,5 +49,6 @@ __all__ = [
     "SupervisorStatistics",
     "channels",
     "current_child_stopping",
+    "sleep_unless_stopping",
     "watch_signals",
 ]

@@ -65,6 +65,7 @@ __all__ = [
     "SupervisorEscalation",
     "SupervisorStatistics",
     "current_child_stopping",
+    "sleep_unless_stopping",
 ]
 
 log = structlog.get_logger(__name__)
@@ -177,6 +178,23 @@ def current_child_stopping() -> trio.Event:
         return _stopping.get()
     except LookupError:
         raise RuntimeError("current_child_stopping() called outside a supervised child") from None
+
+
+async def sleep_unless_stopping(seconds: float) -> bool:
+    """Sleep ``seconds``, or less if the supervisor asks the calling child to stop meanwhile.
+
+    Returns True when asked to stop, so a periodic actor's loop can return at once instead of
+    waiting out its interval and being hard-cancelled. Outside a supervised child it just
+    sleeps and returns False.
+    """
+    try:
+        stopping = current_child_stopping()
+    except RuntimeError:
+        await trio.sleep(seconds)
+        return False
+    with trio.move_on_after(seconds):
+        await stopping.wait()
+    return stopping.is_set()
 
 
 @dataclass(eq=False)

@@ -23,6 +23,7 @@ from histdata.supervisor.supervisor import (
     Supervisor,
     SupervisorEscalation,
     current_child_stopping,
+    sleep_unless_stopping,
 )
 
 StartFn = Callable[..., Awaitable[None]]
@@ -432,6 +433,37 @@ class TestShutdown:
             supervisor.shutdown()
         assert events == ["cancelled stubborn", "stopping polite", "stopped polite"]
         assert trio.current_time() - t0 == pytest.approx(2.5)
+
+    async def test_periodic_child_stops_mid_sleep(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A child sleeping with sleep_unless_stopping returns as soon as it is asked to stop."""
+        rounds: list[float] = []
+
+        async def periodic(*, task_status: trio.TaskStatus[None]) -> None:
+            task_status.started()
+            while True:
+                rounds.append(trio.current_time())
+                if await sleep_unless_stopping(60.0):
+                    return
+
+        supervisor = Supervisor("root", [ChildSpec("periodic", periodic, Restart.PERMANENT, 30.0)])
+        async with trio.open_nursery() as nursery:
+            await start_supervisor(nursery, supervisor)
+            await trio.sleep(90.0)
+            t0 = trio.current_time()
+            supervisor.shutdown()
+        assert len(rounds) == 2
+        assert trio.current_time() - t0 < 1.0
+        assert supervisor.statistics().children[0].restarts == 0
+
+    async def test_sleep_unless_stopping_outside_a_supervisor(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Outside a supervised child it is a plain sleep that reports no stop."""
+        t0 = trio.current_time()
+        assert await sleep_unless_stopping(5.0) is False
+        assert trio.current_time() - t0 == pytest.approx(5.0)
 
     async def test_cancelling_run_stops_children_gracefully_and_propagates(
         self, autojump_clock: trio.testing.MockClock
