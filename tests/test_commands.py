@@ -274,6 +274,17 @@ class TestImport:
         assert exit_info.value.code == 2
         assert "no such file or folder" in capsys.readouterr().err
 
+    def test_unrecognised_file_exits_1_with_its_reason(
+        self, cli: Callable[..., Outcome], tmp_path: Path
+    ) -> None:
+        """A CSV that is no Kraken file is listed as skipped with the reason, exit status 1."""
+        folder = tmp_path / "downloads"
+        folder.mkdir()
+        (folder / "notes.csv").write_text("hello,world\n")
+        result = cli("import", str(folder))
+        assert result.status == 1
+        assert f"{folder / 'notes.csv'}: skipped (bad_name: " in result.out
+
 
 class TestBackfill:
     def test_stores_exactly_the_simulators_trades_through_a_throttle(
@@ -364,6 +375,16 @@ class TestGaps:
         assert after.out.count("  no gaps") == 2  # trades and candles
         expected = [t for t in truth if since <= t.time < until]
         assert identity(stored_trades(database_url, since, until)) == identity(expected)
+
+    def test_bad_time_says_what_is_accepted(
+        self, cli: Callable[..., Outcome], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Unparseable time text is a usage error that quotes it and names the accepted forms."""
+        with pytest.raises(SystemExit) as exit_info:
+            cli("gaps", SYMBOL, "--since", "yesterday")
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument --start/--since: bad time 'yesterday'; use ISO 8601" in err
 
     def test_empty_range_is_a_usage_error(self, cli: Callable[..., Outcome]) -> None:
         """A range whose start is not before its end exits 2 and says which flags to fix."""

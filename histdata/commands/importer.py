@@ -4,7 +4,8 @@ Each CSV (loose, inside a ZIP, or under a folder) is recognised by its name and 
 and streamed in batches. On a terminal a progress bar follows the bytes read; at the end a
 summary lists, per file, the rows read, inserted, already present and rejected (by reason,
 with the first few line numbers). The exit status is 0 when every file was imported (rows may
-have been rejected: they are reported), 1 when a file had to be skipped entirely.
+have been rejected: they are reported; files of pairs not chosen by ``--symbol`` are left
+out), 1 when a file could not be recognised or no file was found at all.
 """
 
 from __future__ import annotations
@@ -112,8 +113,14 @@ def main(args: argparse.Namespace) -> int:
                 )
 
     summary = trio.run(run)
+    if not summary.files:
+        names = ", ".join(str(path) for path in args.paths)
+        print(f"histdata import: no CSV or ZIP files found in {names}", file=sys.stderr)
+        return 1
     print(render_summary(summary), file=sys.stdout)
-    return 1 if any(f.skipped for f in summary.files) else 0
+    # A file left out by --symbol carries its pair; one that could not be read has none.
+    unreadable = [f for f in summary.files if f.skipped and f.symbol is None]
+    return 1 if unreadable else 0
 
 
 def _describe(f: FileSummary) -> str:
