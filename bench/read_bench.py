@@ -2,40 +2,43 @@
 
 Usage::
 
-    .venv/bin/python bench/read_bench.py --dsn "host=127.0.0.1 user=postgres dbname=postgres"
+    .venv/bin/python -m bench.read_bench [--dsn DSN] [--repeat 3] [--json] [--quick]
 
 Creates a scratch database ``histdata_bench_read`` (dropped afterwards), writes 525,600
-1-minute candles, runs the rollup, and then measures, side by side in one run (best of
-``--repeat``):
+1-minute candles (``--quick``: 30 days), runs the rollup, and then measures, side by side
+in one run (best of ``--repeat``):
 
-- **sql**: the exact statement the read path runs (one window over the whole year), executed
-  with psycopg and fetched in full — the floor any API over PostgreSQL sits on;
-- **api**: ``GET /v1/candles`` for the same range as JSON and Arrow, whole body received.
-  Through the Unix socket when ``histdata.httpserver`` is available; otherwise the body is
-  produced in-process by the same handler (the table says which).
+- **sql**: the exact statement the read path runs (one window over the whole range),
+  executed with psycopg and fetched in full — the floor any API over PostgreSQL sits on;
+- **api**: ``GET /v1/candles`` for the same range as JSON and Arrow, whole body received
+  by an httpx client over the Unix socket, served by :class:`QueryApp` behind
+  :func:`histdata.httpserver.serve_http` as the service wires it. The client runs in a
+  thread of the same process, so it shares the server's GIL (as a client on a 2-core box
+  would share its cores).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
+import shlex
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
-import psycopg.conninfo
 import trio
 
+from bench.common import Result, add_common_arguments, emit, machine, say, scratch_database, today
 from histdata.actors.hub import LiveHub
 from histdata.actors.query import QueryApp
+from histdata.httpserver import Request, Response, open_unix_listener, serve_http
 from histdata.model import Candle, CandleSource
 from histdata.storage import Storage, open_storage
 from histdata.storage.reads import _query, base_interval
@@ -43,15 +46,15 @@ from histdata.storage.rollups import BUCKET_ORIGIN, rollup_pass
 from histdata.symbols import SymbolRegistry
 
 START = datetime(2023, 1, 1, tzinfo=UTC)
-END = datetime(2024, 1, 1, tzinfo=UTC)
 DB = "histdata_bench_read"
 
 
-def year_of_candles() -> list[Candle]:
+def candles_for(days: int) -> list[Candle]:
+    """One candle a minute for ``days`` days from :data:`START`, a seeded random walk."""
     rng = random.Random(1)
     price = Decimal("20000.0")
     out = []
-    for minute in range(int((END - START).total_seconds() // 60)):
+    for minute in range(days * 24 * 60):
         step = Decimal(rng.randint(-50, 50)) / 10
         o, c = price, price + step
         out.append(
@@ -72,12 +75,13 @@ def year_of_candles() -> list[Candle]:
     return out
 
 
-def sql_read(dsn: str, sid: int, minutes: int) -> int:
+def sql_read(dsn: str, sid: int, minutes: int, end: datetime) -> int:
+    """Rows of the read path's statement for ``[START, end)`` at ``minutes``, fetched in full."""
     b = base_interval(minutes)
     params = {
         "sid": sid,
         "s": START,
-        "e": END,
+        "e": end,
         "b": timedelta(minutes=b),
         "b_min": b,
         "n": timedelta(minutes=minutes),
@@ -89,6 +93,7 @@ def sql_read(dsn: str, sid: int, minutes: int) -> int:
 
 
 async def best(repeat: int, fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    """The shortest of ``repeat`` runs of ``fn`` in seconds, and its result."""
     times, result = [], None
     for _ in range(repeat):
         began = time.perf_counter()
@@ -97,32 +102,37 @@ async def best(repeat: int, fn: Callable[[], Awaitable[Any]]) -> tuple[float, An
     return min(times), result
 
 
-async def run(dsn: str, repeat: int) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)'.encode())
-        conn.execute(f'CREATE DATABASE "{DB}"'.encode())
-    bench_dsn = psycopg.conninfo.make_conninfo(dsn, dbname=DB)
-    try:
-        async with open_storage(bench_dsn, pool_max=4) as storage:
-            await bench(storage, bench_dsn, repeat)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)'.encode())
+def fetch(socket: Path, interval: str, fmt: str, end: datetime) -> int:
+    """Bytes of the whole ``/v1/candles`` body over the Unix socket (blocking: a thread)."""
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), timeout=120.0) as http:
+        reply = http.get(
+            "http://histdata/v1/candles",
+            params={
+                "symbol": "BTC/USD",
+                "interval": interval,
+                "start": START.isoformat(),
+                "end": end.isoformat(),
+                "format": fmt,
+            },
+        )
+        reply.raise_for_status()
+        return len(reply.content)
 
 
-async def bench(storage: Storage, dsn: str, repeat: int) -> None:
-    candles = year_of_candles()
+async def bench(storage: Storage, dsn: str, repeat: int, days: int) -> list[list[str]]:
+    """Write and roll up the candles, then time each read; the table rows."""
+    end = START + timedelta(days=days)
+    candles = candles_for(days)
     began = time.perf_counter()
     for i in range(0, len(candles), 50_000):
         await storage.write_candles(candles[i : i + 50_000])
-    print(f"wrote {len(candles):,} candles in {time.perf_counter() - began:.1f} s")
+    say(f"reads: wrote {len(candles):,} candles in {time.perf_counter() - began:.1f} s")
     began = time.perf_counter()
     while (await rollup_pass(storage, limit=1000)).claimed:
         pass
-    print(f"rollup of the year in {time.perf_counter() - began:.1f} s")
+    say(f"reads: rollup in {time.perf_counter() - began:.1f} s")
     sid = await storage.run(lambda conn: conn.execute("SELECT id FROM symbols").fetchone()[0])
     await storage.run(lambda conn: conn.execute("ANALYZE"))
-
     app = QueryApp(
         storage,
         SymbolRegistry.shipped(),
@@ -130,88 +140,90 @@ async def bench(storage: Storage, dsn: str, repeat: int) -> None:
         status=lambda: {"healthy": True},
         metrics=lambda: b"",
     )
-    via = "in-process handler (histdata.httpserver not available)"
-    socket_get: Callable[[str, str], Awaitable[int]] | None = None
+
+    async def handle(request: Request) -> Response:  # as Service._run_query wires it
+        reply = await app.handle(request.method, request.path, request.query)
+        return Response(reply.status, (("content-type", reply.content_type),), reply.body)
+
+    socket = Path(tempfile.mkdtemp(prefix="read_bench_")) / "bench.sock"
+    listener = await open_unix_listener(socket)
+    period = "1 year" if days == 365 else f"{days} days"
+    rows = []
     async with trio.open_nursery() as nursery:
-        try:
-            from histdata.actors.query import run_query_server  # type: ignore[attr-defined]
-        except ImportError:
-            run_query_server = None
-        if run_query_server is not None:
-            path = os.path.join(tempfile.mkdtemp(), "bench.sock")
-            await nursery.start(
-                lambda task_status: run_query_server(
-                    storage,
-                    SymbolRegistry.shipped(),
-                    socket_path=path,
-                    stream_queue=100,
-                    hub=LiveHub(),
-                    status=lambda: {"healthy": True},
-                    metrics=lambda: b"",
-                    task_status=task_status,
-                )
-            )
-            via = "Unix socket, httpx client"
-
-            async def socket_get(interval: str, fmt: str) -> int:
-                def fetch() -> int:
-                    with httpx.Client(transport=httpx.HTTPTransport(uds=path)) as http:
-                        r = http.get(
-                            "http://histdata/v1/candles",
-                            params={
-                                "symbol": "BTC/USD",
-                                "interval": interval,
-                                "start": "2023-01-01",
-                                "end": "2024-01-01",
-                                "format": fmt,
-                            },
-                        )
-                        return len(r.content)
-
-                return await trio.to_thread.run_sync(fetch)
-
-        async def in_process(interval: str, fmt: str) -> int:
-            reply = await app.handle(
-                "GET",
-                "/v1/candles",
-                {
-                    "symbol": ["BTC/USD"],
-                    "interval": [interval],
-                    "start": ["2023-01-01"],
-                    "end": ["2024-01-01"],
-                    "format": [fmt],
-                },
-            )
-            assert reply.status == 200, reply
-            if isinstance(reply.body, bytes):
-                return len(reply.body)
-            return sum([len(part) async for part in reply.body])
-
-        get = socket_get or in_process
-        print(f"\nAPI path: {via}; best of {repeat}\n")
-        print("| read | rows | direct SQL | API JSON | API Arrow | JSON bytes | Arrow bytes |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        await nursery.start(serve_http, handle, [listener])
         for label, minutes in (("1h", 60), ("1m", 1)):
-            t_sql, rows = await best(
-                repeat, partial(trio.to_thread.run_sync, sql_read, dsn, sid, minutes)
+            t_sql, n = await best(
+                repeat, partial(trio.to_thread.run_sync, sql_read, dsn, sid, minutes, end)
             )
-            t_json, n_json = await best(repeat, partial(get, label, "json"))
-            t_arrow, n_arrow = await best(repeat, partial(get, label, "arrow"))
-            print(
-                f"| 1 year as {label} | {rows:,} | {t_sql * 1000:,.0f} ms | {t_json * 1000:,.0f} ms"
-                f" | {t_arrow * 1000:,.0f} ms | {n_json:,} | {n_arrow:,} |"
+            via_json = partial(fetch, socket, label, "json", end)
+            via_arrow = partial(fetch, socket, label, "arrow", end)
+            t_json, n_json = await best(repeat, partial(trio.to_thread.run_sync, via_json))
+            t_arrow, n_arrow = await best(repeat, partial(trio.to_thread.run_sync, via_arrow))
+            rows.append(
+                [
+                    f"{period} as {label}",
+                    f"{n:,}",
+                    f"{t_sql * 1000:,.0f} ms",
+                    f"{t_json * 1000:,.0f} ms",
+                    f"{t_arrow * 1000:,.0f} ms",
+                    f"{n_json:,}",
+                    f"{n_arrow:,}",
+                ]
             )
+            say(f"reads: {rows[-1]}")
         nursery.cancel_scope.cancel()
-    machine = f"{platform.platform()}, {os.cpu_count()} CPUs"
-    print(f"\nmachine: {machine}, Python {platform.python_version()}")
+    await listener.aclose()
+    socket.unlink(missing_ok=True)
+    return rows
+
+
+async def run(dsn: str, repeat: int, days: int) -> list[list[str]]:
+    """The whole bench in a scratch database."""
+    with scratch_database(dsn, DB) as bench_dsn:
+        async with open_storage(bench_dsn, pool_max=4) as storage:
+            return await bench(storage, bench_dsn, repeat, days)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", default=os.environ.get("HISTDATA_TEST_DSN", ""))
-    parser.add_argument("--repeat", type=int, default=3)
+    add_common_arguments(parser)
+    parser.add_argument("--repeat", type=int, help="runs per read, best kept (default 3)")
+    parser.add_argument("--days", type=int, help="days of 1-minute candles (default 365)")
     args = parser.parse_args()
-    trio.run(run, args.dsn, args.repeat)
+    if not args.dsn:
+        parser.error("--dsn (or HISTDATA_TEST_DSN) is required")
+    repeat = args.repeat or (1 if args.quick else 3)
+    days = args.days or (30 if args.quick else 365)
+    where = machine(args.dsn)
+    rows = trio.run(run, args.dsn, repeat, days)
+    command = shlex.join(
+        [".venv/bin/python", "-m", "bench.read_bench", "--repeat", str(repeat), "--days", str(days)]
+    )
+    result = Result(
+        name="reads",
+        title="Reads",
+        command=command,
+        columns=[
+            "read",
+            "rows",
+            "direct SQL",
+            "API JSON",
+            "API Arrow",
+            "JSON bytes",
+            "Arrow bytes",
+        ],
+        rows=rows,
+        notes=[
+            f"Machine: {where}. Date {today()}.",
+            f"One symbol, one candle a minute for {days} days, rollups materialised; best of "
+            f"{repeat}. API: the Unix socket and an httpx client (in a thread of the same "
+            "process), whole body received.",
+        ],
+        summary={
+            f"read {row[0]} (SQL / JSON / Arrow)": f"{row[2]} / {row[3]} / {row[4]}" for row in rows
+        },
+    )
+    emit(result, as_json=args.json)
 
 
 if __name__ == "__main__":
