@@ -131,7 +131,6 @@ def result(figures: dict[str, float], args: argparse.Namespace, where: str) -> R
         ]
     )
     notes = [
-        f"Machine: {where}. Date {today()}.",
         f"History: {args.history_s:g} s of {args.rate:g} trades/s of {SYMBOL} "
         f"({figures['history']:,.0f} trades; Kraken pages hold up to 1,000). The simulator "
         f"allows {LIMIT_PER_S:g} request/s with a burst of {LIMIT_BURST}; histdata's client "
@@ -165,6 +164,8 @@ def result(figures: dict[str, float], args: argparse.Namespace, where: str) -> R
             "backfill rate-limit errors": f"{figures['throttled']:,.0f}",
             "backfill trades stored/s": f"{figures['ids'] / seconds:,.0f}",
         },
+        machine=where,
+        date=today(),
     )
 
 

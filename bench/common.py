@@ -12,7 +12,9 @@ The JSON line (what any bench, including ``bench/import_bench.py``, must print):
      "columns": ["rate asked", …],
      "rows": [["2,000", …], …],           # cells already formatted for the table
      "notes": ["…"],                      # one bullet each, under the table
-     "summary": {"metric": "value"}}      # headline figures for the table at the top
+     "summary": {"metric": "value"},      # headline figures for the table at the top
+     "machine": "AMD EPYC, 2 cores, …",   # optional: bench.common.machine(dsn)
+     "date": "2026-11-24"}                # optional: UTC date of the run
 
 Running ``python -m bench.common sim …`` serves a Kraken simulator in its own process (the
 service and the simulator must not share a GIL, or the figures measure both at once); see
@@ -61,6 +63,8 @@ class Result:
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
     summary: dict[str, str] = field(default_factory=dict)
+    machine: str = ""
+    date: str = ""
 
     def to_json(self) -> str:
         """The single-line JSON form ``python -m bench`` reads."""
@@ -83,6 +87,8 @@ class Result:
                 rows=[[str(cell) for cell in row] for row in data["rows"]],
                 notes=[str(n) for n in data.get("notes", [])],
                 summary={str(k): str(v) for k, v in data.get("summary", {}).items()},
+                machine=str(data.get("machine", "")),
+                date=str(data.get("date", "")),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a bench result line: {exc}") from exc
@@ -104,6 +110,8 @@ def emit(result: Result, *, as_json: bool) -> None:
         print(result.to_json(), flush=True)
         return
     print(f"\n{result.title}\n\n{markdown_table(result.columns, result.rows)}\n")
+    if result.machine:
+        print(f"- Machine: {result.machine}. Date {result.date or today()}.")
     for note in result.notes:
         print(f"- {note}")
     print(f"\nreproduce: {result.command}")

@@ -327,7 +327,6 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
         summary["latency p50/p99 at 2,000/s"] = f"{_ms(at_2k.p50_s)} / {_ms(at_2k.p99_s)}"
     summary["service peak RSS"] = f"{max(s.peak_rss for s in steps) / 2**20:,.0f} MiB"
     notes = [
-        f"Machine: {where}. Date {today()}.",
         f"{args.duration_s:g} s of trading per step, spread over {len(args.symbols)} symbols "
         f"({', '.join(args.symbols)}); the service runs with the default configuration "
         "(batches of 2,000 trades or 0.25 s), gap filling off.",
@@ -368,6 +367,8 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
         rows=rows,
         notes=notes,
         summary=summary,
+        machine=where,
+        date=today(),
     )
 
 

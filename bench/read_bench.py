@@ -214,7 +214,6 @@ def main() -> None:
         ],
         rows=rows,
         notes=[
-            f"Machine: {where}. Date {today()}.",
             f"One symbol, one candle a minute for {days} days, rollups materialised; best of "
             f"{repeat}. API: the Unix socket and an httpx client (in a thread of the same "
             "process), whole body received.",
@@ -222,6 +221,8 @@ def main() -> None:
         summary={
             f"read {row[0]} (SQL / JSON / Arrow)": f"{row[2]} / {row[3]} / {row[4]}" for row in rows
         },
+        machine=where,
+        date=today(),
     )
     emit(result, as_json=args.json)
 
