@@ -13,8 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import socket as stdlib_socket
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -156,6 +155,8 @@ async def _serve_connection(handler: Handler, limits: _Limits, stream: trio.abc.
             conn.start_next_cycle()
     except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
         return  # the client went away; nothing to tell it
+    except _BodyFailed:
+        return  # logged where it happened; only this connection ends
     finally:
         await trio.aclose_forcefully(stream)
 
@@ -217,23 +218,32 @@ async def _send_response(
         await stream.send_all(conn.send(h11.EndOfMessage()))
         return
     headers.append((b"transfer-encoding", b"chunked"))
-    async with aclosing(_as_generator(body)) as chunks:
+    try:
         await stream.send_all(conn.send(h11.Response(status_code=response.status, headers=headers)))
-        async for chunk in chunks:
+        chunks = aiter(body)
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                # Headers are out, so no error status can be sent: end the connection without
+                # the final chunk, which every HTTP client reports as a truncated response.
+                _log.exception("http response body failed", path=request.path, error=str(exc))
+                raise _BodyFailed from exc
             if chunk:
                 await stream.send_all(conn.send(h11.Data(data=chunk)))
-    await stream.send_all(conn.send(h11.EndOfMessage()))
-
-
-async def _as_generator(body: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-    """Wrap ``body`` so it is closed (its ``finally`` runs) even if the client disconnects."""
-    try:
-        async for chunk in body:
-            yield chunk
     finally:
+        # Close the body even when it never started or the client went away, so its own
+        # cleanup (a database cursor, a hub subscription) runs now rather than at GC.
         close = getattr(body, "aclose", None)
         if close is not None:
             await close()
+    await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+class _BodyFailed(Exception):
+    """A streamed response body raised after its headers were sent."""
 
 
 async def _send_error(

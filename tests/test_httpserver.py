@@ -24,6 +24,13 @@ async def handler(request: Request) -> Response:
                 yield f"line {i}\n".encode()
 
         return Response(200, (("content-type", "text/plain"),), chunks())
+    if request.path == "/breaks":
+
+        async def failing() -> AsyncIterator[bytes]:
+            yield b"first\n"
+            raise RuntimeError("database went away mid-body")
+
+        return Response(200, (("content-type", "text/plain"),), failing())
     return Response.json(200, {"path": request.path, "query": request.query})
 
 
@@ -64,6 +71,15 @@ class TestServe:
             after = await http.get("/ok")
         assert failed.status_code == 500
         assert "RuntimeError" in failed.json()["error"]
+        assert after.status_code == 200
+
+    async def test_body_failure_truncates_only_that_response(self, socket_path: Path) -> None:
+        """A body that raises after its headers ends that response visibly; others go on."""
+        async with client(socket_path) as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get("/breaks")
+        async with client(socket_path) as http:
+            after = await http.get("/ok")
         assert after.status_code == 200
 
     async def test_malformed_http_gets_400(self, socket_path: Path) -> None:
