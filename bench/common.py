@@ -94,11 +94,13 @@ class Result:
             raise ValueError(f"not a bench result line: {exc}") from exc
 
 
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table; columns after the first are right-aligned (they hold figures)."""
+def markdown_table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], *, labels: int = 1
+) -> str:
+    """A Markdown table; the first ``labels`` columns left-aligned, the figures right-aligned."""
     lines = [
         "| " + " | ".join(columns) + " |",
-        "|" + "|".join(["---", *["---:"] * (len(columns) - 1)]) + "|",
+        "|" + "|".join(["---"] * labels + ["---:"] * (len(columns) - labels)) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
