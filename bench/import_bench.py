@@ -1,9 +1,9 @@
 """Import throughput: ``histdata import`` vs plain ``psql \\copy`` of the same file, same run.
 
-Usage::
+Usage (alone, or through ``make bench``, which takes its ``--json`` line into the docs)::
 
-    .venv/bin/python bench/import_bench.py --dsn "host=127.0.0.1 user=postgres dbname=postgres" \\
-        [--rows 1000000] [--keep-dir DIR]
+    .venv/bin/python -m bench.import_bench --dsn "host=127.0.0.1 user=postgres dbname=postgres" \\
+        [--rows 10000000] [--quick] [--json] [--keep-dir DIR]
 
 The DSN must be allowed to create databases; two throwaway databases are created and dropped.
 The file is a generated 3-column Kraken trades file (time,price,volume; many trades share a
@@ -23,19 +23,20 @@ import argparse
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
 import random
 import resource
+import shlex
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
-import psycopg.conninfo
 import trio
 
+from bench.common import Result, add_common_arguments, emit, machine, say, scratch_database, today
 from histdata.importer import import_paths
+from histdata.logs import configure_logging
 from histdata.storage import migrate, open_storage
 
 
@@ -54,25 +55,6 @@ def generate(path: Path, rows: int, *, seed: int = 1) -> None:
                 out.write("".join(chunk))
                 chunk.clear()
         out.write("".join(chunk))
-
-
-def machine() -> str:
-    """nproc, memory and CPU model of this machine."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = subprocess.run(["free", "-h"], capture_output=True, text=True, check=False).stdout
-    total = next((line.split()[1] for line in memory.splitlines() if line.startswith("Mem:")), "?")
-    return f"nproc={os.cpu_count()}, memory={total}, cpu={cpu}"
-
-
-def with_db(dsn: str, name: str) -> str:
-    return psycopg.conninfo.make_conninfo(dsn, dbname=name)
 
 
 def bench_psql(dsn: str, path: Path) -> float:
@@ -101,6 +83,7 @@ async def bench_histdata(dsn: str, path: Path) -> tuple[float, int]:
 
 
 def _histdata_child(dsn: str, path: Path, out: multiprocessing.connection.Connection) -> None:
+    configure_logging("warning")
     seconds, inserted = trio.run(bench_histdata, dsn, path)
     out.send((seconds, inserted, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 
@@ -117,48 +100,92 @@ def run_histdata(dsn: str, path: Path) -> tuple[float, int, int]:
     return result
 
 
+def measure(dsn: str, path: Path) -> dict[str, float]:
+    """Both sides on ``path`` in scratch databases: psql first, then histdata twice."""
+    pid = os.getpid()
+    with (
+        scratch_database(dsn, f"bench_psql_{pid}") as psql_dsn,
+        scratch_database(dsn, f"bench_hd_{pid}") as histdata_dsn,
+    ):
+        migrate(histdata_dsn)
+        say("import: psql \\copy …")
+        psql_s = bench_psql(psql_dsn, path)
+        say("import: histdata import …")
+        histdata_s, inserted, histdata_rss = run_histdata(histdata_dsn, path)
+        say("import: histdata re-import …")
+        rerun_s, again, rerun_rss = run_histdata(histdata_dsn, path)
+    return {
+        "psql_s": psql_s,
+        "histdata_s": histdata_s,
+        "inserted": inserted,
+        "histdata_rss": histdata_rss,
+        "rerun_s": rerun_s,
+        "again": again,
+        "rerun_rss": rerun_rss,
+    }
+
+
+def result(figures: dict[str, float], rows: int, size_mb: float, where: str) -> Result:
+    """The figures as the bench runner's result."""
+    psql_rate = rows / figures["psql_s"]
+
+    def row(label: str, seconds: float, rss: float | None) -> list[str]:
+        rate = rows / seconds
+        memory = f"{rss / 2**20:,.0f} MiB" if rss is not None else "(psql)"
+        return [label, f"{seconds:,.2f}", f"{rate:,.0f}", f"{rate / psql_rate:.2f}x", memory]
+
+    histdata_rate = rows / figures["histdata_s"]
+    return Result(
+        name="import",
+        title="Import",
+        command=shlex.join([".venv/bin/python", "-m", "bench.import_bench", "--rows", str(rows)])
+        + ' --dsn "host=127.0.0.1 user=postgres dbname=postgres"',
+        columns=["run", "seconds", "rows/s", "vs psql's rate", "histdata peak RSS"],
+        rows=[
+            row("`psql \\copy` into an identically indexed table", figures["psql_s"], None),
+            row("`histdata import` (first import)", figures["histdata_s"], figures["histdata_rss"]),
+            row("`histdata import` again (adds 0)", figures["rerun_s"], figures["rerun_rss"]),
+        ],
+        notes=[
+            f"File: {rows:,} rows of Kraken's 3-column trades form (`time,price,volume`, about "
+            f"2.5 trades per second), {size_mb:,.1f} MB; both sides load the same file in the "
+            "same run, one after the other.",
+            "Peak RSS is `ru_maxrss` of the histdata process (each run is a fresh one).",
+        ],
+        summary={
+            f"import rows/s ({rows:,} rows)": f"{histdata_rate:,.0f}",
+            "import vs psql \\copy (rate)": f"{histdata_rate / psql_rate:.2f}x",
+            "import peak RSS": f"{figures['histdata_rss'] / 2**20:,.0f} MiB",
+        },
+        machine=where,
+        date=today(),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", default=os.environ.get("HISTDATA_TEST_DSN", ""))
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--keep-dir", type=Path)
+    add_common_arguments(parser)
+    parser.add_argument("--rows", type=int, help="rows in the file (10,000,000; --quick 100,000)")
+    parser.add_argument("--keep-dir", type=Path, help="write (and keep) the file here")
     args = parser.parse_args()
     if not args.dsn:
         parser.error("--dsn (or HISTDATA_TEST_DSN) is required")
-    workdir = args.keep_dir or Path(tempfile.mkdtemp(prefix="import_bench_"))
-    path = workdir / "XBTUSD.csv"
-    generate(path, args.rows)
-    size_mb = path.stat().st_size / 1e6
-    names = {"histdata": f"bench_hd_{os.getpid()}", "psql": f"bench_psql_{os.getpid()}"}
-    with psycopg.connect(args.dsn, autocommit=True) as conn:
-        for name in names.values():
-            conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    try:
-        migrate(with_db(args.dsn, names["histdata"]))
-        psql_s = bench_psql(with_db(args.dsn, names["psql"]), path)
-        histdata_s, inserted, histdata_rss = run_histdata(
-            with_db(args.dsn, names["histdata"]), path
+    rows = args.rows or (100_000 if args.quick else 10_000_000)
+    where = machine(args.dsn)
+    with tempfile.TemporaryDirectory(prefix="import_bench_") as scratch:
+        workdir = args.keep_dir or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "XBTUSD.csv"
+        say(f"import: writing {rows:,} rows to {path} …")
+        generate(path, rows)
+        size_mb = path.stat().st_size / 1e6
+        figures = measure(args.dsn, path)
+    if figures["inserted"] != rows or figures["again"] != 0:
+        raise SystemExit(
+            f"import inserted {figures['inserted']:,.0f} of {rows:,}, "
+            f"the re-import {figures['again']:,.0f} (expected 0)"
         )
-        assert inserted == args.rows, f"inserted {inserted} of {args.rows}"
-        rerun_s, again, rerun_rss = run_histdata(with_db(args.dsn, names["histdata"]), path)
-        assert again == 0, f"re-import inserted {again}"
-    finally:
-        with psycopg.connect(args.dsn, autocommit=True) as conn:
-            for name in names.values():
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-    psql_rate, histdata_rate = args.rows / psql_s, args.rows / histdata_s
-    print(f"machine: {machine()}")
-    print(f"file: {args.rows} rows, {size_mb:.1f} MB")
-    print(f"psql \\copy:          {psql_s:7.2f} s  {psql_rate:10,.0f} rows/s")
-    print(
-        f"histdata import:     {histdata_s:7.2f} s  {histdata_rate:10,.0f} rows/s"
-        f"  ({histdata_rate / psql_rate:.2f}x psql's rate,"
-        f" peak RSS {histdata_rss / 2**20:,.0f} MiB)"
-    )
-    print(
-        f"histdata re-import:  {rerun_s:7.2f} s  {args.rows / rerun_s:10,.0f} rows/s"
-        f"  (adds 0, peak RSS {rerun_rss / 2**20:,.0f} MiB)"
-    )
+    emit(result(figures, rows, size_mb, where), as_json=args.json)
 
 
 if __name__ == "__main__":
