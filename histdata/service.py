@@ -42,7 +42,6 @@ from histdata.actors.query import QueryApp
 from histdata.actors.rollup import RollupActor
 from histdata.config import Config
 from histdata.errors import DatabaseUnavailable
-from histdata.httpserver import Request, Response, open_unix_listener, serve_http
 from histdata.kraken import KrakenRest, RateLimiter, open_kraken_rest
 from histdata.model import Candle, datetime_to_ns
 from histdata.storage import Storage, open_storage
@@ -302,22 +301,11 @@ class Service:
             stream_queue=self.config.query.stream_queue,
         )
 
-        async def handle(request: Request) -> Response:
-            reply = await app.handle(request.method, request.path, request.query)
-            return Response(reply.status, (("content-type", reply.content_type),), reply.body)
-
-        path = Path(self.config.query.socket)
-        listener = await open_unix_listener(path)
         stopping = current_child_stopping()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
-                await nursery.start(serve_http, handle, [listener])
-                task_status.started()
-        finally:
-            await listener.aclose()
-            with trio.CancelScope(shield=True):
-                await trio.Path(path).unlink(missing_ok=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            await nursery.start(app.serve, Path(self.config.query.socket))
+            task_status.started()
 
     def _extra_statistics(self) -> dict[str, Any]:
         found: dict[str, Any] = {"hub": self.hub.statistics()}
