@@ -30,7 +30,8 @@ The sustained rate is the highest step with no loss whose backlog was stored wit
 "passes" however slow the writer is, because the 200,000-trade buffer absorbs it. The
 table also gives p99 latency, the drain time and the store rate (stored trades over the
 trading time plus the drain).
-``--profile DIR`` runs the service under cProfile (slower; for finding the bottleneck).
+``--profile DIR`` runs the service under cProfile (slower; for finding the bottleneck);
+``--logs DIR`` keeps the service's log of each step.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def run_step(
     duration_s: float,
     drain_timeout_s: float,
     profile: Path | None,
+    logs: Path | None,
 ) -> Step:
     """Measure one rate step from a fresh database, simulator and service."""
     with scratch_database(admin_dsn, DB) as dsn, tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +202,11 @@ def run_step(
                 profile.mkdir(parents=True, exist_ok=True)
                 out = profile / f"service-{rate}.prof"
                 command[1:2] = ["-m", "cProfile", "-o", str(out), "-m"]
-            with (work / "service.log").open("w") as log:
+            log_path = work / "service.log"
+            if logs is not None:
+                logs.mkdir(parents=True, exist_ok=True)
+                log_path = logs / f"service-{rate}.log"
+            with log_path.open("w") as log:
                 service = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
             try:
                 return _measure(
@@ -214,7 +220,7 @@ def run_step(
                     service.kill()
                     service.wait()
                 if service.returncode != 0:
-                    log_tail = (work / "service.log").read_text()[-2000:]
+                    log_tail = log_path.read_text()[-2000:]
                     say(f"service exited {service.returncode}; log tail:\n{log_tail}")
 
 
@@ -384,6 +390,7 @@ def main() -> None:
     )
     parser.add_argument("--drain-timeout-s", type=float, default=15.0)
     parser.add_argument("--profile", type=Path, help="cProfile the service into DIR")
+    parser.add_argument("--logs", type=Path, help="keep the service's log of each step in DIR")
     args = parser.parse_args()
     if not args.dsn:
         parser.error("--dsn (or HISTDATA_TEST_DSN) is required")
@@ -417,6 +424,7 @@ def main() -> None:
             duration_s=args.duration_s,
             drain_timeout_s=args.drain_timeout_s,
             profile=args.profile,
+            logs=args.logs,
         )
         say(f"live: {step}")
         steps.append(step)
