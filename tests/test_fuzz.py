@@ -197,7 +197,7 @@ WS_TRADE_CORRUPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "price": NOT_DECIMAL,
     "qty": NOT_DECIMAL,
     "ord_type": not_in("market", "limit"),
-    "trade_id": NOT_COUNT,
+    "trade_id": NOT_COUNT.filter(lambda v: v is not None),  # an absent id is valid
     "timestamp": BAD_TIMESTAMP,
 }
 
@@ -387,6 +387,14 @@ def rest_trade_rows(draw: st.DrawFn) -> list[Any]:
     ]
 
 
+def plausible_unix_seconds(value: object) -> bool:
+    """Whether ``value`` could be a valid REST trade time (2010 to a day from now)."""
+    text = str(value)
+    if isinstance(value, bool) or not re.fullmatch(r"\d+(\.\d+)?", text):
+        return False
+    return 1_262_304_000 <= Decimal(text) <= NOW_NS // 10**9 + 86_400
+
+
 @st.composite
 def bad_rest_trade_rows(draw: st.DrawFn) -> Any:
     row = draw(rest_trade_rows())
@@ -396,13 +404,15 @@ def bad_rest_trade_rows(draw: st.DrawFn) -> Any:
             st.none() | st.text(max_size=5) | st.dictionaries(st.text(max_size=3), JSON_JUNK)
         )
     if how == "length":
-        return row[: draw(st.sampled_from([0, 1, 3, 5]))] + ([] if draw(st.booleans()) else [1, 2])
+        # 6 or 7 fields is the valid shape: cut to 0-5 fields or pad to 9
+        return [*row, 1, 2] if draw(st.booleans()) else row[: draw(st.integers(0, 5))]
     index = draw(st.sampled_from([0, 1, 2, 3, 4, 6]))
     row[index] = draw(
         {
             0: NOT_DECIMAL,
             1: NOT_DECIMAL,
-            2: BAD_TIMESTAMP | st.just(Decimal("1.0E+30")) | st.just(Decimal("1e-12")),
+            2: BAD_TIMESTAMP.filter(lambda v: not plausible_unix_seconds(v))
+            | st.sampled_from([Decimal("1.0E+30"), Decimal("1e-12")]),
             3: not_in("b", "s"),
             4: not_in("m", "l"),
             6: NOT_COUNT,
