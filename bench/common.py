@@ -313,8 +313,8 @@ def _sim_stats(sim: Any) -> dict[str, Any]:
 
 
 def _subscribed(sim: Any, symbols: int) -> bool:
-    # The simulator keeps no public per-connection view; the bench only reads it.
-    return any(len(conn.trades) >= symbols for conn in sim._ws._connections)
+    # The service subscribes both channels (trade and ohlc) for every symbol.
+    return bool(sim.statistics().ws.subscriptions >= 2 * symbols)
 
 
 async def _serve_sim(args: argparse.Namespace) -> None:

@@ -65,6 +65,9 @@ __all__ = [
 
 _log = structlog.get_logger("histdata.kraken.ws")
 _TRADE, _OHLC = "trade", "ohlc"
+# Kraken's frames are small, but a snapshot or a burst after a stall can pass trio_websocket's
+# 1 MiB default, and a 1009 close then costs a reconnect and a REST catch-up.
+_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class StaleConnection(KrakenError):
@@ -477,7 +480,12 @@ async def _connect(stack: AsyncExitStack, url: str) -> trio_websocket.WebSocketC
     nursery = await stack.enter_async_context(trio.open_nursery())
     try:
         ws = await trio_websocket.wrap_client_stream(
-            nursery, stream, host, resource, extra_headers=[(b"User-Agent", USER_AGENT.encode())]
+            nursery,
+            stream,
+            host,
+            resource,
+            extra_headers=[(b"User-Agent", USER_AGENT.encode())],
+            max_message_size=_MAX_MESSAGE_BYTES,
         )
     except trio_websocket.ConnectionRejected as exc:
         raise KrakenError(

@@ -45,6 +45,7 @@ __all__ = ["WsHub", "WsStatistics"]
 _log = structlog.get_logger("histdata.sim.ws")
 _SNAPSHOT_TRADES = 50
 _SNAPSHOT_MINUTES = 12
+_FRAME_TRADES = 500
 _OUTBOX = 2048  # frames; a client this far behind is disconnected
 _WARNINGS = ["timestamp is deprecated, use interval_begin"]
 _MALFORMED_KINDS = (
@@ -64,6 +65,7 @@ class WsStatistics:
 
     connections: int
     open: int
+    subscriptions: int  # (channel, symbol) pairs subscribed on open connections
     frames_sent: int
     malformed_sent: int
     closes_injected: int
@@ -123,6 +125,7 @@ class WsHub:
         return WsStatistics(
             c.connections,
             len(self._connections),
+            sum(len(conn.trades) + len(conn.ohlc) for conn in self._connections),
             c.frames_sent,
             c.malformed_sent,
             c.closes_injected,
@@ -284,13 +287,19 @@ class WsHub:
             if not trades:
                 continue
             book = self._market.symbols[symbol]
-            trade_frame = _trade_frame("update", trades)
+            # A late tick can hold thousands of trades; Kraken's frames hold a handful, and a
+            # client bounds message size, so cut them into frames of at most _FRAME_TRADES.
+            trade_frames = [
+                _trade_frame("update", trades[i : i + _FRAME_TRADES])
+                for i in range(0, len(trades), _FRAME_TRADES)
+            ]
             touched = sorted({t.time_ns - t.time_ns % MINUTE_NS for t in trades})
             bars = [book.bars[start] for start in touched]
             ohlc_frame = _ohlc_frame("update", book, bars)
             for conn in list(self._connections):
                 if symbol in conn.trades:
-                    self._post(conn, trade_frame)
+                    for frame in trade_frames:
+                        self._post(conn, frame)
                     if self._rng.random() < self._faults.malformed_ratio:
                         self._post(conn, self._malformed_companion(trades))
                 if symbol in conn.ohlc:
