@@ -155,6 +155,10 @@ class SymbolRegistry:
             )
         return info
 
+    def is_canonical(self, name: str) -> bool:
+        """True when ``name`` is exactly a registered v2 name (``BTC/USD``, not ``btc/usd``)."""
+        return name in self._by_symbol
+
     def canonical(self, spelling: str) -> str:
         """Return the canonical v2 name for ``spelling`` (raises :class:`UnknownSymbol`)."""
         return self.resolve(spelling).symbol

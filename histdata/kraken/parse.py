@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import calendar
 import dataclasses
+import functools
 import json
 import re
 import time
@@ -160,19 +161,29 @@ def parse_rfc3339_ns(text: object, *, where: str = "") -> int:
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise RejectedInput("bad_time", f"not an RFC 3339 timestamp: {text!r}", where=where)
-    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
     try:
-        whole = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+        seconds = _whole_seconds(match.group(1, 2, 3, 4, 5, 6))
     except ValueError as exc:
         raise RejectedInput(
             "bad_time", f"impossible date/time {text!r}: {exc}", where=where
         ) from exc
-    seconds = calendar.timegm(whole.timetuple())
     if match.group(9) is not None:
         offset = int(match.group(10)) * 3600 + int(match.group(11)) * 60
         seconds += -offset if match.group(9) == "+" else offset
     fraction = (match.group(7) or "").ljust(9, "0")
     return seconds * NS_PER_S + int(fraction or "0")
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_seconds(fields: tuple[str, ...]) -> int:
+    """Unix seconds of a UTC date and time given as text fields. Cached: a live stream's
+    timestamps share their second, and building a datetime per trade showed in profiles.
+
+    Raises:
+        ValueError: an impossible date or time (February 30, hour 24, second 60).
+    """
+    year, month, day, hour, minute, second = (int(field) for field in fields)
+    return calendar.timegm(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timetuple())
 
 
 def parse_unix_seconds_ns(value: object, *, where: str = "") -> int:
@@ -254,6 +265,8 @@ def _count(value: object, name: str, reason: str, where: str) -> int:
 
 
 def _ws_symbol(value: object, registry: SymbolRegistry, where: str) -> str:
+    if isinstance(value, str) and registry.is_canonical(value):
+        return value  # the common case, one dict lookup
     if not isinstance(value, str) or value not in registry:
         raise RejectedInput("bad_symbol", f"unknown symbol {value!r}", where=where)
     canonical = registry.canonical(value)
