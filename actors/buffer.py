@@ -198,14 +198,25 @@ class Buffer:
     # -- input ----------------------------------------------------------------------------
 
     async def _pump_trades(self) -> None:
-        async for item in self._trades_in:
-            self._take(item)
-            if len(self._trades) >= self.batch_size:
+        while True:
+            try:
+                items = await self._trades_in.receive_batch(self.batch_size)
+            except trio.EndOfChannel:
+                return
+            # Everything taken is held before any await: a stop during _emit loses nothing.
+            for item in items:
+                self._take(item)
+            while len(self._trades) >= self.batch_size:
                 await self._emit()
 
     async def _pump_candles(self) -> None:
-        async for candle in self._candles_in:
-            self._take_candle(candle)
+        while True:
+            try:
+                candles = await self._candles_in.receive_batch(self.batch_size)
+            except trio.EndOfChannel:
+                return
+            for candle in candles:
+                self._take_candle(candle)
             if len(self._candles) >= self.batch_size:
                 await self._emit()
 

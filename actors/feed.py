@@ -322,8 +322,7 @@ class Feed:
                         self._candle_count += len(event.candles)
                         if self._publish is not None:
                             self._publish.publish_candles(event.candles)
-                        for candle in event.candles:
-                            await self._candles.send(candle)
+                        await self._candles.send_many(event.candles)
                     elif isinstance(event, RejectedFrame):
                         self._count_rejections((event.rejection,))
                     elif isinstance(event, StatusEvent):
@@ -350,7 +349,7 @@ class Feed:
             self._publish.publish_trades(event.trades)
         for trade in event.trades:
             self._last_trade_at[trade.symbol] = now
-            await self._trades.send(trade)
+        await self._trades.send_many(event.trades)
 
     async def _mark(
         self, streams: list[tuple[str, Stream]], start: float, end: float, loss_before: int

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
@@ -149,25 +149,36 @@ class Channel(Generic[T]):
         Raises ``trio.ClosedResourceError`` if the channel is (or, while blocked, becomes)
         closed, and whatever the spill sink raises (the item then counts as not sent).
         """
+        await self.send_many((item,))
+
+    async def send_many(self, items: Sequence[T]) -> None:
+        """Queue ``items`` in order, as :meth:`send` would one by one, with one checkpoint.
+
+        A frame of hundreds of trades then costs one pass of the scheduler instead of one per
+        trade, which profiling showed to be most of the live path's CPU. Policies and counts
+        are exactly those of :meth:`send`; an item that must wait (BLOCK) or spill waits or
+        spills on its turn. Raises as :meth:`send`; items before the failing one are queued.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
-        weight = self._weight(item)
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError(f"channel {self.name!r} is closed")
-            if not self._is_full():
-                self._put(item, weight)
-                break
-            if self.overflow is Overflow.BLOCK:
-                await self._not_full.park()
-            elif self.overflow is Overflow.SPILL:
-                assert self._sink is not None
-                await self._sink.spill(item)
-                self._sent += weight
-                self._spilled += weight
-                return
-            else:
-                self._overflow_nowait(item, weight)
-                break
+        for item in items:
+            weight = self._weight(item)
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError(f"channel {self.name!r} is closed")
+                if not self._is_full():
+                    self._put(item, weight)
+                    break
+                if self.overflow is Overflow.BLOCK:
+                    await self._not_full.park()
+                elif self.overflow is Overflow.SPILL:
+                    assert self._sink is not None
+                    await self._sink.spill(item)
+                    self._sent += weight
+                    self._spilled += weight
+                    break
+                else:
+                    self._overflow_nowait(item, weight)
+                    break
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_nowait(self, item: T) -> None:
@@ -203,14 +214,23 @@ class Channel(Generic[T]):
 
         Raises ``trio.EndOfChannel`` once the channel is closed and drained.
         """
+        (item,) = await self.receive_batch(1)
+        return item
+
+    async def receive_batch(self, max_items: int) -> list[T]:
+        """Between 1 and ``max_items`` of the oldest items, waiting only while empty.
+
+        One checkpoint however many items are taken (see :meth:`send_many`). Raises
+        ``trio.EndOfChannel`` once the channel is closed and drained.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         while not self._queue:
             if self._closed:
                 raise trio.EndOfChannel
             await self._not_empty.park()
-        item = self._take()
+        items = [self._take() for _ in range(min(max_items, len(self._queue)))]
         await trio.lowlevel.cancel_shielded_checkpoint()
-        return item
+        return items
 
     def receive_nowait(self) -> T:
         """The oldest queued item; raises ``trio.WouldBlock`` if empty and open,

@@ -240,6 +240,39 @@ class TestClose:
             channel.receive_nowait()
 
 
+class TestBatches:
+    @pytest.mark.parametrize("overflow", [Overflow.DROP_OLDEST, Overflow.DROP_NEWEST])
+    async def test_send_many_counts_as_sends_one_by_one(self, overflow: Overflow) -> None:
+        """send_many keeps the same items and counts as the same sends one at a time."""
+        one: Channel[int] = Channel("one", 7, overflow)
+        many: Channel[int] = Channel("many", 7, overflow)
+        for item in range(100):
+            await one.send(item)
+        await many.send_many(list(range(100)))
+        assert drain(many) == drain(one)
+        a, b = one.statistics(), many.statistics()
+        assert (a.sent, a.received, a.dropped) == (b.sent, b.received, b.dropped)
+
+    async def test_send_many_spills_the_overflow(self) -> None:
+        """Under SPILL the items beyond capacity go to the sink, in order."""
+        sink = ListSink()
+        channel: Channel[int] = Channel("t", 3, Overflow.SPILL, spill=sink)
+        await channel.send_many(list(range(10)))
+        assert drain(channel) == [0, 1, 2]
+        assert sink.items == list(range(3, 10))
+        assert channel.statistics().spilled == 7
+
+    async def test_receive_batch_takes_at_most_what_is_asked(self) -> None:
+        """receive_batch returns what is queued up to its bound, oldest first, then ends."""
+        channel: Channel[int] = Channel("t", 100, Overflow.BLOCK)
+        await channel.send_many(list(range(5)))
+        assert await channel.receive_batch(3) == [0, 1, 2]
+        assert await channel.receive_batch(10) == [3, 4]
+        channel.close()
+        with pytest.raises(trio.EndOfChannel):
+            await channel.receive_batch(10)
+
+
 class TestStatisticsAndRegistry:
     async def test_peak_tracks_the_high_water_mark(self) -> None:
         """peak is the highest depth ever reached, depth the current one."""
