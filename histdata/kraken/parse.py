@@ -327,13 +327,14 @@ def _ws_trade(row: object, registry: SymbolRegistry, where: str, now_ns: int) ->
     symbol = _ws_symbol(_field(row, "symbol", where), registry, where)
     price = _decimal(_field(row, "price", where), "price", "bad_price", where)
     volume = _decimal(_field(row, "qty", where), "qty", "bad_volume", where)
-    side = _WS_SIDES.get(_field(row, "side", where))
+    raw_side = _field(row, "side", where)
+    side = _WS_SIDES.get(raw_side) if isinstance(raw_side, str) else None
     if side is None:
         raise RejectedInput(
             "bad_side", f"side must be buy or sell, got {row['side']!r}", where=where
         )
     ord_type = _field(row, "ord_type", where)
-    if ord_type not in _WS_ORD_TYPES:
+    if not isinstance(ord_type, str) or ord_type not in _WS_ORD_TYPES:
         raise RejectedInput(
             "bad_ord_type", f"ord_type must be market or limit, got {ord_type!r}", where=where
         )
@@ -380,7 +381,7 @@ def parse_ws_candles(
                 )
             symbol = _ws_symbol(_field(row, "symbol", row_where), registry, row_where)
             interval = _field(row, "interval", row_where)
-            if isinstance(interval, bool) or interval not in OHLC_INTERVALS:
+            if type(interval) is not int or interval not in OHLC_INTERVALS:
                 raise RejectedInput(
                     "bad_interval",
                     f"interval {interval!r} is not a Kraken interval",
