@@ -59,6 +59,7 @@ _ORD_CODE = {"market": "m", "limit": "l"}
 _ORD_FROM_CODE = {"m": "market", "l": "limit"}
 # A trade id seen from two sources (WS µs stamps, REST 100 ns stamps) may carry times that
 # differ below a millisecond; the duplicate probe looks this far either side.
+_RECONNECT_TIMEOUT_S = 5.0
 _SAME_TRADE_WINDOW = timedelta(seconds=1)
 # Changed minutes closer than this share one rollup dirty range (see Storage._mark_dirty).
 _DIRTY_MERGE_GAP = timedelta(hours=6)
@@ -769,6 +770,11 @@ async def open_storage(
         open=False,
         configure=_configure(statement_timeout_s),
         timeout=connect_timeout_s,
+        # psycopg_pool retries a lost connection with doubling delays (1, 2, 4, 8… s) for
+        # reconnect_timeout, so after a long outage the first new connection could come a
+        # minute after the database did. Giving up early instead makes the next request
+        # (the flusher's replay probe) start a fresh attempt at once: recovery in seconds.
+        reconnect_timeout=_RECONNECT_TIMEOUT_S,
         name="histdata",
     )
     try:
