@@ -68,7 +68,10 @@ class TestRetention:
         while (await rollup_pass(storage)).claimed:
             pass
         results = await apply_retention(storage, {"trades": 30, "candles": 30})
-        assert [r.rows for r in results] == [12_000, 1 + 8]
+        if storage.timescale:  # whole chunks are dropped: counted as chunks, not rows
+            assert all(r.rows == 0 and r.chunks > 0 for r in results)
+        else:
+            assert [r.rows for r in results] == [12_000, 1 + 8]
         assert await count(storage, "trades") == 1
         assert await count(storage, "candles_1m") == 1
         assert await count(storage, "candles_rollup") == 8
