@@ -326,7 +326,12 @@ class TestBackfill:
         sim_thread.call(setattr, faults, "slow_s", 1.0)  # a second a page: time to interrupt
         command = [sys.executable, "-m", "histdata.cli", "backfill", SYMBOL]
         command += ["--since", iso(since), "--until", iso(until)]
-        with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        # A job started in the background by a non-interactive shell (CI under nohup, `&`)
+        # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
+        # give the child the default disposition, as a terminal would.
+        with subprocess.Popen(
+            command, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+        ) as process:
             try:
                 _wait_for_cursor(database_url)
             finally:
@@ -342,6 +347,10 @@ class TestBackfill:
         assert "(resumed from " in result.out
         assert f"{len(expected) - kept} trades inserted" in result.out
         assert identity(stored_trades(database_url, *FAR)) == identity(expected)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_cursor(database_url: str) -> None:
