@@ -32,7 +32,7 @@ from psycopg import sql
 
 from histdata.model import Candle, CandleSource
 from histdata.storage.database import Storage
-from histdata.storage.rollups import BUCKET_ORIGIN, bucket_floor
+from histdata.storage.rollups import BUCKET_ORIGIN, VWAP_DECIMALS, bucket_floor, vwap_sql
 from histdata.timeutil import STORED_INTERVALS, parse_time
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 Connection = psycopg.Connection[Any]
-VWAP_DECIMALS = 12
 
 # (epoch µs, ISO time with Z, open, high, low, close, volume, vwap or None, trades). Text, not
 # Decimal: the socket formats write these strings as they are, which is exact and fast.
@@ -71,8 +70,10 @@ def base_interval(minutes: int) -> int:
 
 
 # The b-buckets of [S, E): stored rollups outside pending dirty ranges, plus the dirty ones
-# recomputed from 1m. The dirty ranges are widened to b-bucket edges first.
-_BASE_ROLLUP = """
+# recomputed from 1m. The dirty ranges are widened to b-bucket edges first. The dirty test is
+# a scalar subquery (evaluated once), not a join, so the rollup rows come straight off the
+# primary key in time order and the union needs no sort.
+_BASE_ROLLUP = f"""
 dirty AS (
     SELECT range_agg(tstzrange(
                date_bin(%(b)s, start_time, %(origin)s),
@@ -82,20 +83,23 @@ dirty AS (
 ),
 base AS (
     SELECT r.time, r.open, r.high, r.low, r.close, r.volume, r.pv, r.pv IS NULL AS no_pv,
-           r.trades
-      FROM candles_rollup r CROSS JOIN dirty
+           r.trades, r.vwap
+      FROM candles_rollup r
      WHERE r.symbol_id = %(sid)s AND r.interval_min = %(b_min)s
        AND r.time >= %(s)s AND r.time < %(e)s
-       AND NOT coalesce(dirty.m @> r.time, false)
+       AND NOT coalesce((SELECT m FROM dirty) @> r.time, false)
     UNION ALL
-    SELECT date_bin(%(b)s, c.time, %(origin)s),
-           (array_agg(c.open ORDER BY c.time))[1], max(c.high), min(c.low),
-           (array_agg(c.close ORDER BY c.time DESC))[1], sum(c.volume),
-           sum(c.vwap * c.volume), bool_or(c.vwap IS NULL), sum(c.trades)
-      FROM dirty CROSS JOIN LATERAL unnest(dirty.m) AS d(r)
-      JOIN candles_1m c ON c.symbol_id = %(sid)s
-           AND c.time >= greatest(lower(d.r), %(s)s) AND c.time < least(upper(d.r), %(e)s)
-     GROUP BY 1
+    SELECT *, {vwap_sql("pv", "volume", "no_pv")}
+      FROM (SELECT date_bin(%(b)s, c.time, %(origin)s) AS time,
+                   (array_agg(c.open ORDER BY c.time))[1] AS open, max(c.high) AS high,
+                   min(c.low) AS low, (array_agg(c.close ORDER BY c.time DESC))[1] AS close,
+                   sum(c.volume) AS volume, sum(c.vwap * c.volume) AS pv,
+                   bool_or(c.vwap IS NULL) AS no_pv, sum(c.trades) AS trades
+              FROM dirty CROSS JOIN LATERAL unnest(dirty.m) AS d(r)
+              JOIN candles_1m c ON c.symbol_id = %(sid)s
+                   AND c.time >= greatest(lower(d.r), %(s)s)
+                   AND c.time < least(upper(d.r), %(e)s)
+             GROUP BY 1) fresh
 )
 """
 _BASE_1M = """
@@ -120,22 +124,16 @@ _TIME_COLUMNS = (
     " to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
     " open::text, high::text, low::text, close::text, volume::text, "
 )
-# Exact half-up rounding of pv/volume (both >= 0): div() truncates, so add half a unit first.
-_VWAP = (
-    "CASE WHEN no_pv OR volume = 0 THEN NULL ELSE trim_scale(div(2 * pv * 1e"
-    f"{VWAP_DECIMALS} + volume, 2 * volume) * 1e-{VWAP_DECIMALS}) END::text"
-)
 
 
 def _query(n: int, b: int) -> bytes:
     head = "WITH " + (_BASE_1M if b == 1 else _BASE_ROLLUP)
-    if n == 1:
+    if n == b:  # 1m rows carry their own vwap, stored rollups and fresh buckets theirs
         tail = f"SELECT {_TIME_COLUMNS} vwap::text, trades FROM base ORDER BY time"
-    elif n == b:
-        tail = f"SELECT {_TIME_COLUMNS} {_VWAP}, trades FROM base ORDER BY time"
     else:
         head += _GROUPED
-        tail = f"SELECT {_TIME_COLUMNS} {_VWAP}, trades FROM grouped ORDER BY time"
+        vwap = vwap_sql("pv", "volume", "no_pv")
+        tail = f"SELECT {_TIME_COLUMNS} ({vwap})::text, trades FROM grouped ORDER BY time"
     return (head + tail).encode()
 
 
@@ -143,10 +141,10 @@ _QUERIES: dict[tuple[int, int], bytes] = {}
 
 
 def _begin(conn: Connection, options: ReadOptions) -> None:
-    conn.execute("SET TRANSACTION READ ONLY")
-    # The planner's guess for the dirty-range branch is huge and empty in practice; with JIT
-    # on, compiling for it costs 20-300 ms on a query that runs in a few milliseconds.
-    conn.execute("SET LOCAL jit = off")
+    # One round trip. The planner's guess for the dirty-range branch is huge and empty in
+    # practice; with JIT on, compiling for it costs 20-300 ms on a query that runs in a few
+    # milliseconds.
+    conn.execute("SET TRANSACTION READ ONLY; SET LOCAL jit = off")
     if options.role:
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(options.role)))
 
@@ -192,6 +190,10 @@ def _window(
     conn: Connection, options: ReadOptions, sid: int, n: int, s: datetime, e: datetime
 ) -> list[CandleRow]:
     _begin(conn, options)
+    return _read_window(conn, sid, n, s, e)
+
+
+def _read_window(conn: Connection, sid: int, n: int, s: datetime, e: datetime) -> list[CandleRow]:
     b = base_interval(n)
     query = _QUERIES.get((n, b))
     if query is None:
@@ -232,6 +234,24 @@ def _plan(
     return sid, bucket_floor(first, n), bucket_floor(last, n) + timedelta(minutes=n)
 
 
+def _plan_and_read(
+    conn: Connection,
+    options: ReadOptions,
+    symbol: str,
+    n: int,
+    start: datetime,
+    end: datetime,
+    span: timedelta,
+) -> tuple[tuple[int, datetime, datetime], list[CandleRow]] | None:
+    """:func:`_plan`, then the first window of up to ``span`` in the same transaction (most
+    reads fit one window: one thread hop and one snapshot instead of two)."""
+    plan = _plan(conn, options, symbol, n, start, end)
+    if plan is None:
+        return None
+    sid, low, high = plan
+    return plan, _read_window(conn, sid, n, low, min(low + span, high))
+
+
 async def iter_candle_rows(
     storage: Storage,
     symbol: str,
@@ -254,12 +274,14 @@ async def iter_candle_rows(
     """
     if interval_min < 1:
         raise ValueError(f"interval must be a positive number of minutes, not {interval_min}")
-    plan = await storage.run(_plan, options, symbol, interval_min, start, end)
-    if plan is None:
-        return
-    sid, low, high = plan
     span = timedelta(minutes=interval_min) * chunk
-    position = low
+    planned = await storage.run(_plan_and_read, options, symbol, interval_min, start, end, span)
+    if planned is None:
+        return
+    (sid, low, high), rows = planned
+    if rows:
+        yield rows
+    position = min(low + span, high)
     while position < high:
         upper = min(position + span, high)
         rows = await storage.run(_window, options, sid, interval_min, position, upper)

@@ -21,7 +21,8 @@ on Thursday, because 1970-01-01 was a Thursday.
 
 Per bucket: open is the first child's open, close the last child's close, high/low the
 extremes, volume and trade count the sums, ``pv`` the sum of vwap·volume (exact ``numeric``;
-NULL when any child lacks a vwap, e.g. candles from Kraken's OHLCVT CSVs), and ``final`` is
+NULL when any child lacks a vwap, e.g. candles from Kraken's OHLCVT CSVs), ``vwap`` is
+``pv / volume`` rounded as :func:`vwap_sql` says (stored so reads need not divide), and ``final`` is
 true only when every child is final and the bucket has ended. Open buckets are re-examined on
 every pass, so a bucket becomes final once it ends even when nothing in it changes again.
 """
@@ -39,9 +40,11 @@ from histdata.storage.database import Storage
 __all__ = [
     "BUCKET_ORIGIN",
     "ROLLUP_LEVELS",
+    "VWAP_DECIMALS",
     "RollupPassResult",
     "bucket_floor",
     "rollup_pass",
+    "vwap_sql",
 ]
 
 Connection = psycopg.Connection[Any]
@@ -59,8 +62,26 @@ ROLLUP_LEVELS: tuple[tuple[int, int], ...] = (
     (1440, 720),
     (10080, 1440),
 )
+# Decimal places of an aggregated VWAP. sql/0005_rollup_vwap.sql filled the column for rows
+# written before it existed with the same rounding: change both together.
+VWAP_DECIMALS = 12
 # Arbitrary constants for pg_try_advisory_xact_lock(int, int): "roll", pass lock.
 _LOCK = (0x726F6C6C, 1)
+
+
+def vwap_sql(pv: str, volume: str, missing: str) -> str:
+    """SQL for ``pv / volume`` rounded half-up to :data:`VWAP_DECIMALS` places, trailing zeros
+    trimmed; NULL when ``missing`` (a child had no vwap) or the volume is zero.
+
+    The arguments are SQL expressions (column names of the caller's query, never input).
+    Exact: ``div`` truncates, so half a unit is added first (both operands are >= 0).
+    """
+    return (
+        f"CASE WHEN {missing} OR {volume} = 0 THEN NULL"
+        f" ELSE trim_scale(div(2 * {pv} * 1e{VWAP_DECIMALS} + {volume}, 2 * {volume})"
+        f" * 1e-{VWAP_DECIMALS}) END"
+    )
+
 
 # The children of a level, as (time, open, high, low, close, volume, pv, trades, final).
 # Interval minutes are bound parameters; only these two fixed texts are ever spliced in.
@@ -73,6 +94,8 @@ _CHILDREN_ROLLUP = (
     " final FROM candles_rollup WHERE interval_min = %(child)s"
 )
 
+_VWAP = vwap_sql("pv", "volume", "pv IS NULL")
+# vwap is a function of pv and volume, so the change test below need not compare it.
 _LEVEL_SQL = """
 WITH spans AS (
     SELECT symbol_id,
@@ -105,14 +128,14 @@ agg AS (
      GROUP BY 1, 2
 )
 INSERT INTO candles_rollup AS r
-       (symbol_id, interval_min, time, open, high, low, close, volume, pv, trades, final)
-SELECT symbol_id, %(parent)s, time, open, high, low, close, volume, pv, trades,
+       (symbol_id, interval_min, time, open, high, low, close, volume, pv, vwap, trades, final)
+SELECT symbol_id, %(parent)s, time, open, high, low, close, volume, pv, {vwap}, trades,
        final AND time + %(step)s <= now()
   FROM agg
 ON CONFLICT (symbol_id, interval_min, time) DO UPDATE
    SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
-       volume = EXCLUDED.volume, pv = EXCLUDED.pv, trades = EXCLUDED.trades,
-       final = EXCLUDED.final
+       volume = EXCLUDED.volume, pv = EXCLUDED.pv, vwap = EXCLUDED.vwap,
+       trades = EXCLUDED.trades, final = EXCLUDED.final
  WHERE (r.open, r.high, r.low, r.close, r.volume, r.pv, r.trades, r.final)
        IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close,
                          EXCLUDED.volume, EXCLUDED.pv, EXCLUDED.trades, EXCLUDED.final)
@@ -158,7 +181,7 @@ def _pass(conn: Connection, limit: int) -> RollupPassResult:
     for parent, child in ROLLUP_LEVELS:
         children = _CHILDREN_1M if child == 1 else _CHILDREN_ROLLUP
         cur = conn.execute(
-            _LEVEL_SQL.format(children=children).encode(),
+            _LEVEL_SQL.format(children=children, vwap=_VWAP).encode(),
             {
                 "step": timedelta(minutes=parent),
                 "origin": BUCKET_ORIGIN,

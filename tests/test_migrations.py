@@ -55,6 +55,29 @@ class TestMigrate:
         with pytest.raises(SchemaError, match="edited"):
             migrate(database_url)
 
+    def test_rollup_vwap_is_filled_for_rows_written_before_it_existed(
+        self, database_url: str
+    ) -> None:
+        """0005 gives older rollup rows the VWAP reads used to compute: pv/volume, 12 places
+        rounded half-up, trailing zeros trimmed; NULL without pv."""
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO symbols (symbol, rest_key, altname, wsname, price_decimals,"
+                " volume_decimals) VALUES ('BTC/USD', 'XXBTZUSD', 'XBTUSD', 'XBT/USD', 1, 8)"
+            )
+            conn.execute(
+                "INSERT INTO candles_rollup (symbol_id, interval_min, time, open, high, low,"
+                " close, volume, pv, vwap, trades, final) SELECT 1, 60, t, 1, 1, 1, 1, v, pv,"
+                " NULL, 1, true FROM (VALUES ('2024-01-01 00:00Z'::timestamptz, 3, 2),"
+                " ('2024-01-01 01:00Z', 3, 10), ('2024-01-01 02:00Z', 4, 10),"
+                " ('2024-01-01 03:00Z', 4, NULL)) AS x(t, v, pv)"
+            )
+            conn.execute("DELETE FROM schema_migrations WHERE name = '0005_rollup_vwap.sql'")
+        assert migrate(database_url).applied == ("0005_rollup_vwap.sql",)
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("SELECT vwap::text FROM candles_rollup ORDER BY time").fetchall()
+        assert [r[0] for r in rows] == ["0.666666666667", "3.333333333333", "2.5", None]
+
     def test_timescale_path_makes_hypertables(self, database_url: str) -> None:
         """With TimescaleDB preloaded, trades and candles are hypertables; without, plain tables."""
         result = migrate(database_url)
