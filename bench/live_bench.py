@@ -62,6 +62,7 @@ from bench.common import (
     scratch_database,
     today,
 )
+from histdata.client import socket_transport
 from histdata.storage import migrate
 
 DB = "histdata_bench_live"
@@ -158,7 +159,7 @@ def _latency(dsn: str) -> tuple[float | None, float | None, float | None]:
 
 def _healthz(socket: Path) -> dict[str, Any]:
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), timeout=5.0) as http:
+        with httpx.Client(transport=socket_transport(str(socket)), timeout=5.0) as http:
             status: dict[str, Any] = http.get("http://histdata/healthz").json()
             return status
     except (httpx.HTTPError, ValueError):

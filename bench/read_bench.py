@@ -38,6 +38,7 @@ import trio
 from bench.common import Result, add_common_arguments, emit, machine, say, scratch_database, today
 from histdata.actors.hub import LiveHub
 from histdata.actors.query import QueryApp
+from histdata.client import socket_transport
 from histdata.httpserver import Request, Response, open_unix_listener, serve_http
 from histdata.model import Candle, CandleSource
 from histdata.storage import Storage, open_storage
@@ -104,7 +105,7 @@ async def best(repeat: int, fn: Callable[[], Awaitable[Any]]) -> tuple[float, An
 
 def fetch(socket: Path, interval: str, fmt: str, end: datetime) -> int:
     """Bytes of the whole ``/v1/candles`` body over the Unix socket (blocking: a thread)."""
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), timeout=120.0) as http:
+    with httpx.Client(transport=socket_transport(str(socket)), timeout=120.0) as http:
         reply = http.get(
             "http://histdata/v1/candles",
             params={

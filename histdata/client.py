@@ -49,6 +49,7 @@ __all__ = [
     "ServiceNotRunning",
     "ServiceUnavailable",
     "StreamDropped",
+    "socket_transport",
 ]
 
 TimeLike = datetime | str | int | float
@@ -127,6 +128,16 @@ def _rows(table: Any) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
+def socket_transport(socket_path: str) -> httpx.HTTPTransport:
+    """An httpx transport for plain HTTP over the Unix socket at ``socket_path``.
+
+    TLS is never used on a local socket, so no certificate store is loaded: httpx's default
+    loads the CA bundle for every transport, which took 18 ms here, more than serving a year
+    of 1h candles.
+    """
+    return httpx.HTTPTransport(uds=socket_path, verify=False)
+
+
 class Client:
     """Blocking client over the Unix socket at ``socket_path`` (see module docs).
 
@@ -139,7 +150,7 @@ class Client:
     ) -> None:
         self._socket = socket_path
         self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=socket_path),
+            transport=socket_transport(socket_path),
             base_url="http://histdata",
             timeout=timeout_s,
         )

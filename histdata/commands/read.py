@@ -23,6 +23,7 @@ import orjson
 import trio
 
 from histdata.actors.query import check_range
+from histdata.client import socket_transport
 from histdata.commands.common import open_command_storage, setup
 from histdata.config import Config
 from histdata.errors import UnknownSymbol
@@ -56,7 +57,7 @@ def _via_socket(socket: str, path: str, params: dict[str, str], out: BinaryIO) -
     """Stream the answer to ``out``; None when no service listens on ``socket``."""
     try:
         with (
-            httpx.Client(transport=httpx.HTTPTransport(uds=socket), timeout=None) as http,
+            httpx.Client(transport=socket_transport(socket), timeout=None) as http,
             http.stream("GET", f"http://histdata{path}", params=params) as response,
         ):
             if response.status_code != 200:

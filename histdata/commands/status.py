@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from histdata.client import socket_transport
 from histdata.commands.common import setup
 
 __all__ = ["configure", "main", "render"]
@@ -35,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     if refused is None:
         try:
             with httpx.Client(
-                transport=httpx.HTTPTransport(uds=path), base_url="http://histdata", timeout=10.0
+                transport=socket_transport(path), base_url="http://histdata", timeout=10.0
             ) as client:
                 response = client.get("/healthz")
         except httpx.TransportError as exc:
