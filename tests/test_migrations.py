@@ -92,4 +92,17 @@ class TestMigrate:
             rows = conn.execute(
                 "SELECT hypertable_name FROM timescaledb_information.hypertables ORDER BY 1"
             ).fetchall()
+            # Only the tables' own indexes: TimescaleDB's default (time DESC) index would be
+            # paid for by every insert and used by no query.
+            indexes = conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
+                " AND tablename IN ('trades', 'candles_1m', 'candles_rollup') ORDER BY 1"
+            ).fetchall()
         assert [r[0] for r in rows] == ["candles_1m", "candles_rollup", "trades"]
+        assert [r[0] for r in indexes] == [
+            "candles_1m_pkey",
+            "candles_rollup_open",
+            "candles_rollup_pkey",
+            "trades_by_trade_id",
+            "trades_key",
+        ]
