@@ -31,7 +31,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	.ci/with-timescale $(BIN)/python -m bench
 
 drills: $(STAMP)
 	$(BIN)/python -m bench.drills

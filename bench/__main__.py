@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python -m bench [--only live,backfill] [--skip import] [--quick] [--no-docs]
+        [--timescale-dsn DSN]
 
 Each bench runs as its own process (``python -m bench.NAME_bench --json [--quick] --dsn …``)
 and prints one JSON result line (see :mod:`bench.common`). This runner collects them, prints
@@ -12,6 +13,11 @@ text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` for each bench
 between ``<!-- bench:summary -->`` markers (rows of benches not run this time are kept).
 ``--quick`` shortens every bench to check the harness; its figures are not written to the
 docs unless ``--docs`` says so.
+
+With ``--timescale-dsn`` (default ``$HISTDATA_TIMESCALE_DSN``, which ``make bench`` sets by
+running under ``.ci/with-timescale`` where it can), the benches where the table layout matters
+(:data:`ON_TIMESCALE`) run a second time against that server, whose tables are hypertables;
+their blocks are ``NAME-timescale``.
 
 Exit status: 0 when every selected bench produced a result, 1 otherwise.
 """
@@ -23,7 +29,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.common import Result, machine, markdown_table, say, today
@@ -38,6 +44,10 @@ BENCHES = {
     "reads": "bench.read_bench",
 }
 SUMMARY = "summary"
+# Run again on TimescaleDB: writes into chunks and reads across them. The backfill is paced
+# by Kraken's REST limit alone, whatever the tables are.
+ON_TIMESCALE = ("import", "live", "reads")
+TIMESCALE_SUFFIX = "-timescale"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +60,39 @@ class Outcome:
     load: float
 
 
-def run_bench(name: str, dsn: str, *, quick: bool) -> Outcome:
-    """Run one bench in its own process and parse its JSON line (its stderr passes through)."""
+def run_bench(name: str, dsn: str, *, quick: bool, timescale: bool = False) -> Outcome:
+    """Run one bench in its own process and parse its JSON line (its stderr passes through).
+
+    With ``timescale`` the outcome is named ``NAME-timescale`` and says how to reproduce it.
+    """
     load = os.getloadavg()[0]
     command = [sys.executable, "-m", BENCHES[name], "--json", "--dsn", dsn]
     if quick:
         command.append("--quick")
-    say(f"== {name}: {' '.join(command[1:3])} …")
+    label = name + TIMESCALE_SUFFIX if timescale else name
+    say(f"== {label}: {' '.join(command[1:3])} …")
+    outcome = _run(name, command, load)
+    if not timescale:
+        return outcome
+    result = outcome.result
+    if result is not None:
+        result = replace(
+            result,
+            name=label,
+            title=f"{result.title} on TimescaleDB",
+            command=(
+                f".ci/with-timescale sh -c '{result.command} --dsn \"$HISTDATA_TIMESCALE_DSN\"'"
+            ),
+            notes=[
+                "On a private PostgreSQL 15 with TimescaleDB preloaded, started by"
+                " `.ci/with-timescale`: trades and candles are hypertables.",
+                *result.notes,
+            ],
+        )
+    return replace(outcome, name=label, result=result)
+
+
+def _run(name: str, command: list[str], load: float) -> Outcome:
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode == 2:
@@ -91,6 +127,13 @@ def block(outcome: Outcome, where: str, cores: int) -> str:
         *[f"- {note}" for note in result.notes],
     ]
     return "\n".join(lines).rstrip()
+
+
+def _order(row: list[str]) -> tuple[int, bool]:
+    """Summary rows in :data:`BENCHES` order, each bench's TimescaleDB run after its own."""
+    base = row[0].removesuffix(TIMESCALE_SUFFIX)
+    rank = list(BENCHES).index(base) if base in BENCHES else len(BENCHES)
+    return rank, row[0].endswith(TIMESCALE_SUFFIX)
 
 
 def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
@@ -147,10 +190,7 @@ def update_docs(path: Path, outcomes: list[Outcome], where: str) -> list[str]:
             text = updated
     ran = {o.name for o in outcomes}
     kept = [row for row in old_summary(text) if row and row[0] not in ran]
-    rows = sorted(
-        kept + summary_rows(outcomes),
-        key=lambda row: list(BENCHES).index(row[0]) if row[0] in BENCHES else len(BENCHES),
-    )
+    rows = sorted(kept + summary_rows(outcomes), key=_order)
     table = markdown_table(["bench", "figure", "value", "date"], rows, labels=2)
     updated = replace_block(text, SUMMARY, table)
     if updated is None:
@@ -167,6 +207,12 @@ def main() -> int:
         "--dsn",
         default=os.environ.get("HISTDATA_TEST_DSN", ""),
         help="admin DSN allowed to create databases (default $HISTDATA_TEST_DSN)",
+    )
+    parser.add_argument(
+        "--timescale-dsn",
+        default=os.environ.get("HISTDATA_TIMESCALE_DSN", ""),
+        help=f"admin DSN of a TimescaleDB server to run {', '.join(ON_TIMESCALE)} on as well"
+        " (default $HISTDATA_TIMESCALE_DSN)",
     )
     parser.add_argument("--only", help=f"comma-separated subset of {', '.join(BENCHES)}")
     parser.add_argument("--skip", default="", help="comma-separated benches to leave out")
@@ -187,9 +233,16 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown bench(es): {', '.join(sorted(unknown))}")
     where = machine(args.dsn)
-    outcomes = [
-        run_bench(name, args.dsn, quick=args.quick) for name in chosen if name not in skipped
-    ]
+    selected = [name for name in chosen if name not in skipped]
+    outcomes = [run_bench(name, args.dsn, quick=args.quick) for name in selected]
+    if args.timescale_dsn:
+        outcomes += [
+            run_bench(name, args.timescale_dsn, quick=args.quick, timescale=True)
+            for name in selected
+            if name in ON_TIMESCALE
+        ]
+    else:
+        say("no --timescale-dsn: the TimescaleDB runs are left out")
     print(f"\nMachine: {where}. Date {today()}.\n")
     print(markdown_table(["bench", "figure", "value", "date"], summary_rows(outcomes), labels=2))
     docs = None if args.no_docs or (args.quick and args.docs is None) else args.docs or DOCS

@@ -40,6 +40,8 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 
+from histdata.storage.migrations import timescale_available
+
 __all__ = [
     "Result",
     "SimProcess",
@@ -155,8 +157,14 @@ def machine(dsn: str) -> str:
         timescale = conn.execute(
             "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
         ).fetchone()
+        preloaded = timescale_available(conn)
     server = f"PostgreSQL {version[0].split()[0] if version else '?'}"
-    flavour = f"TimescaleDB {timescale[0]} available" if timescale else "plain (no TimescaleDB)"
+    if preloaded and timescale:
+        flavour = f"TimescaleDB {timescale[0]} preloaded (hypertables)"
+    elif timescale:
+        flavour = f"plain tables (TimescaleDB {timescale[0]} installed, not preloaded)"
+    else:
+        flavour = "plain tables (no TimescaleDB)"
     return f"{cpu}, {os.cpu_count()} cores, {memory} RAM; {server}, {flavour}"
 
 

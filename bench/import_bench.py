@@ -9,7 +9,8 @@ The DSN must be allowed to create databases; two throwaway databases are created
 The file is a generated 3-column Kraken trades file (time,price,volume; many trades share a
 second). The baseline loads it with ``psql \\copy`` into a table with the same columns (time
 kept as the file's integer seconds) and an index on the same key columns as ``trades_key``, so
-both sides pay for one btree; it does no validation, no duplicate check and no ``seq``
+both sides pay for one btree (on a server with TimescaleDB preloaded, both tables are
+hypertables of 1-day chunks); it does no validation, no duplicate check and no ``seq``
 numbering. histdata's run is the full pipeline: sniffing, exact parsing and validation, seq
 numbering, coverage, and per block of ~270,000 rows either ``COPY`` straight into ``trades``
 (the block's seconds hold no stored trade) or the cross-source check, staging and
@@ -38,6 +39,7 @@ from bench.common import Result, add_common_arguments, emit, machine, say, scrat
 from histdata.importer import import_paths
 from histdata.logs import configure_logging
 from histdata.storage import migrate, open_storage
+from histdata.storage.migrations import timescale_available
 
 
 def generate(path: Path, rows: int, *, seed: int = 1) -> None:
@@ -66,6 +68,13 @@ def bench_psql(dsn: str, path: Path) -> float:
             " seq int4 NOT NULL DEFAULT 0)"
         )
         conn.execute("CREATE INDEX raw_trades_key ON raw_trades (symbol_id, time, trade_id, seq)")
+        if timescale_available(conn):
+            # histdata's trades is then a hypertable of 1-day chunks: so is the baseline.
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            conn.execute(
+                "SELECT create_hypertable('raw_trades', 'time', chunk_time_interval => 86400,"
+                " create_default_indexes => false)"
+            )
     started = time.perf_counter()
     subprocess.run(
         ["psql", dsn, "-q", "-c", f"\\copy raw_trades (time, price, volume) FROM '{path}' CSV"],
