@@ -385,6 +385,29 @@ class TestGaps:
         expected = [t for t in truth if since <= t.time < until]
         assert identity(stored_trades(database_url, since, until)) == identity(expected)
 
+    def test_live_tail_still_being_recorded_is_no_hole(
+        self, cli: Callable[..., Outcome], database_url: str
+    ) -> None:
+        """Coverage that reaches a few seconds ago, as a running service leaves it, reports
+        no gaps by default: the default end lags now by a minute."""
+        now = datetime.now(UTC)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO symbols (symbol, rest_key, altname, wsname, price_decimals,"
+                " volume_decimals) VALUES ('BTC/USD', 'XXBTZUSD', 'XBTUSD', 'XBT/USD', 1, 8)"
+                " ON CONFLICT DO NOTHING"
+            )
+            for stream in ("trades", "candles"):
+                conn.execute(
+                    "INSERT INTO coverage (symbol_id, stream, source, during)"
+                    " SELECT id, %s, 'live', tstzrange(%s, %s) FROM symbols"
+                    " WHERE symbol = 'BTC/USD'",
+                    (stream, now - timedelta(minutes=10), now - timedelta(seconds=3)),
+                )
+        result = cli("gaps", SYMBOL, "--since", iso(now - timedelta(minutes=9)))
+        assert result.status == 0, result.out
+        assert result.out.count("  no gaps") == 2
+
     def test_bad_time_says_what_is_accepted(
         self, cli: Callable[..., Outcome], capsys: pytest.CaptureFixture[str]
     ) -> None:

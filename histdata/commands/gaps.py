@@ -8,6 +8,9 @@ longer serve it) and, at ``--interval`` granularity, the observed ranges with no
 ``--repair`` the holes are first repaired from Kraken's REST API (trades, then candles from
 REST OHLC or derived from trades), and the report shows what is left.
 
+Without ``--end`` the report stops a minute ago: a running service records coverage a second
+or two behind the feed, so a report up to the present second would always end in a hole.
+
 Exit status: 0 when no hole remains, 3 when some do (so scripts can alert on it).
 """
 
@@ -31,6 +34,9 @@ __all__ = ["configure", "main", "render_report"]
 
 _STREAMS: tuple[Stream, ...] = ("trades", "candles")
 _EXIT_HOLES = 3
+# The default end lags now by this much: the live coverage of the last seconds is still on
+# its way to the database (marked every second, written with the next batch).
+_SETTLING = timedelta(minutes=1)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +57,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="ISO 8601 or Unix seconds (default: end minus [gapfill] lookback_days)",
     )
     parser.add_argument(
-        "--end", "--until", type=time_arg, help="ISO 8601 or Unix seconds (default: now)"
+        "--end",
+        "--until",
+        type=time_arg,
+        help="ISO 8601 or Unix seconds (default: a minute ago; the newest seconds are still"
+        " being recorded)",
     )
     parser.add_argument(
         "--stream", choices=(*_STREAMS, "both"), default="both", help="(default: both)"
@@ -140,12 +150,12 @@ def main(args: argparse.Namespace) -> int:
         DatabaseUnavailable: the database refused the connection.
     """
     config = setup(args)
-    end = args.end or utc_now()
+    end = args.end or utc_now() - _SETTLING
     start = args.start or end - timedelta(days=config.gapfill.lookback_days)
     if start >= end:
         print(
             f"histdata gaps: the range {format_time(start)} .. {format_time(end)} is empty;"
-            " --start must be earlier than --end (default: now)",
+            " --start must be earlier than --end (default: a minute ago)",
             file=sys.stderr,
         )
         return 2
