@@ -331,12 +331,18 @@ class Storage:
         *,
         coverage: Sequence[tuple[str, CoverageSpan]] = (),
     ) -> WriteResult | None:
-        """``COPY`` id-less CSV trades straight into ``trades`` if ``[start, end)`` has none.
+        """``COPY`` id-less CSV trades into ``trades`` unless ``[start, end)`` holds a trade
+        with a Kraken id.
 
-        The bulk twin of :meth:`write_trades` for the importer: with no stored trade of
-        ``symbol`` in the range there is nothing to deduplicate against, so the rows skip the
-        staging table and ``ON CONFLICT``. Returns None, having written nothing, when the range
-        holds a trade (or a concurrent writer stored one of these keys first); the caller then
+        The bulk twin of :meth:`write_trades` for the importer. With no stored trade of
+        ``symbol`` in the range there is nothing to deduplicate against, so the rows go
+        straight into ``trades``. With only id-less (CSV) trades there (a re-import, or the
+        re-run of an interrupted one), the rows go through a staging table and
+        ``ON CONFLICT DO NOTHING``: an id-less trade is the same trade exactly when its key
+        (time, seq) is, so that is the whole check :meth:`write_trades` would make. Returns
+        None, having written nothing, when the range holds a trade with an id (the
+        cross-source check of :func:`~histdata.storage.history.drop_cross_source_duplicates`
+        is needed) or a concurrent writer stored one of these keys first; the caller then
         writes the rows with :meth:`write_trades`.
 
         ``rows_csv`` holds ``rows`` lines ``symbol_id,time,price,volume,seq,source``: the id
@@ -362,25 +368,45 @@ class Storage:
         coverage: Sequence[tuple[str, CoverageSpan]],
     ) -> WriteResult | None:
         sid = self.symbol_id(conn, symbol)
-        stored = conn.execute(
-            "SELECT EXISTS (SELECT FROM trades WHERE symbol_id = %s AND time >= %s AND time < %s)",
-            (sid, start, end),
+        found = conn.execute(
+            "SELECT EXISTS (SELECT FROM trades WHERE symbol_id = %(sid)s AND time >= %(s)s"
+            "  AND time < %(e)s),"
+            " EXISTS (SELECT FROM trades WHERE symbol_id = %(sid)s AND time >= %(s)s"
+            "  AND time < %(e)s AND trade_id IS NOT NULL)",
+            {"sid": sid, "s": start, "e": end},
         ).fetchone()
-        if stored is None or stored[0]:
+        if found is None or found[1]:
             return None
+        stored = bool(found[0])
         conn.execute("SET LOCAL TimeZone = 'UTC'")  # the rows' times carry no zone
+        if stored:
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _stage_csv_trades (symbol_id int2,"
+                ' time timestamptz, price numeric, volume numeric, seq int4, source "char")'
+                " ON COMMIT DELETE ROWS"
+            )
+        target = "_stage_csv_trades" if stored else "trades"
         data = memoryview(rows_csv)
         with conn.cursor() as cur:
             with cur.copy(
-                "COPY trades (symbol_id, time, price, volume, seq, source) FROM STDIN (FORMAT csv)"
+                f"COPY {target} (symbol_id, time, price, volume, seq, source)"
+                " FROM STDIN (FORMAT csv)"
             ) as copy:
                 for offset in range(0, len(data), _COPY_WRITE_BYTES):
                     copy.write(data[offset : offset + _COPY_WRITE_BYTES])
             if cur.rowcount != rows:
                 raise ValueError(f"COPY stored {cur.rowcount} trades, expected {rows}")
+            inserted = rows
+            if stored:
+                cur.execute(
+                    "INSERT INTO trades (symbol_id, time, price, volume, seq, source)"
+                    " SELECT symbol_id, time, price, volume, seq, source FROM _stage_csv_trades"
+                    " ON CONFLICT DO NOTHING"
+                )
+                inserted = max(cur.rowcount, 0)
         for covered_symbol, span in coverage:
             self._add_coverage(conn, covered_symbol, span)
-        return WriteResult(inserted=rows, present=0)
+        return WriteResult(inserted=inserted, present=rows - inserted)
 
     async def read_trades(
         self, symbol: str, start: datetime, end: datetime, *, limit: int | None = None

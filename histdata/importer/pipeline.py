@@ -9,9 +9,10 @@ What goes where:
 
 - 3-column trades are read in blocks of whole seconds (:mod:`~histdata.importer.columnar`).
   A block whose every line is plainly valid and in time order, and whose seconds hold no
-  stored trade of the pair, is copied straight into ``trades`` as text
-  (:meth:`Storage.copy_new_trades`): nothing there to deduplicate against. Any other block
-  (a re-import, an overlap with REST/live trades, a bad or out-of-order line) takes the
+  stored trade of the pair with a Kraken id, is copied in as text
+  (:meth:`Storage.copy_new_trades`): straight into ``trades`` when its seconds are empty,
+  through a staging table and ``ON CONFLICT`` when they hold id-less trades (a re-import).
+  Any other block (an overlap with REST/live trades, a bad or out-of-order line) takes the
   general path below, in ``batch_rows`` pieces, with identical results.
 - Trades (3- and 7-column) go through :meth:`Storage.write_trades` (``source="csv"``) with
   their trades coverage in the same transaction, after
@@ -430,7 +431,8 @@ class _Writer:
         self.present += written.unchanged
 
     async def _write_block(self, block: TradeBlock, copy_csv: memoryview | None) -> None:
-        """COPY the block straight in when its seconds hold no stored trade, else as rows."""
+        """COPY the block in when its seconds hold no stored trade with a Kraken id (see
+        :meth:`Storage.copy_new_trades`), else write it as rows with the cross-source check."""
         low_s, high_s = block.first_s, block.last_s + 1
         low, high = ns_to_datetime(low_s * NS_PER_S), ns_to_datetime(high_s * NS_PER_S)
         if copy_csv is not None:
@@ -446,6 +448,7 @@ class _Writer:
             )
             if result is not None:
                 self.inserted += result.inserted
+                self.present += result.present
                 return
             self._covered_to = covered  # nothing was written: the span is claimed again
         # As rows, in batches of batch_rows: a block's Trades would take ~1 KB of memory each.
