@@ -3,10 +3,11 @@
 An interval of ``n`` minutes is served from the largest stored interval ``b`` that divides it
 (:data:`~histdata.timeutil.STORED_INTERVALS`; 1m is ``candles_1m``, the rest
 ``candles_rollup``). Buckets of ``b`` that a pending ``rollup_dirty`` range touches are not
-taken from ``candles_rollup`` but computed on the fly from 1-minute candles, inside the same
-statement (one snapshot), so a read issued before the rollup actor has run is already
-correct. When ``n > b`` the ``b`` buckets are aggregated to ``n`` in SQL. Buckets are aligned
-as described in :mod:`histdata.storage.rollups` (weeks start Monday 00:00 UTC).
+taken from ``candles_rollup`` but computed on the fly from 1-minute candles, in the same
+snapshot as the probe that found the dirty range, so a read issued before the rollup actor
+has run is already correct. When ``n > b`` the ``b`` buckets are aggregated to ``n`` in SQL.
+Buckets are aligned as described in :mod:`histdata.storage.rollups` (weeks start Monday
+00:00 UTC).
 
 A candle is returned when its bucket *start* is in ``[start, end)``. Values are returned as
 the text PostgreSQL prints for the ``numeric`` (exact; scale as stored). The VWAP of an
@@ -16,7 +17,8 @@ no vwap or the volume is zero. 1-minute candles carry their stored vwap unchange
 
 Large ranges are streamed: :func:`iter_candle_rows` clamps the range to the stored data and
 then reads windows of at most ``chunk`` buckets, one statement each, so memory stays flat.
-Every read runs in a ``READ ONLY`` transaction, under the read-only role when one is given.
+Every window is read in one ``REPEATABLE READ, READ ONLY`` transaction (one snapshot), under
+the read-only role when one is given.
 """
 
 from __future__ import annotations
@@ -69,6 +71,19 @@ def base_interval(minutes: int) -> int:
     return max(b for b in STORED_INTERVALS if minutes % b == 0)
 
 
+# The b-buckets of [S, E) when no dirty range touches them (the usual case): the stored rollups.
+_BASE_STORED = """
+base AS (
+    SELECT time, open, high, low, close, volume, pv, pv IS NULL AS no_pv, trades, vwap
+      FROM candles_rollup
+     WHERE symbol_id = %(sid)s AND interval_min = %(b_min)s AND time >= %(s)s AND time < %(e)s
+)
+"""
+# Whether a dirty range touches [S, E): it decides between the query above and the one below.
+_DIRTY_PROBE = (
+    "SELECT EXISTS (SELECT FROM rollup_dirty"
+    " WHERE symbol_id = %(sid)s AND start_time < %(e)s AND end_time > %(s)s)"
+)
 # The b-buckets of [S, E): stored rollups outside pending dirty ranges, plus the dirty ones
 # recomputed from 1m. The dirty ranges are widened to b-bucket edges first. The dirty test is
 # a scalar subquery (evaluated once), not a join, so the rollup rows come straight off the
@@ -126,8 +141,9 @@ _TIME_COLUMNS = (
 )
 
 
-def _query(n: int, b: int) -> bytes:
-    head = "WITH " + (_BASE_1M if b == 1 else _BASE_ROLLUP)
+def _query(n: int, b: int, dirty: bool) -> bytes:
+    base = _BASE_1M if b == 1 else _BASE_ROLLUP if dirty else _BASE_STORED
+    head = "WITH " + base
     if n == b:  # 1m rows carry their own vwap, stored rollups and fresh buckets theirs
         tail = f"SELECT {_TIME_COLUMNS} vwap::text, trades FROM base ORDER BY time"
     else:
@@ -137,14 +153,15 @@ def _query(n: int, b: int) -> bytes:
     return (head + tail).encode()
 
 
-_QUERIES: dict[tuple[int, int], bytes] = {}
+_QUERIES: dict[tuple[int, int, bool], bytes] = {}
 
 
 def _begin(conn: Connection, options: ReadOptions) -> None:
-    # One round trip. The planner's guess for the dirty-range branch is huge and empty in
-    # practice; with JIT on, compiling for it costs 20-300 ms on a query that runs in a few
-    # milliseconds.
-    conn.execute("SET TRANSACTION READ ONLY; SET LOCAL jit = off")
+    # One round trip. One snapshot for every statement of the read (the dirty-range probe
+    # and the window it chooses the query for). The planner's guess for the dirty-range
+    # branch is huge; with JIT on, compiling for it costs 20-300 ms on a query that runs in
+    # a few milliseconds.
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off")
     if options.role:
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(options.role)))
 
@@ -195,9 +212,6 @@ def _window(
 
 def _read_window(conn: Connection, sid: int, n: int, s: datetime, e: datetime) -> list[CandleRow]:
     b = base_interval(n)
-    query = _QUERIES.get((n, b))
-    if query is None:
-        query = _QUERIES.setdefault((n, b), _query(n, b))
     params = {
         "sid": sid,
         "s": s,
@@ -207,6 +221,14 @@ def _read_window(conn: Connection, sid: int, n: int, s: datetime, e: datetime) -
         "n": timedelta(minutes=n),
         "origin": BUCKET_ORIGIN,
     }
+    # Without pending dirty ranges the rollup rows are read as stored: no plan for the
+    # recomputation from 1-minute candles (on TimescaleDB, planning it over every chunk of
+    # candles_1m took longer than the read) and no sort to merge it.
+    dirty = b > 1 and bool(conn.execute(_DIRTY_PROBE, params).fetchone()[0])  # type: ignore[index]
+    key = (n, b, dirty)
+    query = _QUERIES.get(key)
+    if query is None:
+        query = _QUERIES.setdefault(key, _query(*key))
     with conn.cursor() as cur:
         cur.execute(query, params, prepare=True)
         return cur.fetchall()
@@ -219,7 +241,11 @@ def _plan(
     n: int,
     start: datetime,
     end: datetime,
+    span: timedelta,
 ) -> tuple[int, datetime, datetime] | None:
+    """The symbol id and the range to read in windows of ``span``: the aligned range clamped
+    to the stored data, or left as it is when it fits one window (the clamp would cost more
+    than it saves: on TimescaleDB its four min/max probes plan over every chunk)."""
     _begin(conn, options)
     sid = _lookup(conn, symbol)
     if sid is None:
@@ -227,6 +253,8 @@ def _plan(
     s, e = _aligned(start, end, n)
     if s >= e:
         return None
+    if e - s <= span:
+        return sid, s, e
     found = _extent(conn, sid, base_interval(n), s, e)
     if found is None:
         return None
@@ -245,7 +273,7 @@ def _plan_and_read(
 ) -> tuple[tuple[int, datetime, datetime], list[CandleRow]] | None:
     """:func:`_plan`, then the first window of up to ``span`` in the same transaction (most
     reads fit one window: one thread hop and one snapshot instead of two)."""
-    plan = _plan(conn, options, symbol, n, start, end)
+    plan = _plan(conn, options, symbol, n, start, end, span)
     if plan is None:
         return None
     sid, low, high = plan
