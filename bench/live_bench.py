@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python -m bench.live_bench [--dsn DSN] [--rates 2000,5000,10000,20000]
+    .venv/bin/python -m bench.live_bench [--dsn DSN] [--rates 2000,5000,10000,20000,40000]
         [--duration-s 30] [--symbols BTC/USD,ETH/USD,SOL/USD,XRP/USD] [--json] [--quick]
 
 Three processes per step, so none shares a GIL with another: the simulator
@@ -382,7 +382,7 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--rates", help="trades/s steps, comma-separated (default 2k..20k)")
+    parser.add_argument("--rates", help="trades/s steps, comma-separated (default 2k..40k)")
     parser.add_argument("--duration-s", type=float, help="seconds of trading per step")
     parser.add_argument(
         "--symbols",
@@ -396,7 +396,7 @@ def main() -> None:
     if not args.dsn:
         parser.error("--dsn (or HISTDATA_TEST_DSN) is required")
     if args.rates is None:
-        args.rates = "2000,5000" if args.quick else "2000,5000,10000,20000"
+        args.rates = "2000,5000" if args.quick else "2000,5000,10000,20000,40000"
     if args.duration_s is None:
         args.duration_s = 8.0 if args.quick else 30.0
     rates = [int(r) for r in args.rates.split(",")]
