@@ -147,8 +147,7 @@ def result(figures: dict[str, float], rows: int, size_mb: float, where: str) -> 
     return Result(
         name="import",
         title="Import",
-        command=shlex.join([".venv/bin/python", "-m", "bench.import_bench", "--rows", str(rows)])
-        + ' --dsn "host=127.0.0.1 user=postgres dbname=postgres"',
+        command=shlex.join([".venv/bin/python", "-m", "bench.import_bench", "--rows", str(rows)]),
         columns=["run", "seconds", "rows/s", "vs psql's rate", "histdata peak RSS"],
         rows=[
             row("`psql \\copy` into an identically indexed table", figures["psql_s"], None),
