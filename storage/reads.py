@@ -15,8 +15,9 @@ aggregated bucket is ``sum(vwap·volume) / sum(volume)`` computed from exact sum
 half-up to :data:`VWAP_DECIMALS` places (trailing zeros trimmed); it is NULL when a child has
 no vwap or the volume is zero. 1-minute candles carry their stored vwap unchanged.
 
-Large ranges are streamed: :func:`iter_candle_rows` clamps the range to the stored data and
-then reads windows of at most ``chunk`` buckets, one statement each, so memory stays flat.
+Large ranges are streamed: :func:`iter_candle_rows` clamps a range longer than one window to
+the stored data and reads windows of at most ``chunk`` buckets, one statement each, so memory
+stays flat.
 Every window is read in one ``REPEATABLE READ, READ ONLY`` transaction (one snapshot), under
 the read-only role when one is given.
 """
@@ -85,9 +86,8 @@ _DIRTY_PROBE = (
     " WHERE symbol_id = %(sid)s AND start_time < %(e)s AND end_time > %(s)s)"
 )
 # The b-buckets of [S, E): stored rollups outside pending dirty ranges, plus the dirty ones
-# recomputed from 1m. The dirty ranges are widened to b-bucket edges first. The dirty test is
-# a scalar subquery (evaluated once), not a join, so the rollup rows come straight off the
-# primary key in time order and the union needs no sort.
+# recomputed from 1m. The dirty ranges are widened to b-bucket edges first; the dirty test
+# on the stored rows is a scalar subquery, evaluated once.
 _BASE_ROLLUP = f"""
 dirty AS (
     SELECT range_agg(tstzrange(
