@@ -49,11 +49,10 @@ from histdata.formats import (
     Format,
     candle_encoder,
     trade_encoder,
-    trade_row,
 )
 from histdata.httpserver import Request, Response, open_unix_listener, serve_http
 from histdata.storage import Storage
-from histdata.storage.reads import ReadOptions, iter_candle_rows, symbol_extent
+from histdata.storage.reads import ReadOptions, iter_candle_rows, iter_trade_rows, symbol_extent
 from histdata.symbols import SymbolRegistry
 from histdata.timeutil import format_time, parse_interval, parse_time
 
@@ -256,9 +255,7 @@ class QueryApp:
         reply = await self.handle(request.method, request.path, request.query)
         return Response(reply.status, (("content-type", reply.content_type),), reply.body)
 
-    async def _stream_body(
-        self, encoder: Encoder, chunks: AsyncIterator[list[Any]], convert: bool
-    ) -> Body:
+    async def _stream_body(self, encoder: Encoder, chunks: AsyncIterator[list[Any]]) -> Body:
         """Read the first chunk now (errors become a status), stream the rest."""
         first = await anext(chunks, None)
 
@@ -266,10 +263,10 @@ class QueryApp:
             try:
                 yield encoder.begin()
                 if first is not None:
-                    yield encoder.rows([trade_row(t) for t in first] if convert else first)
+                    yield encoder.rows(first)
                 try:
                     async for rows in chunks:
-                        yield encoder.rows([trade_row(t) for t in rows] if convert else rows)
+                        yield encoder.rows(rows)
                 except DatabaseUnavailable as exc:
                     self.failures += 1
                     _log.warning("read failed mid-body: database unavailable", error=str(exc))
@@ -290,7 +287,7 @@ class QueryApp:
         chunks = iter_candle_rows(
             self._storage, symbol, interval, start, end, chunk=self._chunk, options=self._options
         )
-        return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks, False))
+        return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks))
 
     async def _trades(self, query: Mapping[str, list[str]]) -> Reply:
         p = _Params(query, ("symbol", "start", "end", "format"))
@@ -298,8 +295,10 @@ class QueryApp:
         start, end = p.range()
         fmt = p.fmt()
         encoder = trade_encoder(fmt, symbol)
-        chunks = self._storage.iter_trades(symbol, start, end, chunk=self._chunk)
-        return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks, True))
+        chunks = iter_trade_rows(
+            self._storage, symbol, start, end, chunk=self._chunk, options=self._options
+        )
+        return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks))
 
     async def _symbols(self, query: Mapping[str, list[str]]) -> Reply:
         _Params(query, ())

@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 
 from histdata.model import Candle, Trade, datetime_to_ns
-from histdata.storage.reads import CandleRow
+from histdata.storage.reads import CandleRow, TradeRow
 from histdata.timeutil import format_interval, format_time
 
 __all__ = [
@@ -55,8 +55,6 @@ CONTENT_TYPES: dict[str, str] = {
 CANDLE_FIELDS = ("time", "open", "high", "low", "close", "volume", "vwap", "trades")
 TRADE_FIELDS = ("time", "price", "volume", "side", "trade_id")
 
-# (Unix ns, ISO time, price, volume, side or None, trade_id or None)
-TradeRow = tuple[int, str, str, str, str | None, int | None]
 
 _CANDLE_SCHEMA = pa.schema(
     [

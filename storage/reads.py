@@ -26,15 +26,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
 
 from histdata.model import Candle, CandleSource
-from histdata.storage.database import Storage
+from histdata.storage.database import KEY_ORDER_SCAN, TRADE_KEYSET, TRADE_ORDER, Storage
 from histdata.storage.rollups import BUCKET_ORIGIN, VWAP_DECIMALS, bucket_floor, vwap_sql
 from histdata.timeutil import STORED_INTERVALS, parse_time
 
@@ -42,8 +42,10 @@ __all__ = [
     "VWAP_DECIMALS",
     "CandleRow",
     "ReadOptions",
+    "TradeRow",
     "base_interval",
     "iter_candle_rows",
+    "iter_trade_rows",
     "latest_candle_row",
     "read_candles",
     "row_to_candle",
@@ -55,6 +57,9 @@ Connection = psycopg.Connection[Any]
 # (epoch µs, ISO time with Z, open, high, low, close, volume, vwap or None, trades). Text, not
 # Decimal: the socket formats write these strings as they are, which is exact and fast.
 CandleRow = tuple[int, str, str, str, str, str, str, str | None, int]
+# (Unix ns, ISO time with Z and 0, 6 or 9 fraction digits, price, volume, side or None, trade
+# id or None), text as for candles.
+TradeRow = tuple[int, str, str, str, str | None, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,3 +422,74 @@ async def symbol_extent(
         }
 
     return await storage.run(query)
+
+
+# A trade's time is ``time`` (µs) plus ``time_ns`` (0..999 ns below it); the ISO text has 9
+# fraction digits when there are nanoseconds, 6 when there are microseconds, else none (as
+# histdata.formats.format_time_ns). The trailing ``seq`` is the keyset, cut before yielding.
+_UTC_TIME = "time AT TIME ZONE 'UTC'"
+_TRADE_PAGE = (
+    "SELECT (extract(epoch FROM time) * 1000000)::int8 * 1000 + time_ns,"
+    f" to_char({_UTC_TIME}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+    f" || CASE WHEN time_ns <> 0 THEN to_char({_UTC_TIME}, '.US') || lpad(time_ns::text, 3, '0')"
+    f"  WHEN to_char({_UTC_TIME}, 'US') <> '000000' THEN to_char({_UTC_TIME}, '.US')"
+    "  ELSE '' END || 'Z',"
+    " price::text, volume::text, CASE side WHEN 'b' THEN 'buy' WHEN 's' THEN 'sell' END,"
+    " trade_id, seq"
+    " FROM trades WHERE symbol_id = %(sid)s AND time >= %(s)s AND time < %(e)s"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _trade_page(
+    conn: Connection,
+    options: ReadOptions,
+    symbol: str,
+    start: datetime,
+    end: datetime,
+    limit: int,
+    after: tuple[datetime, int | None, int] | None,
+) -> list[tuple[Any, ...]] | None:
+    _begin(conn, options)
+    conn.execute(KEY_ORDER_SCAN)
+    sid = _lookup(conn, symbol)
+    if sid is None:
+        return None
+    params: dict[str, Any] = {"sid": sid, "s": start, "e": end, "n": limit}
+    query = _TRADE_PAGE
+    if after is not None:
+        query += TRADE_KEYSET
+        params.update(t=after[0], id=after[1], seq=after[2])
+    with conn.cursor() as cur:
+        cur.execute((query + TRADE_ORDER).encode(), params, prepare=True)
+        return cur.fetchall()
+
+
+async def iter_trade_rows(
+    storage: Storage,
+    symbol: str,
+    start: datetime,
+    end: datetime,
+    *,
+    chunk: int = 50_000,
+    options: ReadOptions = _DEFAULT,
+) -> AsyncIterator[list[TradeRow]]:
+    """Yield the trades of ``symbol`` with ``start <= time < end`` in trade order, as text rows
+    the socket formats write without building a :class:`~histdata.model.Trade` per row.
+
+    ``symbol`` is the canonical name; one with no stored rows yields nothing. Each list is
+    one keyset-paged statement of at most ``chunk`` rows, so memory stays flat.
+
+    Raises:
+        DatabaseUnavailable: the database could not be reached.
+    """
+    after: tuple[datetime, int | None, int] | None = None
+    while True:
+        rows = await storage.run(_trade_page, options, symbol, start, end, chunk, after)
+        if not rows:
+            return
+        yield cast(list[TradeRow], [row[:6] for row in rows])
+        if len(rows) < chunk:
+            return
+        ns, trade_id, seq = rows[-1][0], rows[-1][5], rows[-1][6]
+        after = (_EPOCH + timedelta(microseconds=ns // 1000), trade_id, seq)

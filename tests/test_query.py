@@ -24,8 +24,10 @@ from test_flusher import Outage  # type: ignore[import-not-found]
 from histdata.actors.hub import DROP_SLOW, LiveHub
 from histdata.actors.query import QueryApp, Reply
 from histdata.errors import DatabaseUnavailable
+from histdata.formats import trade_row
 from histdata.model import Candle, CandleSource, Side, Trade
 from histdata.storage import CoverageSpan, Storage
+from histdata.storage.reads import iter_trade_rows
 from histdata.symbols import SymbolRegistry
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
@@ -183,6 +185,31 @@ class TestTrades:
             table = pa.ipc.open_stream(io.BytesIO(body)).read_all()
             assert table.column("trade_id").to_pylist() == [1000, None, 1002, 1003, 1004]
             assert table.column("time").cast(pa.int64())[1].as_py() % 10**9 == 100
+
+    async def test_text_rows_equal_the_stored_trades_across_pages(self, storage: Storage) -> None:
+        """The socket's trade rows, built in SQL, are exactly what ``trade_row`` makes of the
+        stored trades: ns, µs and whole-second times, sides, ids, scale; pages of 2 break
+        inside runs of same-time trades without losing or repeating one."""
+        base = int(T0.timestamp()) * 10**9
+        with_ids = [
+            Trade("BTC/USD", base, Decimal("100.50"), Decimal("0.00100000"), Side.BUY, trade_id=1),
+            Trade("BTC/USD", base + 5_000, Decimal("7"), Decimal("1E-8"), Side.SELL, trade_id=2),
+            Trade("BTC/USD", base + 123_456_789, Decimal("42000.1"), Decimal("3"), trade_id=3),
+            Trade("BTC/USD", base + 123_456_789, Decimal("42000.2"), Decimal("3"), trade_id=4),
+        ]
+        idless = [
+            Trade("BTC/USD", base + 2 * 10**9, Decimal(p), Decimal("1"), seq=i)
+            for i, p in enumerate(["1", "1.0", "1.00"])
+        ]
+        await storage.write_trades(with_ids, source="rest")
+        await storage.write_trades(idless, source="csv")
+        end = T0 + timedelta(seconds=3)
+        expected = [trade_row(t) for t in await storage.read_trades("BTC/USD", T0, end)]
+        pages = [page async for page in iter_trade_rows(storage, "BTC/USD", T0, end, chunk=2)]
+        assert [len(page) for page in pages] == [2, 2, 2, 1]
+        assert [row for page in pages for row in page] == expected
+        assert expected[1][1] == "2024-03-04T00:00:00.000005Z"
+        assert expected[2][1] == "2024-03-04T00:00:00.123456789Z"
 
 
 class TestOtherEndpoints:

@@ -27,8 +27,8 @@ from histdata.client import socket_transport
 from histdata.commands.common import open_command_storage, setup
 from histdata.config import Config
 from histdata.errors import UnknownSymbol
-from histdata.formats import FORMATS, candle_encoder, trade_encoder, trade_row
-from histdata.storage.reads import iter_candle_rows
+from histdata.formats import FORMATS, candle_encoder, trade_encoder
+from histdata.storage.reads import iter_candle_rows, iter_trade_rows
 from histdata.symbols import SymbolRegistry
 from histdata.timeutil import format_time, parse_interval, parse_time, utc_now
 
@@ -95,8 +95,8 @@ async def _direct(args: argparse.Namespace, config: Config, out: BinaryIO) -> in
         else:
             encoder = trade_encoder(args.format, symbol)
             out.write(encoder.begin())
-            async for chunk in storage.iter_trades(symbol, start, end):
-                out.write(encoder.rows([trade_row(t) for t in chunk]))
+            async for trade_rows in iter_trade_rows(storage, symbol, start, end):
+                out.write(encoder.rows(trade_rows))
         out.write(encoder.end())
     out.flush()
     return 0
