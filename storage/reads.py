@@ -26,14 +26,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
 import psycopg
 from psycopg import sql
 
-from histdata.model import Candle, CandleSource
+from histdata.model import Candle, CandleSource, ns_to_datetime
 from histdata.storage.database import KEY_ORDER_SCAN, TRADE_KEYSET, TRADE_ORDER, Storage
 from histdata.storage.rollups import BUCKET_ORIGIN, VWAP_DECIMALS, bucket_floor, vwap_sql
 from histdata.timeutil import STORED_INTERVALS, parse_time
@@ -438,7 +438,6 @@ _TRADE_PAGE = (
     " trade_id, seq"
     " FROM trades WHERE symbol_id = %(sid)s AND time >= %(s)s AND time < %(e)s"
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _trade_page(
@@ -492,4 +491,4 @@ async def iter_trade_rows(
         if len(rows) < chunk:
             return
         ns, trade_id, seq = rows[-1][0], rows[-1][5], rows[-1][6]
-        after = (_EPOCH + timedelta(microseconds=ns // 1000), trade_id, seq)
+        after = (ns_to_datetime(ns), trade_id, seq)
