@@ -24,9 +24,11 @@ session, and why:
   ``publish`` (the live hub) as they arrive; the hub never blocks, so stream clients cannot
   slow ingestion.
 - **Coverage.** About once a second the feed sends a :class:`~histdata.actors.buffer.CoverageMark`
-  with the wall-clock span it has observed per symbol and stream, starting when the session's
-  subscriptions were acknowledged. The hole between two sessions is never covered, so
-  ``gaps`` shows it until it is repaired.
+  behind the trades it has queued, with what :class:`~histdata.actors.claims.Claims` allows:
+  per symbol and stream, up to the exchange time of the newest item received, and quiet time
+  only while the session is provably current. Never the receive clock: trades still in flight
+  when a session ends must never lie inside a claim. The hole between two sessions is never
+  covered, so ``gaps`` shows it until it is repaired.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 import trio
 
 from histdata.actors.buffer import CoverageMark, LiveItem
+from histdata.actors.claims import ClaimRule, Claims
 from histdata.errors import RejectedInput, TransientError
 from histdata.kraken.parse import KrakenRequestError
 from histdata.kraken.ws import (
@@ -55,7 +57,7 @@ from histdata.kraken.ws import (
     open_kraken_ws,
 )
 from histdata.model import Candle, Trade
-from histdata.storage import CoverageSpan, Stream
+from histdata.storage import Stream
 from histdata.supervisor import Backoff, Channel, current_child_stopping
 from histdata.symbols import SymbolRegistry
 
@@ -135,6 +137,7 @@ class FeedStatistics:
     failed_subscriptions: dict[str, str]
     subscribed_since: float | None
     last_message_at: float | None
+    lag_s: float | None  # how far the newest trade frame lagged Kraken's time (None: offline)
     last_trade_at: dict[str, float]
     system_status: str | None
 
@@ -159,6 +162,7 @@ class Feed:
         stale_after_s: float = 10.0,
         ping_interval_s: float = 15.0,
         mark_interval_s: float = 1.0,
+        claim_rule: ClaimRule | None = None,
         backoff: Backoff | None = None,
         max_connects: int = 140,
         connect_window_s: float = 600.0,
@@ -175,6 +179,7 @@ class Feed:
         self.stale_after_s = stale_after_s
         self.ping_interval_s = ping_interval_s
         self.mark_interval_s = mark_interval_s
+        self.claim_rule = claim_rule if claim_rule is not None else ClaimRule()
         # Kraken: reconnect at once after a random drop, but wait at least 5 s when it keeps
         # failing (maintenance, long outage); the delays reach 5 s on the fourth attempt.
         self._backoff = backoff if backoff is not None else Backoff(0.5, 60.0)
@@ -198,6 +203,7 @@ class Feed:
         self._last_trade_at: dict[str, float] = {}
         self._system: str | None = None
         self._immediate_retry = False
+        self._claims: Claims | None = None
 
     def statistics(self) -> FeedStatistics:
         """A snapshot of the feed's counters and connection state."""
@@ -214,6 +220,7 @@ class Feed:
             failed_subscriptions=dict(self._failed),
             subscribed_since=self._subscribed_since,
             last_message_at=self._last_message_at,
+            lag_s=self._claims.lag_s if self._claims is not None and self._connected else None,
             last_trade_at=dict(self._last_trade_at),
             system_status=self._system,
         )
@@ -304,7 +311,7 @@ class Feed:
             (symbol, "trades" if channel == "trade" else "candles")
             for channel, symbol in sorted(conn.subscribed)
         ]
-        mark_from = started
+        claims = self._claims = Claims(streams, int(started * 1e9), self.claim_rule)
         loss_before = self._loss()
         next_mark = trio.current_time() + self.mark_interval_s
         try:
@@ -312,33 +319,37 @@ class Feed:
                 async for event in events:
                     now = self._clock()
                     self._last_message_at = now
+                    received_ns = int(now * 1e9)
                     if isinstance(event, TradesEvent | CandlesEvent) and now - started >= 1.0:
                         # It has delivered for a while: a drop now is "random", retry at once.
                         self._immediate_retry = True
                     if isinstance(event, TradesEvent):
+                        claims.on_trades(event.trades, received_ns, snapshot=event.snapshot)
                         await self._on_trades(event, now)
                     elif isinstance(event, CandlesEvent):
+                        claims.on_candles(event.candles, received_ns)
                         self._count_rejections(event.rejections)
                         self._candle_count += len(event.candles)
                         if self._publish is not None:
                             self._publish.publish_candles(event.candles)
                         await self._candles.send_many(event.candles)
-                    elif isinstance(event, RejectedFrame):
-                        self._count_rejections((event.rejection,))
-                    elif isinstance(event, StatusEvent):
-                        self._system = event.system
-                        if event.system != "online":
-                            _log.warning("Kraken engine status", system=event.system)
+                    else:
+                        claims.on_message(received_ns)
+                        if isinstance(event, RejectedFrame):
+                            self._count_rejections((event.rejection,))
+                        elif isinstance(event, StatusEvent):
+                            self._system = event.system
+                            if event.system != "online":
+                                _log.warning("Kraken engine status", system=event.system)
                     if trio.current_time() >= next_mark:
                         next_mark = trio.current_time() + self.mark_interval_s
-                        loss_before = await self._mark(streams, mark_from, now, loss_before)
-                        mark_from = now
+                        loss_before = await self._mark(claims, received_ns, loss_before)
         finally:
-            # Whatever ends the session (a close, staleness, a stop), cover what was seen.
-            last = self._last_message_at or mark_from
-            if last > mark_from:
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await self._mark(streams, mark_from, last, loss_before)
+            # Whatever ends the session (a close, staleness, a stop), claim what arrived, as of
+            # the last message: nothing after it was received.
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                last_ns = int((self._last_message_at or started) * 1e9)
+                await self._mark(claims, last_ns, loss_before)
 
     async def _on_trades(self, event: TradesEvent, now: float) -> None:
         self._count_rejections(event.rejections)
@@ -351,17 +362,18 @@ class Feed:
             self._last_trade_at[trade.symbol] = now
         await self._trades.send_many(event.trades)
 
-    async def _mark(
-        self, streams: list[tuple[str, Stream]], start: float, end: float, loss_before: int
-    ) -> int:
-        """Send the coverage mark for ``[start, end)``; returns the loss count for the next."""
+    async def _mark(self, claims: Claims, now_ns: int, loss_before: int) -> int:
+        """Send the claims grown since the last mark; returns the loss count for the next.
+
+        The count moves on only with a mark that was sent: a loss after the previous mark
+        must void the next one that is sent, however many empty ticks lie between.
+        """
         loss_now = self._loss()
-        begin, finish = _utc(start), _utc(end)
-        spans = tuple(
-            (symbol, CoverageSpan(stream, "live", begin, finish)) for symbol, stream in streams
-        )
-        if spans and finish > begin:
-            await self._trades.send(CoverageMark(spans, loss_before))
+        queue = self._trades.statistics()
+        spans = claims.advance(now_ns, backlog=queue.depth > queue.capacity // 2)
+        if not spans:
+            return loss_before
+        await self._trades.send(CoverageMark(spans, loss_before))
         return loss_now
 
     def _count_rejections(self, rejections: Sequence[RejectedInput]) -> None:
@@ -376,10 +388,6 @@ class Feed:
                     where=rejection.where,
                     count=count,
                 )
-
-
-def _utc(unix_s: float) -> datetime:
-    return datetime.fromtimestamp(unix_s, tz=UTC)
 
 
 def _close_kind(exc: Exception) -> str:

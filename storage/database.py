@@ -135,7 +135,9 @@ class Storage:
         self._limiter = trio.CapacityLimiter(pool.max_size)
         self.registry = registry
         self.timescale = timescale
-        self._symbol_ids: dict[str, int] = {}
+        self._symbol_ids: dict[str, int] = {}  # ids of committed symbol rows only
+        # Per connection (by id) while its transaction runs: symbols it registered itself.
+        self._registering: dict[int, dict[str, int]] = {}
         self._queries = 0
         self._failures = 0
 
@@ -163,10 +165,19 @@ class Storage:
             self._failures += 1
             raise DatabaseUnavailable(f"database unavailable: {exc}".strip()) from exc
 
-    @staticmethod
-    def _call(pool: psycopg_pool.ConnectionPool[Any], fn: Callable[..., T], *args: Any) -> T:
-        with pool.connection() as conn, conn.transaction():
-            return fn(conn, *args)
+    def _call(self, pool: psycopg_pool.ConnectionPool[Any], fn: Callable[..., T], *args: Any) -> T:
+        with pool.connection() as conn:
+            registered: dict[str, int] = {}
+            self._registering[id(conn)] = registered
+            try:
+                with conn.transaction():
+                    result = fn(conn, *args)
+            finally:
+                del self._registering[id(conn)]
+            # Only now is a symbol row this transaction inserted visible to everyone: caching
+            # its id any earlier let a rolled-back registration leave an id that no row has.
+            self._symbol_ids.update(registered)
+            return result
 
     async def ping(self) -> None:
         """Round-trip one trivial query (raises :class:`DatabaseUnavailable` when down)."""
@@ -198,9 +209,13 @@ class Storage:
         cached = self._symbol_ids.get(info.symbol)
         if cached is not None:
             return cached
+        own = self._registering.get(id(conn), {}).get(info.symbol)
+        if own is not None:
+            return own
         row = conn.execute("SELECT id FROM symbols WHERE symbol = %s", (info.symbol,)).fetchone()
         if row is None:
             return None
+        # Not registered by this transaction (that would be in `own`), so it is committed.
         self._symbol_ids[info.symbol] = int(row[0])
         return int(row[0])
 
@@ -231,7 +246,9 @@ class Storage:
             ),
         ).fetchone()
         assert row is not None  # RETURNING always yields the row
-        self._symbol_ids[info.symbol] = int(row[0])
+        registering = self._registering.get(id(conn))
+        if registering is not None:
+            registering[info.symbol] = int(row[0])
         return int(row[0])
 
     async def stored_symbols(self) -> list[SymbolInfo]:
