@@ -52,6 +52,8 @@ class GapFillerStatistics:
     candles_written: int
     mismatches: int
     unrecoverable: int
+    id_holes_refetched: int
+    id_holes_unfillable: int
     failures_by_symbol: dict[str, int]
 
 
@@ -76,6 +78,7 @@ class GapFiller:
         self._running: set[str] = set()
         self._repairs = self._failures = self._requests = 0
         self._trades = self._candles = self._mismatches = self._unrecoverable = 0
+        self._id_holes = self._id_unfillable = 0
         self._failed: Counter[str] = Counter()
         self.last_results: dict[str, RepairResult] = {}
 
@@ -90,6 +93,8 @@ class GapFiller:
             self._candles,
             self._mismatches,
             self._unrecoverable,
+            self._id_holes,
+            self._id_unfillable,
             dict(self._failed),
         )
 
@@ -160,6 +165,8 @@ class GapFiller:
             self._candles += result.rest_candles + result.derived_candles
             self._mismatches += len(result.mismatches)
             self._unrecoverable += len(result.unrecoverable)
+            self._id_holes += result.id_holes
+            self._id_unfillable += result.id_holes_left
             self.last_results[symbol] = result
 
 

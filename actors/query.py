@@ -52,6 +52,7 @@ from histdata.formats import (
 )
 from histdata.httpserver import Request, Response, open_unix_listener, serve_http
 from histdata.storage import Storage
+from histdata.storage.continuity import id_holes
 from histdata.storage.reads import ReadOptions, iter_candle_rows, iter_trade_rows, symbol_extent
 from histdata.symbols import SymbolRegistry
 from histdata.timeutil import format_time, parse_interval, parse_time
@@ -334,6 +335,7 @@ class QueryApp:
         start, end = p.range()
         covered = await self._storage.covered(symbol, chosen, start, end)
         gaps = await self._storage.gaps(symbol, chosen, start, end)
+        breaks = await id_holes(self._storage, symbol, start, end) if stream == "trades" else []
 
         def spans(items: list[tuple[datetime, datetime]]) -> list[dict[str, str]]:
             return [{"start": format_time(a), "end": format_time(b)} for a, b in items]
@@ -347,6 +349,18 @@ class QueryApp:
                 "end": format_time(end),
                 "covered": spans(covered),
                 "gaps": spans(gaps),
+                "id_holes": [
+                    {
+                        "first_id": h.first_id,
+                        "last_id": h.last_id,
+                        "missing": h.missing,
+                        "after": format_time(h.after),
+                        "before": format_time(h.before),
+                        "status": h.status,
+                        "reason": h.reason,
+                    }
+                    for h in breaks
+                ],
             },
         )
 

@@ -8,6 +8,9 @@ hole is the part of the timeline no source observed. For one symbol over ``[star
    (:func:`~histdata.backfill.fetch_trades`): Kraken's trade history is complete back to each
    pair's listing, so every trade hole can be filled. The open end of the timeline is
    observed up to the moment of the last request (less a few seconds still being published).
+   Then the trade ids are audited (:func:`~histdata.storage.continuity.audit_trade_ids`):
+   every break in Kraken's id sequence is fetched again from REST by the times of the trades
+   around it, whatever coverage says, and a break REST does not fill is marked unfillable.
 2. **Candles, recent.** REST ``OHLC`` serves only the 720 most recent 1-minute candles plus the
    live one. Final candles inside candle holes are stored (source REST) and their minutes
    recorded as covered; the live candle is never complete, never covered, never a resume
@@ -32,6 +35,7 @@ import structlog
 from histdata.backfill import fetch_trades
 from histdata.kraken.rest import KrakenRest
 from histdata.model import datetime_to_ns, ns_to_datetime
+from histdata.storage.continuity import audit_trade_ids, mark_unfillable
 from histdata.storage.database import CoverageSpan, Storage
 from histdata.storage.history import (
     CandleMismatch,
@@ -47,6 +51,7 @@ __all__ = ["REST_OHLC_WINDOW", "RepairResult", "catch_up", "repair_symbol"]
 # Kraken's OHLC endpoint returns at most the 720 most recent candles, whatever `since` says.
 REST_OHLC_WINDOW = timedelta(minutes=720)
 _MINUTE = timedelta(minutes=1)
+_ID_HOLE_MARGIN_NS = 1_000_000_000
 _log = structlog.get_logger("histdata.history")
 
 
@@ -60,6 +65,8 @@ class RepairResult:
     trade_holes: int = 0
     trades_inserted: int = 0
     trades_present: int = 0
+    id_holes: int = 0  # trade-id breaks fetched again from REST
+    id_holes_left: int = 0  # of those, still missing ids (marked unfillable)
     candle_holes: int = 0
     rest_candles: int = 0  # REST candles inserted or updated
     derived_candles: int = 0  # minutes derived from trades
@@ -100,6 +107,8 @@ async def repair_symbol(
         )
         inserted += fetched.inserted
         present += fetched.present
+    id_fetched, id_left, id_inserted = await _refill_id_holes(storage, rest, symbol, settle_s)
+    inserted += id_inserted
     candle_end = min(end, ns_to_datetime(time.time_ns()))
     candle_holes = (await coverage_report(storage, symbol, "candles", start, candle_end)).repairable
     rest_written = 0
@@ -139,6 +148,8 @@ async def repair_symbol(
         len(trade_holes),
         inserted,
         present,
+        id_fetched,
+        id_left,
         len(candle_holes),
         rest_written,
         derived,
@@ -151,6 +162,8 @@ async def repair_symbol(
         symbol=symbol,
         trade_holes=len(trade_holes),
         trades_inserted=inserted,
+        id_holes=id_fetched,
+        id_holes_left=id_left,
         candle_holes=len(candle_holes),
         rest_candles=rest_written,
         derived=derived,
@@ -158,6 +171,45 @@ async def repair_symbol(
         unrecoverable=len(unrecoverable),
     )
     return result
+
+
+async def _refill_id_holes(
+    storage: Storage, rest: KrakenRest, symbol: str, settle_s: float
+) -> tuple[int, int, int]:
+    """Fetch every open trade-id hole of ``symbol`` again from REST by the times around it.
+
+    REST's times are printed floats, so the window reaches a second past each side; the
+    copies already stored are recognised by id. Returns (holes fetched, holes still missing
+    ids and now marked unfillable, trades inserted).
+    """
+    holes = (await audit_trade_ids(storage, symbol)).open
+    inserted = 0
+    for hole in holes:
+        fetched = await fetch_trades(
+            storage,
+            rest,
+            symbol,
+            since_ns=datetime_to_ns(hole.after) - _ID_HOLE_MARGIN_NS,
+            until_ns=datetime_to_ns(hole.before) + _ID_HOLE_MARGIN_NS,
+            settle_s=settle_s,
+        )
+        inserted += fetched.inserted
+    if not holes:
+        return 0, 0, 0
+    left = (await audit_trade_ids(storage, symbol)).open
+    fetched_ids = {(h.first_id, h.last_id) for h in holes}
+    # Only a hole inside a completed fetch is Kraken's to blame; a new one (found by this
+    # second audit) waits for the next round.
+    unfillable = [
+        hole
+        for hole in left
+        if any(a <= hole.first_id and hole.last_id <= b for a, b in fetched_ids)
+    ]
+    for hole in unfillable:
+        await mark_unfillable(
+            storage, symbol, hole, "Kraken's REST Trades served no trade with these ids"
+        )
+    return len(holes), len(unfillable), inserted
 
 
 async def _fill_from_ohlc(

@@ -94,9 +94,11 @@ class TestStream:
         async with running_feed(sim.ws_url) as (feed, got):
             # Candles are claimed past the forming minute only as quiet time, a second behind.
             await until(
-                lambda: len(got.trades) > 200
-                and {span.stream for mark in got.marks for _, span in mark.spans}
-                == {"trades", "candles"}
+                lambda: (
+                    len(got.trades) > 200
+                    and {span.stream for mark in got.marks for _, span in mark.spans}
+                    == {"trades", "candles"}
+                )
             )
         truth = set(sim.market.trades("BTC/USD"))
         assert set(got.trades) <= truth

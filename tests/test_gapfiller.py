@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Candle, Trade, ns_to_datetime
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import CoverageSpan, Storage, Stream
+from histdata.storage.continuity import id_holes
 from histdata.storage.history import coverage_report, floor_to
 from histdata.supervisor.backoff import Backoff
 from histdata.symbols import SymbolRegistry
@@ -133,6 +135,46 @@ class TestRepair:
         await repair_symbol(storage, rest, "BTC/USD", start, end)
         again = await repair_symbol(storage, rest, "BTC/USD", start, end)
         assert (again.trade_holes, again.candle_holes, again.trades_inserted) == (0, 0, 0)
+
+
+class TestIdRepair:
+    async def test_missing_ids_inside_covered_time_are_fetched_again(
+        self, sim: Any, rest: KrakenRest, storage: Storage
+    ) -> None:
+        """Trades lost inside a range coverage calls observed are found by id and refetched."""
+        truth = sim.market.trades("BTC/USD")
+        start = floor_to(truth[0].time, MIN) + MIN
+        end = floor_to(truth[-1].time, MIN)
+        wanted = [t for t in truth if start <= t.time < end]
+        lost = {t.trade_id for t in wanted[100:140]} | {wanted[500].trade_id}
+        await storage.write_trades(
+            [t for t in wanted if t.trade_id not in lost],
+            source="live",
+            coverage=[("BTC/USD", CoverageSpan("trades", "live", start, end))],
+        )
+        assert (await coverage_report(storage, "BTC/USD", "trades", start, end)).holes == []
+        result = await repair_symbol(storage, rest, "BTC/USD", start, end)
+        assert (result.trade_holes, result.id_holes, result.id_holes_left) == (0, 2, 0)
+        assert [key(t) for t in await stored_trades(storage, start, end)] == [
+            key(t) for t in wanted
+        ]
+
+    async def test_ids_rest_does_not_serve_are_marked_unfillable(
+        self, sim: Any, rest: KrakenRest, storage: Storage
+    ) -> None:
+        """A break that REST cannot fill is reported as unfillable, not fetched forever."""
+        truth = sim.market.trades("BTC/USD")
+        start = floor_to(truth[0].time, MIN) + MIN
+        wanted = [t for t in truth if start <= t.time][:300]
+        # Renumber the tail: ids 1,000,000+ are not Kraken's, so REST can never serve the gap.
+        shifted = [replace(t, trade_id=t.trade_id + 1_000_000) for t in wanted[200:]]
+        await storage.write_trades([*wanted[:200], *shifted], source="live")
+        result = await repair_symbol(storage, rest, "BTC/USD", start, wanted[-1].time)
+        assert (result.id_holes, result.id_holes_left) == (1, 1)
+        (hole,) = await id_holes(storage, "BTC/USD", start, wanted[-1].time)
+        assert hole.status == "unfillable"
+        again = await repair_symbol(storage, rest, "BTC/USD", start, wanted[-1].time)
+        assert again.id_holes == 0
 
 
 class TestGapFiller:

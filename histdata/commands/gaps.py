@@ -4,9 +4,11 @@
 
 Lists, for the trades and the 1-minute candle streams, the holes in ``[start, end)`` as ranges:
 "not observed" (nobody was listening: repairable), "unrecoverable" (marked: Kraken can no
-longer serve it) and, at ``--interval`` granularity, the observed ranges with no trades. With
-``--repair`` the holes are first repaired from Kraken's REST API (trades, then candles from
-REST OHLC or derived from trades), and the report shows what is left.
+longer serve it) and, at ``--interval`` granularity, the observed ranges with no trades. For
+trades it also lists every break in Kraken's trade ids ("trade ids a..b missing between T1 and
+T2"), whatever coverage says (see :mod:`histdata.storage.continuity`). With ``--repair`` the
+holes are first repaired from Kraken's REST API (trades, then candles from REST OHLC or derived
+from trades), and the report shows what is left.
 
 Without ``--end`` the report stops a minute ago: a running service records coverage a second
 or two behind the feed, so a report up to the present second would always end in a hole.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import trio
@@ -26,6 +29,7 @@ from histdata.commands.common import interval_arg, open_command_storage, setup, 
 from histdata.config import Config
 from histdata.history import RepairResult, repair_symbol
 from histdata.kraken import RateLimiter, open_kraken_rest
+from histdata.storage.continuity import IdHole, id_holes
 from histdata.storage.database import Stream
 from histdata.storage.history import CoverageReport, coverage_report
 from histdata.timeutil import format_interval, format_time, utc_now
@@ -71,14 +75,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def render_report(report: CoverageReport) -> str:
-    """The text block for one stream's report."""
+def render_report(report: CoverageReport, breaks: Sequence[IdHole] = ()) -> str:
+    """The text block for one stream's report (``breaks``: its trade-id holes)."""
     head = (
         f"{report.symbol} {report.stream} {format_time(report.start)} .. {format_time(report.end)}"
     )
     lines = [head]
-    if not report.holes:
+    if not report.holes and not breaks:
         lines.append("  no gaps")
+    lines.extend(f"  {hole.describe()}" for hole in breaks[:50])
+    if len(breaks) > 50:
+        lines.append(f"  … {len(breaks) - 50} more trade-id holes")
     for hole in report.holes:
         note = f" ({hole.reason})" if hole.reason else ""
         lines.append(f"  {format_time(hole.start)} .. {format_time(hole.end)}  {hole.kind}{note}")
@@ -100,7 +107,8 @@ def render_report(report: CoverageReport) -> str:
 def _render_repair(result: RepairResult) -> str:
     text = (
         f"repaired {result.symbol}: {result.trade_holes} trade holes, {result.trades_inserted}"
-        f" trades inserted; {result.candle_holes} candle holes, {result.rest_candles} REST"
+        f" trades inserted; {result.id_holes} trade-id holes fetched again"
+        f" ({result.id_holes_left} still missing); {result.candle_holes} candle holes, {result.rest_candles} REST"
         f" candles, {result.derived_candles} derived from trades, {result.compared} compared"
     )
     for mismatch in result.mismatches[:10]:
@@ -136,8 +144,9 @@ async def _run(
             report = await coverage_report(
                 storage, args.symbol, stream, start, end, interval=interval
             )
-            holes = holes or bool(report.holes)
-            out.append(render_report(report))
+            breaks = await id_holes(storage, args.symbol, start, end) if stream == "trades" else []
+            holes = holes or bool(report.holes) or bool(breaks)
+            out.append(render_report(report, breaks))
     return out, holes
 
 
