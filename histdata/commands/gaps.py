@@ -108,7 +108,8 @@ def _render_repair(result: RepairResult) -> str:
     text = (
         f"repaired {result.symbol}: {result.trade_holes} trade holes, {result.trades_inserted}"
         f" trades inserted; {result.id_holes} trade-id holes fetched again"
-        f" ({result.id_holes_left} still missing); {result.candle_holes} candle holes, {result.rest_candles} REST"
+        f" ({result.id_holes_left} still missing); {result.candle_holes} candle holes,"
+        f" {result.rest_candles} REST"
         f" candles, {result.derived_candles} derived from trades, {result.compared} compared"
     )
     for mismatch in result.mismatches[:10]:
