@@ -2,16 +2,21 @@
 
 Per batch, in order:
 
-- While the journal is empty and the database answers, the batch is written directly: trades
-  (with the trade-stream coverage of the batch, in one transaction) and then the 1-minute
-  candles (with the candle-stream coverage).
+- While the database answers, the batch is written directly: trades (with the trade-stream
+  coverage of the batch, in one transaction) and then the 1-minute candles (with the
+  candle-stream coverage).
 - When a write raises :class:`~histdata.errors.DatabaseUnavailable`, the batch goes to the
-  disk journal at once: nothing waits in memory for the database to return, so memory stays
-  flat through an outage of any length.
-- While the journal holds anything, new batches are appended behind it, so batches reach the
-  database in the order they were cut; a replay task writes the journal back (retrying with
-  a jittered backoff from ``retry_s``) and the flusher returns to direct writes once it is
-  empty.
+  disk journal at once, and so does every batch after it while the database is down: nothing
+  waits in memory for the database to return, so memory stays flat through an outage of any
+  length.
+- A replay task writes the journal back (retrying with a jittered backoff from ``retry_s``).
+  Its first successful write marks the database up again, and from then on new batches go
+  straight to the database *beside* the replay: a backlog drains at the database's spare
+  rate instead of every new batch queueing behind it (under sustained load a journal that
+  also takes every new batch may never drain). Batches may so reach the database out of
+  order, which writes allow: trades and coverage are idempotent sets, and a candle row is
+  only ever replaced by a later or final version (a stale in-progress version replayed over
+  a newer one is corrected by the next live update of that minute).
 - A batch the database refuses for any other reason (a bug, not an outage) would fail the
   same way on every retry; it is set aside in ``journal/quarantine`` with a loud log instead of
   blocking the live path or being lost.
@@ -168,7 +173,7 @@ class Flusher:
     async def _handle(self, batch: Batch) -> None:
         self._handling = True
         try:
-            if not self.journal.empty or not self._database_up:
+            if not self._database_up:
                 await self._journal(batch)
                 return
             try:

@@ -155,3 +155,24 @@ class TestOutage:
             async with running_flusher(storage, tmp_path) as (flusher, _, _):
                 await wait_for(lambda: flusher.journal.empty)
             assert await storage.count_trades("BTC/USD", *FAR) == 80
+
+
+class TestDrain:
+    async def test_new_batches_go_direct_while_the_backlog_replays(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """With the database up, a new batch is stored at once, not queued behind the journal."""
+        journal = Journal(tmp_path, max_bytes=500_000_000)
+        for k in range(100):
+            assert await journal.append(Batch(trades(k * 2000, 2000)))
+        await journal.aclose()
+        async with running_flusher(storage, tmp_path) as (flusher, batches, _):
+            await batches.send(Batch(trades(1_000_000, 10)))
+            # trades(n, …) are n ms after T0: the new batch sits alone in its own window.
+            window = (T0 + timedelta(seconds=999), T0 + timedelta(seconds=1001))
+            with trio.fail_after(20):
+                while await storage.count_trades("BTC/USD", *window) < 10:
+                    await trio.sleep(0.01)
+            assert not flusher.journal.empty, "the new batch waited for the whole backlog"
+            await wait_for(lambda: flusher.journal.empty, timeout_s=60)
+        assert await storage.count_trades("BTC/USD", *FAR) == 200_010
