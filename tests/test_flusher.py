@@ -171,7 +171,9 @@ class TestDrain:
             # trades(n, …) are n ms after T0: the new batch sits alone in its own window.
             window = (T0 + timedelta(seconds=999), T0 + timedelta(seconds=1001))
             with trio.fail_after(20):
-                while await storage.count_trades("BTC/USD", *window) < 10:
+                while True:
+                    if await storage.count_trades("BTC/USD", *window) == 10:
+                        break
                     await trio.sleep(0.01)
             assert not flusher.journal.empty, "the new batch waited for the whole backlog"
             await wait_for(lambda: flusher.journal.empty, timeout_s=60)
