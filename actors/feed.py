@@ -138,6 +138,7 @@ class FeedStatistics:
     subscribed_since: float | None
     last_message_at: float | None
     lag_s: float | None  # how far the newest trade frame lagged Kraken's time (None: offline)
+    down_since: float | None  # when the feed last lost (or never had) its connection
     last_trade_at: dict[str, float]
     system_status: str | None
 
@@ -189,6 +190,7 @@ class Feed:
         self._clock = clock
         self._attempt_times: deque[float] = deque()
         self._connected = False
+        self._down_since: float | None = clock()  # it starts without a connection
         self._sessions = 0
         self._attempts = 0
         self._closes: Counter[str] = Counter()
@@ -204,6 +206,13 @@ class Feed:
         self._system: str | None = None
         self._immediate_retry = False
         self._claims: Claims | None = None
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = self._clock()
+        self._connected = connected
 
     def statistics(self) -> FeedStatistics:
         """A snapshot of the feed's counters and connection state."""
@@ -221,6 +230,7 @@ class Feed:
             subscribed_since=self._subscribed_since,
             last_message_at=self._last_message_at,
             lag_s=self._claims.lag_s if self._claims is not None and self._connected else None,
+            down_since=self._down_since,
             last_trade_at=dict(self._last_trade_at),
             system_status=self._system,
         )
@@ -233,7 +243,7 @@ class Feed:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_when, stopping, scope)
                 await self._sessions_forever()
-        self._connected = False
+        self._set_connected(False)
         _log.info("feed stopped", sessions=self._sessions)
 
     async def _sessions_forever(self) -> None:
@@ -245,14 +255,14 @@ class Feed:
             except TransientError as exc:
                 kind = _close_kind(exc)
                 self._closes[kind] += 1
-                self._connected = False
+                self._set_connected(False)
                 _log.warning("feed session ended", kind=kind, error=str(exc))
                 delivered = self._immediate_retry
             except KrakenRequestError as exc:
                 # Nothing could be subscribed: the same request will fail again until the
                 # configuration or Kraken changes; keep trying, slowly.
                 self._closes["subscription_failed"] += 1
-                self._connected = False
+                self._set_connected(False)
                 _log.error("feed could not subscribe anything", error=str(exc))
                 await trio.sleep(self._backoff.max_s)
                 continue
@@ -288,7 +298,7 @@ class Feed:
             ping_interval_s=self.ping_interval_s,
         ) as conn:
             self._sessions += 1
-            self._connected = True
+            self._set_connected(True)
             self._failed = dict(conn.failed_subscriptions)
             started = self._clock()
             self._subscribed_since = started
@@ -303,7 +313,7 @@ class Feed:
             try:
                 await self._pump(conn, started)
             finally:
-                self._connected = False
+                self._set_connected(False)
         return True
 
     async def _pump(self, conn: KrakenWs, started: float) -> None:

@@ -165,11 +165,16 @@ class _Params:
 
 
 class QueryApp:
-    """The endpoints as plain async functions from (path, query) to a :class:`Reply`."""
+    """The endpoints as plain async functions from (path, query) to a :class:`Reply`.
+
+    ``storage`` is the open Storage or a getter raising :class:`DatabaseUnavailable` while
+    there is none (the service's, so reads answer 503 during an outage and work again after
+    it, while ``/healthz`` and ``/metrics`` never need the database).
+    """
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Storage | Callable[[], Storage],
         registry: SymbolRegistry,
         *,
         hub: LiveHub,
@@ -180,7 +185,9 @@ class QueryApp:
         heartbeat_s: float = 15.0,
         chunk: int = 20_000,
     ) -> None:
-        self._storage = storage
+        self._get_storage: Callable[[], Storage] = (
+            (lambda: storage) if isinstance(storage, Storage) else storage
+        )
         self._registry = registry
         self._hub = hub
         self._status = status
@@ -192,6 +199,10 @@ class QueryApp:
         self.requests = 0
         self.rejected = 0
         self.failures = 0
+
+    @property
+    def _storage(self) -> Storage:
+        return self._get_storage()
 
     def _symbol(self, text: str, parameter: str = "symbol") -> str:
         if not _SYMBOL_RE.match(text):

@@ -97,6 +97,8 @@ class KrakenConfig:
     request_timeout_s: float = field(default=30.0, metadata=_positive())
     ws_stale_after_s: float = field(default=10.0, metadata=_positive())
     ws_ping_interval_s: float = field(default=15.0, metadata=_positive())
+    # The feed down this long makes the service unhealthy (never a watchdog kill).
+    feed_down_unhealthy_s: float = field(default=60.0, metadata=_positive())
 
 
 @dataclass(frozen=True, slots=True)

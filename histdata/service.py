@@ -6,7 +6,7 @@
      ├─ storage      the connection pool (migrations at start); closes last
      ├─ live (rest_for_one)
      │    flusher ◀── batches ── buffer ◀── live.trades / live.candles ── feed
-     ├─ rollup, gapfiller, backfiller, maintenance   (later issues; see _plug_in)
+     ├─ rollup, gapfiller, backfiller, maintenance   (each waits for storage; see _plug_in)
      └─ query        the read API, /healthz and /metrics on the Unix socket
 
 The live supervisor starts its children consumer first (flusher, buffer, feed), so that the
@@ -15,9 +15,20 @@ flusher write (or journal) everything before storage closes. Under ``rest_for_on
 flusher also restarts the buffer and the feed; the channels belong to the service, not the
 actors, so nothing queued is lost by any restart.
 
-systemd: ``READY=1`` once the tree is up, ``WATCHDOG=1`` only while :meth:`Service.healthy`
-holds (the flusher is idle or making progress, and the database is reachable or the journal
-is taking the batches), ``STOPPING=1`` when a graceful stop begins.
+**Without a database.** The storage child reports started at once and opens the pool (and
+migrates) in the background, retrying with backoff for as long as the database stays away:
+the live path records into the disk journal meanwhile, the query socket answers ``/healthz``
+and ``status``, and the actors that need the database wait for it. An unreachable database
+never stops the service; a schema from a newer histdata does.
+
+**Health and liveness are different things.** :meth:`Service.health_reasons` lists why the
+service is not doing its job (the feed down longer than ``[kraken] feed_down_unhealthy_s``,
+the database away, the journal dropping, a quarantined batch, a live actor not running):
+``status`` exits 3 and ``/healthz`` answers 503 with them. The systemd watchdog is liveness:
+``WATCHDOG=1`` keeps going while the process makes progress — journaling through an outage
+counts — and stops only when the flusher is stuck with work queued, so systemd never kills a
+service that is correctly riding out an outage. ``READY=1`` is sent once the tree is up,
+``STOPPING=1`` when a graceful stop begins.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from histdata.kraken import KrakenRest, RateLimiter, open_kraken_rest
 from histdata.model import Candle, datetime_to_ns
 from histdata.storage import Storage, open_storage
 from histdata.supervisor import (
+    Backoff,
     Channel,
     ChildSpec,
     Overflow,
@@ -68,13 +80,16 @@ _log = structlog.get_logger("histdata.service", actor="service")
 _BATCH_QUEUE = 4
 # A flusher that has neither written nor journaled for this long with work queued is stuck.
 _STALL_S = 60.0
+# A journal drop or a storage failure keeps the service unhealthy for this long after it.
+_RECENT_S = 60.0
 
 
 class StorageActor:
     """Holds the open :class:`Storage` for the other actors while it runs.
 
-    :meth:`get` raises :class:`DatabaseUnavailable` while storage is not open (starting,
-    restarting after a crash, or closed at shutdown).
+    ``run`` reports started at once and opens the pool in the background, retrying with
+    backoff while the database is unreachable (see the module docs). :meth:`get` raises
+    :class:`DatabaseUnavailable` while storage is not open; :meth:`ready` waits for it.
     """
 
     def __init__(self, conninfo: str, config: Config, registry: SymbolRegistry) -> None:
@@ -82,16 +97,53 @@ class StorageActor:
         self._config = config
         self._registry = registry
         self.storage: Storage | None = None
+        self._opened = trio.Event()
+        self.attempts = 0
+        self.last_error: str | None = None
+        self.down_since: float | None = time.time()
 
     def get(self) -> Storage:
         """The open Storage; raises :class:`DatabaseUnavailable` if there is none."""
         if self.storage is None:
-            raise DatabaseUnavailable("storage is not open")
+            raise DatabaseUnavailable(self.last_error or "storage is not open")
+        return self.storage
+
+    async def ready(self) -> Storage:
+        """The open Storage, waiting until there is one."""
+        while self.storage is None:
+            await self._opened.wait()
         return self.storage
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the pool (migrating the schema), report started, close it when asked to stop."""
+        """Open the pool (migrating), retrying while the database is away; close it at stop.
+
+        Raises:
+            SchemaError: the schema is from a newer histdata (retrying cannot help).
+        """
         stopping = current_child_stopping()
+        task_status.started()
+        backoff = Backoff(0.5, 30.0)
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when, stopping, scope)
+                while True:
+                    try:
+                        await self._open_and_hold(stopping)
+                        return
+                    except DatabaseUnavailable as exc:
+                        self.attempts += 1
+                        self.last_error = str(exc)
+                        delay = backoff.next_delay()
+                        log = _log.warning if self.attempts <= 3 else _log.debug
+                        log(
+                            "database unreachable; recording to the journal, retrying",
+                            attempt=self.attempts,
+                            retry_in_s=round(delay, 1),
+                            error=str(exc),
+                        )
+                        await trio.sleep(delay)
+
+    async def _open_and_hold(self, stopping: trio.Event) -> None:
         db = self._config.database
         async with open_storage(
             self._conninfo,
@@ -101,12 +153,21 @@ class StorageActor:
             statement_timeout_s=db.statement_timeout_s,
             connect_timeout_s=db.connect_timeout_s,
         ) as storage:
+            # Registered in their own committed transactions before any write uses them.
+            for symbol in self._config.kraken.symbols:
+                await storage.register_symbol(symbol)
             self.storage = storage
-            task_status.started()
+            self.down_since = None
+            self.last_error = None
+            if self.attempts:
+                _log.info("database reachable again; storage open", attempts=self.attempts)
+            self._opened.set()
             try:
                 await stopping.wait()
             finally:
                 self.storage = None
+                self._opened = trio.Event()
+                self.down_since = time.time()
 
 
 class Service:
@@ -213,6 +274,8 @@ class Service:
             extra=self._extra_statistics,
         )
         self._stopping = False
+        self._journal_dropped_seen = 0
+        self._journal_dropped_at: float | None = None
 
     # -- the actors beside the live path -------------------------------------------------------
 
@@ -245,39 +308,47 @@ class Service:
             raise RuntimeError("the Kraken REST client opens in Service.run")
         return self.rest
 
+    async def _storage_when_open(self, task_status: trio.TaskStatus[None]) -> Storage:
+        """Report started, then wait for storage: an actor that needs the database must not
+        hold up the tree (or systemd's READY) while the database is away."""
+        task_status.started()
+        return await self.storage_actor.ready()
+
     async def _run_rollup(self, *, task_status: trio.TaskStatus[None]) -> None:
-        self.rollup = RollupActor(
-            self.storage_actor.get(), interval_s=self.config.rollup.interval_s
-        )
-        await self.rollup.run(task_status=task_status)
+        storage = await self._storage_when_open(task_status)
+        self.rollup = RollupActor(storage, interval_s=self.config.rollup.interval_s)
+        await self.rollup.run()
 
     async def _run_maintenance(self, *, task_status: trio.TaskStatus[None]) -> None:
-        self.maintenance = MaintenanceActor(self.storage_actor.get(), self.config.maintenance)
-        await self.maintenance.run(task_status=task_status)
+        storage = await self._storage_when_open(task_status)
+        self.maintenance = MaintenanceActor(storage, self.config.maintenance)
+        await self.maintenance.run()
 
     async def _run_gapfiller(self, *, task_status: trio.TaskStatus[None]) -> None:
         gapfill = self.config.gapfill
         if not gapfill.enabled:
             await self._log_catch_ups(task_status=task_status)
             return
+        storage = await self._storage_when_open(task_status)
         self.gapfiller = GapFiller(
-            self.storage_actor.get(),
+            storage,
             self._rest(),
             self.feed.symbols,
             interval_s=gapfill.interval_s,
             lookback=timedelta(days=gapfill.lookback_days),
         )
-        await self.gapfiller.run(self.catch_up, task_status=task_status)
+        await self.gapfiller.run(self.catch_up)
 
     async def _run_backfiller(self, *, task_status: trio.TaskStatus[None]) -> None:
         since = self.config.backfill.since
+        storage = await self._storage_when_open(task_status)
         self.backfiller = Backfiller(
-            self.storage_actor.get(),
+            storage,
             self._rest(),
             self.feed.symbols,
             since_ns=datetime_to_ns(parse_time(since)) if since else 0,
         )
-        await self.backfiller.run(task_status=task_status)
+        await self.backfiller.run()
 
     async def _log_catch_ups(self, *, task_status: trio.TaskStatus[None]) -> None:
         """With [gapfill] disabled, reconnect catch-ups are only logged (the hole stays)."""
@@ -293,7 +364,7 @@ class Service:
     async def _run_query(self, *, task_status: trio.TaskStatus[None]) -> None:
         """The read API (:class:`~histdata.actors.query.QueryApp`) on the Unix socket."""
         app = QueryApp(
-            self.storage_actor.get(),
+            self.storage_actor.get,
             self.registry,
             hub=self.hub,
             status=self.status,
@@ -325,16 +396,62 @@ class Service:
             + self.journal.dropped
         )
 
+    def health_reasons(self) -> list[str]:
+        """Why the service is not doing its job right now; empty when healthy.
+
+        Unhealthy: a live actor not running, the flusher stuck, the feed down for longer than
+        ``[kraken] feed_down_unhealthy_s``, the database away (storage not open, or writes
+        going to the journal), the journal dropping within the last minute, any batch
+        quarantined since the start (an operator must look at it).
+        """
+        now = time.time()
+        reasons = [
+            f"live actor {c.name} is {c.state}"
+            for c in self.live.statistics().children
+            if c.state != "running"
+        ]
+        if not self.alive():
+            reasons.append(f"the flusher made no progress for {_STALL_S:.0f} s with work queued")
+        feed = self.feed.statistics()
+        down_for = now - feed.down_since if feed.down_since is not None else 0.0
+        if down_for > self.config.kraken.feed_down_unhealthy_s:
+            reasons.append(f"the live feed has been down for {down_for:.0f} s")
+        storage = self.storage_actor
+        if storage.storage is None:
+            why = f": {storage.last_error}" if storage.last_error else ""
+            reasons.append(f"the database is unreachable{why}")
+        elif not self.flusher.statistics().database_up:
+            reasons.append("the database is refusing writes; live data goes to the journal")
+        dropped = self.journal.dropped
+        if dropped != self._journal_dropped_seen:
+            self._journal_dropped_seen = dropped
+            self._journal_dropped_at = now
+        if self._journal_dropped_at is not None and now - self._journal_dropped_at < _RECENT_S:
+            reasons.append(f"the journal is dropping data ({dropped} items lost so far)")
+        quarantined = self.flusher.statistics().quarantined_batches
+        if quarantined:
+            reasons.append(
+                f"{quarantined} batches were quarantined (journal/quarantine): see the log"
+            )
+        return reasons
+
     def healthy(self) -> bool:
-        """True while the live path is up and the flusher is idle or making progress."""
-        children = {c.name: c.state for c in self.live.statistics().children}
-        if any(state != "running" for state in children.values()):
-            return False
+        """True when :meth:`health_reasons` finds nothing wrong."""
+        return not self.health_reasons()
+
+    def alive(self) -> bool:
+        """Liveness for the systemd watchdog: the flusher is idle or making progress.
+
+        Journaling through a database outage is progress; a disconnected feed is not a
+        reason to restart. Only a flusher stuck with work queued is.
+        """
         return self.flusher.healthy(stall_s=_STALL_S)
 
     def status(self) -> dict[str, Any]:
         """The snapshot served at ``/healthz`` (see :func:`histdata.telemetry.status_snapshot`)."""
-        return status_snapshot(self.telemetry)
+        snapshot = status_snapshot(self.telemetry)
+        snapshot.setdefault("unhealthy_reasons", self.health_reasons())
+        return snapshot
 
     def metrics(self) -> bytes:
         """Prometheus text for ``/metrics``."""
@@ -394,10 +511,10 @@ class Service:
         if interval is None:
             return
         while True:
-            if self.healthy():
+            if self.alive():
                 systemd.watchdog()
             else:
-                _log.warning("unhealthy: withholding the systemd watchdog ping")
+                _log.warning("stuck: withholding the systemd watchdog ping")
             await trio.sleep(interval / 3)
 
 
