@@ -238,7 +238,10 @@ class Flusher:
             if self.journal.empty:
                 self._database_up = True
                 self._backoff.reset()
-                await self._wake.wait()
+                # The channel's spill path appends to the journal without passing through the
+                # flusher, so look again at least as often as spilled records are synced.
+                with trio.move_on_after(_SYNC_INTERVAL_S):
+                    await self._wake.wait()
                 self._wake = trio.Event()
                 continue
             try:

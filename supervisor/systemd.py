@@ -13,12 +13,10 @@ import os
 import socket
 
 import structlog
-import trio
 
 __all__ = [
     "notify",
     "ready",
-    "run_watchdog",
     "status",
     "stopping",
     "watchdog",
@@ -91,17 +89,3 @@ def watchdog_interval_s() -> float | None:
     except ValueError:
         return None
     return usec / 1_000_000 if usec > 0 else None
-
-
-async def run_watchdog(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Send ``WATCHDOG=1`` at half the watchdog interval, forever; returns at once if the
-    watchdog is not enabled. Run it beside the root supervisor: if the event loop stalls,
-    the pings stop and systemd restarts the service."""
-    interval_s = watchdog_interval_s()
-    task_status.started()
-    if interval_s is None:
-        return
-    while True:
-        watchdog()
-        # Half the interval, as sd_watchdog_enabled(3) recommends, to absorb scheduling jitter.
-        await trio.sleep(interval_s / 2)

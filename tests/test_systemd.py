@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
 from histdata.supervisor import systemd
 
@@ -104,27 +102,3 @@ class TestWatchdog:
         assert systemd.watchdog_interval_s() is None
         clean_env.setenv("WATCHDOG_PID", str(os.getpid()))
         assert systemd.watchdog_interval_s() == 1.0
-
-    async def test_run_watchdog_pings_at_half_the_interval(
-        self,
-        notify_socket: socket.socket,
-        clean_env: pytest.MonkeyPatch,
-        autojump_clock: trio.testing.MockClock,
-    ) -> None:
-        """run_watchdog sends WATCHDOG=1 at once and then every interval/2 seconds."""
-        clean_env.setenv("WATCHDOG_USEC", "10000000")
-        with trio.move_on_after(12):
-            await systemd.run_watchdog()
-        notify_socket.setblocking(False)
-        pings = []
-        while True:
-            try:
-                pings.append(received(notify_socket))
-            except BlockingIOError:
-                break
-        assert pings == ["WATCHDOG=1"] * 3  # at 0, 5 and 10 s
-
-    async def test_run_watchdog_returns_when_disabled(self, clean_env: pytest.MonkeyPatch) -> None:
-        """Without a watchdog configured, run_watchdog reports started and returns."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(systemd.run_watchdog)
