@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from histdata.actors.hub import LiveHub
+from histdata.actors.query import QueryApp
 from histdata.httpserver import HTTPServer, Request, Response, open_unix_listener
+from histdata.storage import Storage
+from histdata.symbols import SymbolRegistry
 
 GET = b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n"
 
@@ -210,6 +214,35 @@ class TestOversized:
         for _ in range(3):
             await stream.send_all(b"200\r\n" + b"d" * 0x200 + b"\r\n")
         assert (await reply(stream)).startswith(b"HTTP/1.1 413")
+
+
+class TestQuerySocket:
+    async def test_query_app_applies_its_limits(
+        self, tmp_path: Path, nursery: trio.Nursery, storage: Storage, clients: Clients
+    ) -> None:
+        """The query socket evicts and times out as configured, and its statistics say so."""
+        app = QueryApp(
+            storage,
+            SymbolRegistry.shipped(),
+            hub=LiveHub(),
+            status=lambda: {"healthy": True},
+            metrics=bytes,
+            max_connections=2,
+            header_timeout_s=0.5,
+        )
+        path = tmp_path / "q.sock"
+        await nursery.start(app.serve, path)
+        idle = [await clients.connect(path) for _ in range(2)]
+        with trio.fail_after(5):
+            while app.statistics().open != 2:  # noqa: ASYNC110 - polls a counter
+                await trio.sleep(0.01)
+        fresh = await clients.connect(path)
+        await fresh.send_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert (await reply(fresh)).startswith(b"HTTP/1.1 200")
+        assert await reply(idle[0]) == b""
+        assert await reply(idle[1]) == b""  # timed out after 0.5 s
+        stats = app.statistics()
+        assert (stats.max_connections, stats.evicted, stats.timed_out) == (2, 1, 1)
 
 
 # Runs in a child process with few descriptors: it exhausts them, so accept() fails with EMFILE
