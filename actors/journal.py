@@ -245,7 +245,11 @@ class _Loss:
 
     def between(self, expected: _Position, found: _Position) -> None:
         """Count the records a damaged stretch hid, from the next intact record's position."""
-        if found.index < expected.index or found.trades < expected.trades:
+        if (
+            found.index < expected.index
+            or found.trades < expected.trades
+            or found.candles < expected.candles
+        ):
             # Not a position this segment can have produced (a false sync match that passed
             # the header checksum): the damage is real, its size unknown.
             self.records += 1
@@ -253,7 +257,7 @@ class _Loss:
             return
         self.records += found.index - expected.index
         self.trades += found.trades - expected.trades
-        self.candles += max(0, found.candles - expected.candles)
+        self.candles += found.candles - expected.candles
 
 
 @dataclass(frozen=True, slots=True)

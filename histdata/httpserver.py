@@ -275,18 +275,22 @@ class HTTPServer:
         try:
             while True:
                 self._idle[connection] = None  # newest idle last
+                request: Request | None = None
+                error: tuple[int, str] | None = None
                 with trio.move_on_after(self._header_timeout_s) as waiting:
                     try:
                         request = await _read_request(conn, stream, self._limits)
                     except h11.RemoteProtocolError as exc:
                         if exc.error_status_hint == 431:  # h11's own bound on a head
                             self._oversized += 1
-                        await _send_error(conn, stream, exc.error_status_hint, str(exc))
-                        return
+                        error = (exc.error_status_hint, str(exc))
                     except _Oversized as exc:
                         self._oversized += 1
-                        await _send_error(conn, stream, exc.status, str(exc))
-                        return
+                        error = (exc.status, str(exc))
+                # Answered outside the timeout, which bounds receiving, not the answer.
+                if error is not None:
+                    await _send_error(conn, stream, *error)
+                    return
                 if waiting.cancelled_caught:
                     self._timed_out += 1
                     if conn.their_state is not h11.IDLE or conn.trailing_data[0]:
