@@ -34,8 +34,9 @@ Guarantees, and why they hold:
 - **A failing disk leaves no debris.** When a write or a segment's creation fails (a full
   disk, any ``OSError``) the batch is dropped and counted like a full journal, the partial
   record is cut off again, and a segment that would hold nothing is removed, so no empty or
-  half-written segment stays behind. ``failing`` is true from such a drop until an append
-  succeeds again: the service reports itself unhealthy meanwhile.
+  half-written segment stays behind. ``failing`` is true from such a drop (or one because
+  the journal is full) until an append succeeds again or a replay empties the journal; it
+  is what the service's health reads to say "dropping".
 - **Damage costs only the damaged records.** A record with a bad checksum, or cut short at
   the end of a segment by a crash, is skipped and the read goes on at the next record that
   checks out. What was lost is counted in ``lost_records``/``lost_trades``/``lost_candles``
@@ -381,8 +382,9 @@ def _read_records_v1(data: bytes) -> _SegmentRead:
 class JournalStatistics:
     """Counters, size and state of the journal (the module docs say what each counts).
 
-    ``failing`` is true from a drop until the next append succeeds; ``last_drop_at`` is the
-    Unix time of the latest drop and ``last_error`` its reason.
+    ``failing`` is true from a drop until an append succeeds or a replay empties the journal
+    (nothing is being dropped then); ``last_drop_at`` is the Unix time of the latest drop and
+    ``last_error`` its reason.
     """
 
     segments: int
@@ -477,7 +479,7 @@ class Journal:
 
     @property
     def failing(self) -> bool:
-        """True from a dropped append until the next append succeeds."""
+        """True from a dropped append until an append succeeds or a replay empties the journal."""
         return self._failing
 
     def statistics(self) -> JournalStatistics:
@@ -687,6 +689,7 @@ class Journal:
             if not self._sealed:
                 if self._active is None or self._sizes[self._active] <= len(_MAGIC):
                     self._discard_empty_active()
+                    self._failing = False  # empty and written back: nothing is being dropped
                     return replayed
                 self._seal_active()
             await self.sync()  # never replay (and then delete) what is not yet durable

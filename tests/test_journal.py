@@ -378,6 +378,20 @@ class TestBounds:
         assert stats.bytes <= 8192
         assert sum(len(b.trades) for b in await replay_all(journal)) == kept
 
+    async def test_failing_while_dropping_and_clear_once_replayed(self, tmp_path: Path) -> None:
+        """A full journal reports failing, with the time and reason, until replay empties it."""
+        journal = Journal(tmp_path, max_bytes=8192, segment_bytes=4096)
+        while journal.append_nowait(batch(0, 5)):
+            pass
+        stats = journal.statistics()
+        assert journal.failing
+        assert stats.failing
+        assert stats.last_drop_at is not None
+        assert stats.last_error == "journal full"
+        await replay_all(journal)
+        assert not journal.failing
+        assert journal.statistics().last_error == "journal full"  # kept for the record
+
 
 class TestSpill:
     async def test_spill_keeps_trades_and_valid_marks(self, tmp_path: Path) -> None:
