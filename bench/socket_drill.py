@@ -113,8 +113,12 @@ def drill(opts: argparse.Namespace) -> dict[str, Any]:
             if not wait_until(lambda: healthz(path, 2.0)[1] == 200, 120):
                 raise RuntimeError(f"service not healthy; see {service.log}")
             wait_until(lambda: count_trades(url) > 0, 60)
-            # Settled: healthy on three checks in a row, so a 503 later is the flood's doing.
-            wait_until(lambda: all(healthz(path, 2.0)[1] == 200 for _ in range(3)), 60)
+            # Settled: healthy on five checks a second apart (the first seconds after start
+            # can still report unhealthy), so a 503 later is the flood's doing.
+            streak = 0
+            while streak < 5:
+                streak = streak + 1 if healthz(path, 2.0)[1] == 200 else 0
+                time.sleep(1.0)
             stored_before = count_trades(url)
             share = opts.connections // opts.processes
             clients = [
