@@ -50,7 +50,13 @@ from histdata.formats import (
     candle_encoder,
     trade_encoder,
 )
-from histdata.httpserver import Request, Response, open_unix_listener, serve_http
+from histdata.httpserver import (
+    HTTPServer,
+    Request,
+    Response,
+    ServerStatistics,
+    open_unix_listener,
+)
 from histdata.storage import Storage
 from histdata.storage.continuity import id_holes
 from histdata.storage.reads import ReadOptions, iter_candle_rows, iter_trade_rows, symbol_extent
@@ -71,6 +77,12 @@ Body = bytes | AsyncIterator[bytes]
 # room for the storage to round an edge up to a bucket (at most 366 days) without overflow.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2262, 1, 1, tzinfo=UTC)
+# Descriptors the query socket leaves to the rest of the process: the WebSocket and REST
+# connections (a handful), the database pool (``pool_max``, 8 by default), the journal (its
+# active segment, a dup and the directory during fsync, segments awaiting fsync: under 10),
+# the other listeners, logs and trio's own (under 10). That is under 50 by default; 256
+# leaves room for a pool of a hundred and more. The cap is min(max_connections, limit - 256).
+_RESERVED_DESCRIPTORS = 256
 
 
 class BadParameter(ValueError):
@@ -184,7 +196,15 @@ class QueryApp:
         read_options: ReadOptions = ReadOptions(),  # noqa: B008 - frozen value
         heartbeat_s: float = 15.0,
         chunk: int = 20_000,
+        max_connections: int = 512,
+        header_timeout_s: float = 5.0,
     ) -> None:
+        self._http = HTTPServer(
+            self.handle_http,
+            max_connections=max_connections,
+            header_timeout_s=header_timeout_s,
+            reserve_descriptors=_RESERVED_DESCRIPTORS,
+        )
         self._get_storage: Callable[[], Storage] = (
             (lambda: storage) if isinstance(storage, Storage) else storage
         )
@@ -249,18 +269,24 @@ class QueryApp:
         """Serve the endpoints over HTTP/1.1 on a Unix socket at ``path`` until cancelled.
 
         The socket file is created with ``mode`` before it accepts connections, reported
-        started once listening, and removed on exit.
+        started once listening, and removed on exit. Connections are capped and timed out
+        as :class:`~histdata.httpserver.HTTPServer` describes; the soft descriptor limit is
+        raised to the hard one and the cap kept below it (see ``_RESERVED_DESCRIPTORS``).
 
         Raises:
             OSError: another server listens on ``path``, or it cannot be created.
         """
         listener = await open_unix_listener(path, mode=mode)
         try:
-            await serve_http(self.handle_http, [listener], task_status=task_status)
+            await self._http.serve([listener], task_status=task_status)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
                 await trio.Path(path).unlink(missing_ok=True)
+
+    def statistics(self) -> ServerStatistics:
+        """The socket's connection counters (open, peak, evicted, timed out, refused, …)."""
+        return self._http.statistics()
 
     async def handle_http(self, request: Request) -> Response:
         """:meth:`handle` as an :mod:`histdata.httpserver` handler."""

@@ -155,6 +155,10 @@ class QueryConfig:
 
     socket: str = "./var/histdata.sock"
     stream_queue: int = field(default=10_000, metadata=_positive())
+    # Beyond max_connections the oldest idle connection is evicted; a connection without a
+    # complete request after header_timeout_s is closed (see histdata.httpserver).
+    max_connections: int = field(default=512, metadata=_positive())
+    header_timeout_s: float = field(default=5.0, metadata=_positive())
 
 
 @dataclass(frozen=True, slots=True)
