@@ -249,6 +249,8 @@ _COUNTERS = {
         "candle_updates",
         "snapshot_trades",
         "catch_ups_requested",
+        "closes",
+        "rejections",
     },
     "buffer": {
         "batches",
@@ -314,12 +316,13 @@ _FEED_BY_HAND = {"connected", "last_trade_at", "failed_subscriptions", "trades_b
 def _metric_name(section: str, name: str) -> tuple[str, bool]:
     """The Prometheus name of statistics field ``name`` of ``section``, and if it counts.
 
-    ``*_at`` (Unix seconds) becomes ``*_timestamp_seconds``, ``*_s`` becomes ``*_seconds``,
-    and a counter gets its ``_total`` (the exposition adds it; it is not doubled).
+    ``*_at`` and ``*_since`` (Unix seconds) become ``*_timestamp_seconds`` (``subscribed``
+    for ``subscribed_since``), ``*_s`` becomes ``*_seconds``, and a counter gets its
+    ``_total`` (the exposition adds it; it is not doubled).
     """
     counter = name in _COUNTERS.get(section, set())
-    if name.endswith("_at"):
-        name = name.removesuffix("_at") + "_timestamp_seconds"
+    if name.endswith(("_at", "_since")):
+        name = name.removesuffix("_at").removesuffix("_since") + "_timestamp_seconds"
     elif name.endswith("_s"):
         name = name.removesuffix("_s") + "_seconds"
     return f"histdata_{section}_{name}", counter
