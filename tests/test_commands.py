@@ -597,12 +597,17 @@ class TestEnvironment:
 class TestCompletion:
     @pytest.mark.parametrize(
         ("line", "expected"),
-        [("histdata can", "candles"), ("histdata candles BTC/USD --for", "--format")],
+        [
+            ("histdata can", "candles"),
+            ("histdata candles BTC/USD --for", "--format"),
+            ("histdata backfill XBTU", "XBTUSD"),
+            ("histdata trades ETH/U", "ETH/USD"),
+        ],
     )
     def test_bash_completion_offers_commands_and_options(
         self, tmp_path: Path, line: str, expected: str
     ) -> None:
-        """argcomplete completes command names and a command's own options."""
+        """argcomplete completes command names, a command's own options and symbols."""
         out = tmp_path / "completions"
         env = os.environ | {
             "_ARGCOMPLETE": "1",

@@ -29,6 +29,7 @@ __all__ = [
     "open_command_storage",
     "setup",
     "socket_refused",
+    "symbol_argument",
     "time_arg",
     "unreachable",
 ]
@@ -70,6 +71,22 @@ def setup(args: argparse.Namespace, *, one_shot: bool = True) -> Config:
         level = configured
     configure_logging(level, config.service.log_format)
     return config
+
+
+def _complete_symbol(prefix: str, **_: object) -> list[str]:
+    """Shell completion of a symbol: the shipped pairs' v2 names, or altnames (``XBT…``)."""
+    wanted = prefix.upper()
+    names = [n for info in SymbolRegistry.shipped() for n in (info.symbol, info.altname)]
+    return sorted({n for n in names if n.startswith(wanted)})
+
+
+def symbol_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the ``SYMBOL`` positional, completed from the shipped pairs in a shell."""
+    action = parser.add_argument(
+        "symbol", metavar="SYMBOL", help="pair in any spelling (BTC/USD, XBTUSD, XXBTZUSD)"
+    )
+    # argcomplete reads the completer from the action (its documented way to attach one).
+    action.completer = _complete_symbol  # type: ignore[attr-defined]
 
 
 def socket_refused(path: str) -> str | None:

@@ -24,7 +24,12 @@ import trio
 
 from histdata.actors.query import check_range
 from histdata.client import socket_transport
-from histdata.commands.common import open_command_storage, setup, socket_refused
+from histdata.commands.common import (
+    open_command_storage,
+    setup,
+    socket_refused,
+    symbol_argument,
+)
 from histdata.config import Config
 from histdata.errors import UnknownSymbol
 from histdata.formats import FORMATS, candle_encoder, trade_encoder
@@ -38,7 +43,7 @@ __all__ = ["configure", "main"]
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``candles`` or ``trades`` (told apart by ``parser.prog``)."""
     is_candles = parser.prog.split()[-1] == "candles"
-    parser.add_argument("symbol", help="any spelling: BTC/USD, XBTUSD, XXBTZUSD, XBT/USD")
+    symbol_argument(parser)
     if is_candles:
         parser.add_argument(
             "-i", "--interval", default="1m", help="1m 5m 15m 30m 1h 4h 12h 1d 1w or N minutes"
