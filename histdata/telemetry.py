@@ -31,12 +31,12 @@ from prometheus_client.core import (
 from histdata import __version__
 from histdata.actors.buffer import Buffer
 from histdata.actors.feed import Feed, FeedStatistics
-from histdata.actors.flusher import Flusher
+from histdata.actors.flusher import Flusher, FlusherStatistics
 from histdata.actors.hub import HubStatistics
 from histdata.actors.journal import Journal, JournalStatistics
 from histdata.httpserver import Handler, Request, Response
 from histdata.storage import Storage
-from histdata.supervisor import Supervisor, SupervisorStatistics, channels
+from histdata.supervisor import ChannelStatistics, Supervisor, SupervisorStatistics, channels
 
 __all__ = [
     "CONTENT_TYPE",
@@ -167,7 +167,10 @@ def _symbol_trades(feed: FeedStatistics) -> dict[str, int]:
 
 
 def _drops(
-    chans: list[Any], journal: JournalStatistics, flusher: Any, extras: dict[str, Any]
+    chans: list[ChannelStatistics],
+    journal: JournalStatistics,
+    flusher: FlusherStatistics,
+    extras: dict[str, Any],
 ) -> dict[str, int]:
     """Every counted loss by where it happened, zero counts included (see status_snapshot)."""
     drops = {f"channel {c.name}": c.dropped for c in chans}
