@@ -2,9 +2,17 @@
 
 ``load_config`` reads the file (``-c``, else ``$HISTDATA_CONFIG``, else ``./config.toml``;
 a missing default file means all defaults), applies ``HISTDATA_<SECTION>_<KEY>`` variables on
-top, and returns frozen typed objects. Any unknown section or key, wrong type or out-of-range
-value raises :class:`~histdata.errors.ConfigError` whose message is one line naming the key,
-where it came from, and what is allowed.
+top, and returns frozen typed objects. Any unknown section or key (in the file, or as a
+``HISTDATA_<SECTION>_<KEY>`` variable of a known section), wrong type, non-finite number,
+out-of-range value or inconsistent pair (``pool_min`` above ``pool_max``) raises
+:class:`~histdata.errors.ConfigError` whose message is one line naming the key, where it came
+from, and what is allowed (with the nearest valid name for a misspelt key). Any other
+``HISTDATA_*`` variable that is not one of :data:`NON_CONFIG_VARIABLES` is not an error but a
+warning in :attr:`Config.warnings`, for the command line to print.
+
+Relative paths (``[service] data_dir``, ``[query] socket``) in a file, or defaulted while a
+file is used, are relative to the file's folder, so a service started from another directory
+finds the same data; from the environment, or with no file, to the working directory.
 
 There is deliberately no password key and no default credential anywhere: a database URL
 without a password lets libpq find it (``PGPASSWORD``, ``~/.pgpass``/``PGPASSFILE``, or a
@@ -14,6 +22,8 @@ systemd credential exported as a passfile).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
 import typing
@@ -25,6 +35,7 @@ from typing import Any
 from histdata.errors import ConfigError
 
 __all__ = [
+    "NON_CONFIG_VARIABLES",
     "BackfillConfig",
     "Config",
     "DatabaseConfig",
@@ -32,13 +43,28 @@ __all__ = [
     "KrakenConfig",
     "LiveConfig",
     "MaintenanceConfig",
+    "MetricsConfig",
     "QueryConfig",
     "RollupConfig",
     "ServiceConfig",
     "load_config",
+    "parse_listen",
 ]
 
 ENV_PREFIX = "HISTDATA_"
+
+# HISTDATA_* variables that are not configuration keys: the config file's name, and the
+# databases and sizes the test-suite, benchmarks and drills use.
+NON_CONFIG_VARIABLES = frozenset(
+    {
+        "HISTDATA_CONFIG",
+        "HISTDATA_TEST_DSN",
+        "HISTDATA_TIMESCALE_DSN",
+        "HISTDATA_DRILL_DSN",
+        "HISTDATA_FUZZ_EXAMPLES",
+        "HISTDATA_FUZZ_COUNTS",
+    }
+)
 
 
 def _choice(*allowed: str) -> dict[str, Any]:
@@ -53,18 +79,40 @@ def _non_negative() -> dict[str, Any]:
     return {"min": 0, "exclusive": False}
 
 
+def _path() -> dict[str, Any]:
+    return {"path": True}
+
+
+def _listen() -> dict[str, Any]:
+    return {"listen": True}
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9108`` for IPv6) as ``(host, port)``; port 0 picks a free one.
+
+    Raises:
+        ValueError: no port, a port that is not a number in 0..65535, or no host.
+    """
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:9108)")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port {port!r} is not a number from 0 to 65535")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """``[service]``: where the service keeps its state and how it logs and stops."""
 
-    data_dir: str = "./var"
+    data_dir: str = field(default="./var", metadata=_path())
     log_level: str = field(default="info", metadata=_choice("debug", "info", "warning", "error"))
     log_format: str = field(default="auto", metadata=_choice("auto", "json", "console"))
     shutdown_timeout_s: float = field(default=15.0, metadata=_positive())
 
     @property
     def data_path(self) -> Path:
-        """``data_dir`` as a path (relative paths are relative to the working directory)."""
+        """``data_dir`` as a path (already resolved against the config file's folder)."""
         return Path(self.data_dir)
 
 
@@ -153,12 +201,19 @@ class MaintenanceConfig:
 class QueryConfig:
     """``[query]``: the Unix socket the read API listens on."""
 
-    socket: str = "./var/histdata.sock"
+    socket: str = field(default="./var/histdata.sock", metadata=_path())
     stream_queue: int = field(default=10_000, metadata=_positive())
     # Beyond max_connections the oldest idle connection is evicted; a connection without a
     # complete request after header_timeout_s is closed (see histdata.httpserver).
     max_connections: int = field(default=512, metadata=_positive())
     header_timeout_s: float = field(default=5.0, metadata=_positive())
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: ``listen = "host:port"`` serves ``/metrics`` over TCP (empty: off)."""
+
+    listen: str = field(default="", metadata=_listen())
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +229,15 @@ class Config:
     rollup: RollupConfig = RollupConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
     query: QueryConfig = QueryConfig()
+    metrics: MetricsConfig = MetricsConfig()
     source: str = "defaults"
+    warnings: tuple[str, ...] = ()  # one line each: HISTDATA_* variables that were ignored
 
 
 _SECTIONS: dict[str, type[Any]] = {
     f.name: typing.get_type_hints(Config)[f.name]
     for f in dataclasses.fields(Config)
-    if f.name != "source"
+    if f.name not in ("source", "warnings")
 }
 
 
@@ -193,7 +250,8 @@ def load_config(
     path that does not exist is an error; a missing default file means built-in defaults.
 
     Raises:
-        ConfigError: unreadable file, bad TOML, unknown key, wrong type or value.
+        ConfigError: unreadable file, bad TOML, unknown key (in the file or as a variable of
+            a known section), wrong type or value, ``pool_min`` above ``pool_max``.
     """
     env = os.environ if environ is None else environ
     explicit = path if path is not None else env.get("HISTDATA_CONFIG") or None
@@ -212,7 +270,6 @@ def load_config(
     else:
         source = "defaults"
 
-    sections: dict[str, Any] = {}
     for section_name, section_value in raw.items():
         if section_name not in _SECTIONS:
             raise ConfigError(
@@ -221,35 +278,111 @@ def load_config(
             )
         if not isinstance(section_value, dict):
             raise ConfigError(f"config {source}: [{section_name}] must be a table")
+    warnings = _check_environment(env)
+    base = file.parent if source != "defaults" else None
+    sections: dict[str, Any] = {}
+    wheres: dict[tuple[str, str], str] = {}
     for section_name, cls in _SECTIONS.items():
         sections[section_name] = _build_section(
-            section_name, cls, raw.get(section_name, {}), env, source
+            section_name, cls, raw.get(section_name, {}), env, source, base, wheres
         )
-    return Config(**sections, source=source)
+    database = sections["database"]
+    if database.pool_min > database.pool_max:
+        raise ConfigError(
+            f"config [database] pool_min {database.pool_min}"
+            f" ({wheres.get(('database', 'pool_min'), 'default')}) is above pool_max"
+            f" {database.pool_max} ({wheres.get(('database', 'pool_max'), 'default')});"
+            " pool_min must be <= pool_max"
+        )
+    return Config(**sections, source=source, warnings=tuple(warnings))
+
+
+def _env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+def _check_environment(env: Mapping[str, str]) -> list[str]:
+    """Refuse ``HISTDATA_<SECTION>_<KEY>`` with a known section and an unknown key; return a
+    warning for every other ``HISTDATA_*`` variable that histdata does not read.
+
+    Raises:
+        ConfigError: naming the variable and the nearest valid key of its section.
+    """
+    known = {
+        _env_name(section, f.name)
+        for section, cls in _SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    }
+    warnings: list[str] = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known or name in NON_CONFIG_VARIABLES:
+            continue
+        rest = name.removeprefix(ENV_PREFIX).lower()
+        section = next((s for s in _SECTIONS if rest.startswith(f"{s}_")), None)
+        if section is None:
+            warnings.append(
+                f"${name} is neither a config key (HISTDATA_<SECTION>_<KEY>, sections:"
+                f" {', '.join(_SECTIONS)}) nor a variable histdata reads; ignored"
+            )
+            continue
+        key = rest.removeprefix(f"{section}_")
+        fields = [f.name for f in dataclasses.fields(_SECTIONS[section])]
+        raise ConfigError(
+            f"config ${name}: unknown key [{section}] {key}{_nearest(key, fields, section)};"
+            f" allowed: {', '.join(fields)}"
+        )
+    return warnings
+
+
+def _nearest(key: str, allowed: list[str], env_section: str | None = None) -> str:
+    """`` (did you mean …?)`` for the closest allowed key (as a variable of ``env_section``
+    when given), or nothing when none is close."""
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    name = close[0] if env_section is None else f"${_env_name(env_section, close[0])}"
+    return f" (did you mean {name}?)"
 
 
 def _build_section(
-    name: str, cls: type[Any], values: dict[str, Any], env: Mapping[str, str], source: str
+    name: str,
+    cls: type[Any],
+    values: dict[str, Any],
+    env: Mapping[str, str],
+    source: str,
+    base: Path | None,
+    wheres: dict[tuple[str, str], str],
 ) -> Any:
+    """One section from its file table and the environment; ``base`` is the file's folder
+    (None without a file); ``wheres`` records where each key set came from."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in fields:
             raise ConfigError(
-                f"config {source}: unknown key [{name}] {key}; allowed: {', '.join(fields)}"
+                f"config {source}: unknown key [{name}] {key}{_nearest(key, list(fields))};"
+                f" allowed: {', '.join(fields)}"
             )
     kwargs: dict[str, Any] = {}
     for key, spec in fields.items():
-        env_name = f"{ENV_PREFIX}{name.upper()}_{key.upper()}"
+        env_name = _env_name(name, key)
         where = f"[{name}] {key} in {source}"
+        relative_to = base
         if env_name in env:
             where = f"[{name}] {key} from ${env_name}"
             value = _from_env(env[env_name], hints[key], where)
+            relative_to = None  # typed in a shell: relative to where it was typed
         elif key in values:
             value = values[key]
+        elif spec.metadata.get("path") and base is not None:
+            value = spec.default
         else:
             continue
-        kwargs[key] = _check(value, hints[key], spec.metadata, where)
+        value = _check(value, hints[key], spec.metadata, where)
+        if spec.metadata.get("path") and relative_to is not None and value:
+            value = os.path.normpath(os.path.join(relative_to, value))
+        kwargs[key] = value
+        wheres[(name, key)] = where.removeprefix(f"[{name}] {key} ")
     return cls(**kwargs)
 
 
@@ -293,6 +426,8 @@ def _check(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"config {where}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"config {where}: {value!r} is not allowed; use a finite number")
     elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config {where}: expected an integer, got {value!r}")
@@ -301,6 +436,11 @@ def _check(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(repr(c) for c in meta["choices"])
         raise ConfigError(f"config {where}: {value!r} is not allowed; use one of {allowed}")
+    if meta.get("listen") and value:
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise ConfigError(f"config {where}: {exc}") from exc
     if "min" in meta:
         low = meta["min"]
         if value < low or (meta["exclusive"] and value == low):

@@ -269,7 +269,8 @@ class Service:
             flusher=self.flusher,
             journal=self.journal,
             storage=lambda: self.storage_actor.storage,
-            healthy=self.healthy,
+            # Adapter until healthy() itself returns its reasons (the lead's change).
+            healthy=lambda: [] if self.healthy() else ["live path unhealthy"],
             started_at=self.started_at,
             extra=self._extra_statistics,
         )

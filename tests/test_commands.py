@@ -29,7 +29,9 @@ import structlog
 import trio
 
 from histdata.cli import main
+from histdata.commands.status import render
 from histdata.model import NS_PER_S, Trade
+from histdata.runlock import hold_run_lock
 from histdata.sim import SimConfig, Simulator, open_simulator
 from histdata.storage import open_storage
 from histdata.timeutil import format_time
@@ -481,3 +483,191 @@ def _wait_for_healthy_status(
             return result
         time.sleep(0.2)
     raise AssertionError(f"no healthy status with data: {result}")
+
+
+def _trades_csv(path: Path, count: int) -> Path:
+    """A Kraken trades CSV of ``count`` BTC/USD trades, one a second from T0."""
+    path.write_text("".join(f"{T0 + i},100.{i % 10},0.5\n" for i in range(count)))
+    return path
+
+
+class TestQuietOutput:
+    def test_closed_pipe_is_quiet(self, cli: Callable[..., Outcome], tmp_path: Path) -> None:
+        """`histdata trades … | head` prints nothing on stderr and exits 0."""
+        assert cli("import", str(_trades_csv(tmp_path / "XBTUSD.csv", 20_000))).status == 0
+        command = [sys.executable, "-m", "histdata.cli", "trades", SYMBOL, "--direct"]
+        command += ["--start", str(T0), "--end", str(T0 + 20_000)]
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+        ) as process:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            assert process.stdout.read(64).startswith(b"time,price,volume")
+            process.stdout.close()  # what `head` does once it has its lines
+            err = process.stderr.read().decode()
+            process.wait(timeout=60)
+        assert err == ""
+        assert process.returncode == 0
+
+    def test_one_shot_commands_log_no_info_unless_verbose(
+        self, cli: Callable[..., Outcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the default log level, import prints its summary only; -v adds info logs."""
+        monkeypatch.delenv("HISTDATA_SERVICE_LOG_LEVEL")
+        monkeypatch.setenv("HISTDATA_SERVICE_LOG_FORMAT", "json")
+        csv_path = _trades_csv(tmp_path / "XBTUSD.csv", 10)
+        quiet = cli("import", str(csv_path))
+        assert quiet.status == 0
+        assert quiet.err == ""
+        verbose = cli("import", "-v", str(csv_path))
+        assert verbose.status == 0
+        assert '"event": "import_file_done"' in verbose.err
+        before_command = cli("-v", "import", str(csv_path))
+        assert '"event": "import_file_done"' in before_command.err
+
+
+class TestExitStatus:
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ("candles", "NOPE/USD", "--start", "2024-01-01", "--direct"),
+            ("trades", "NOPE/USD", "--start", "2024-01-01"),
+            ("gaps", "NOPE/USD"),
+            ("backfill", "NOPE/USD", "--since", "2024-01-01"),
+            ("run",),
+        ],
+    )
+    def test_unknown_symbol_is_a_usage_error_everywhere(
+        self, cli: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...]
+    ) -> None:
+        """An unknown symbol exits 2 with one line naming it, in every command."""
+        monkeypatch.setenv("HISTDATA_KRAKEN_SYMBOLS", "NOPE/USD")
+        result = cli(*argv)
+        assert result.status == 2, result.err
+        assert result.err.count("\n") == 1
+        assert "NOPE/USD" in result.err
+
+    def test_second_run_says_already_running(
+        self, cli: Callable[..., Outcome], tmp_path: Path
+    ) -> None:
+        """A run on a data_dir whose lock is held exits 1 at once, naming the holder's pid."""
+        with hold_run_lock(tmp_path / "var"):
+            result = cli("run")
+        assert result.status == 1
+        assert result.err == (
+            f"histdata run: already running (pid {os.getpid()}) on data_dir {tmp_path / 'var'};"
+            " stop it first, or give this one another [service] data_dir\n"
+        )
+        assert not (tmp_path / "var" / "histdata.sock").exists()
+
+    def test_read_of_an_unrecorded_data_dir_exits_2(
+        self, cli: Callable[..., Outcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Reading with no database and no data_dir says so instead of an empty CSV."""
+        monkeypatch.delenv("HISTDATA_DATABASE_URL")
+        monkeypatch.setenv("HISTDATA_SERVICE_DATA_DIR", str(tmp_path / "elsewhere"))
+        result = cli("candles", SYMBOL, "--start", "2024-01-01", "--end", "2024-01-02")
+        assert result.status == 2
+        assert result.out == ""
+        assert result.err.startswith(f"histdata: no database in {tmp_path / 'elsewhere'}")
+        assert not (tmp_path / "elsewhere" / "pg").exists()
+
+
+class TestEnvironment:
+    def test_misspelt_override_stops_with_the_nearest_name(
+        self, cli: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """HISTDATA_DATABASE_ULR exits 2 and names HISTDATA_DATABASE_URL."""
+        monkeypatch.setenv("HISTDATA_DATABASE_ULR", "postgresql://h@db/x")
+        result = cli("migrate")
+        assert result.status == 2
+        assert "did you mean $HISTDATA_DATABASE_URL?" in result.err
+
+    def test_stray_variable_is_a_one_line_warning(
+        self, cli: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A HISTDATA_* variable histdata does not read is named in one warning line."""
+        monkeypatch.setenv("HISTDATA_VERBOSE", "1")
+        result = cli("status")
+        assert result.err.splitlines()[0].startswith(
+            "histdata: warning: $HISTDATA_VERBOSE is neither a config key"
+        )
+
+
+class TestCompletion:
+    @pytest.mark.parametrize(
+        ("line", "expected"),
+        [
+            ("histdata can", "candles"),
+            ("histdata candles BTC/USD --for", "--format"),
+            ("histdata backfill XBTU", "XBTUSD"),
+            ("histdata trades ETH/U", "ETH/USD"),
+        ],
+    )
+    def test_bash_completion_offers_commands_and_options(
+        self, tmp_path: Path, line: str, expected: str
+    ) -> None:
+        """argcomplete completes command names, a command's own options and symbols."""
+        out = tmp_path / "completions"
+        env = os.environ | {
+            "_ARGCOMPLETE": "1",
+            "COMP_LINE": line,
+            "COMP_POINT": str(len(line)),
+            "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
+        }
+        subprocess.run([sys.executable, "-m", "histdata.cli"], env=env, check=True, timeout=60)
+        assert expected in [word.strip() for word in out.read_text().split("\v")]
+
+
+def _snapshot(symbols: dict[str, dict[str, Any]], **flusher: Any) -> dict[str, Any]:
+    """A /healthz snapshot as the service serves it, reduced to what status renders."""
+    return {
+        "healthy": False,
+        "unhealthy_reasons": ["feed down for 75 s"],
+        "service": {"version": "0", "pid": 1, "uptime_s": 10.0, "healthy": False},
+        "supervisor": {"children": []},
+        "channels": [],
+        "feed": {
+            "connected": False,
+            "sessions": 1,
+            "closes": {},
+            "last_message_age_s": 1.0,
+            "symbols": symbols,
+            "rejections": {},
+        },
+        "flusher": {
+            "database_up": True,
+            "trades_written": 0,
+            "trades_inserted": 0,
+            "trades_journaled": 0,
+            "trades_replayed": 0,
+        }
+        | flusher,
+        "journal": {"bytes": 0, "max_bytes": 1024, "segments": 0, "torn_records": 0},
+        "drops": {"channel live.trades": 0, "quarantined batches": 2},
+    }
+
+
+class TestStatusText:
+    def test_hundreds_of_symbols_are_summarised(self) -> None:
+        """300 symbols give one count line and the five most lagging, never-traded first."""
+        symbols: dict[str, dict[str, Any]] = {
+            f"S{i:03}/USD": {"last_trade_age_s": float(i), "subscription_error": None}
+            for i in range(300)
+        }
+        symbols["S007/USD"]["last_trade_age_s"] = None
+        symbols["S008/USD"]["subscription_error"] = "Currency pair not supported"
+        lines = render(_snapshot(symbols)).splitlines()
+        assert (
+            "  symbols: 300 subscribed, 298 with trades, 1 without a trade yet,"
+            " 1 subscription failures"
+        ) in lines
+        listed = [line.split()[0] for line in lines if line.startswith("  S")]
+        assert listed == ["S008/USD", "S007/USD", "S299/USD", "S298/USD", "S297/USD", "S296/USD"]
+        assert "  unhealthy: feed down for 75 s" in lines
+
+    def test_trades_new_and_present_are_separate(self) -> None:
+        """Status shows new and already-present trades that add up to those written."""
+        text = render(_snapshot({}, trades_written=1038, trades_inserted=916))
+        assert "trades stored 916 new, 122 already present (of 1038 written" in text
+        assert text.splitlines()[-1] == "drops: quarantined batches 2"

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from histdata.backfill import FetchProgress, FetchResult, backfill_cursor_name, fetch_trades
-from histdata.commands.common import open_command_storage, setup, time_arg
+from histdata.commands.common import open_command_storage, setup, symbol_argument, time_arg
 from histdata.config import Config
 from histdata.kraken import RateLimiter, open_kraken_rest
 from histdata.model import datetime_to_ns, ns_to_datetime
@@ -31,9 +31,7 @@ __all__ = ["configure", "main"]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``backfill`` arguments."""
-    parser.add_argument(
-        "symbol", metavar="SYMBOL", help="pair in any spelling (BTC/USD, XBTUSD, XXBTZUSD)"
-    )
+    symbol_argument(parser)
     parser.add_argument(
         "--since", required=True, type=time_arg, help="ISO 8601 (2024-01-01) or Unix seconds"
     )

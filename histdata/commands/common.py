@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from datetime import datetime
@@ -20,21 +22,85 @@ from histdata.symbols import SymbolRegistry
 from histdata.timeutil import parse_interval, parse_time
 
 __all__ = [
+    "NoRecordedData",
     "database_conninfo",
     "database_label",
     "interval_arg",
     "open_command_storage",
     "setup",
+    "socket_refused",
+    "symbol_argument",
     "time_arg",
     "unreachable",
 ]
 
 
-def setup(args: argparse.Namespace) -> Config:
-    """Load the configuration named by ``-c`` (or the defaults) and configure logging."""
+class NoRecordedData(ConfigError):
+    """A read found no embedded database in ``data_dir``: nothing was ever recorded there.
+
+    A configuration error (exit status 2) rather than an empty answer: the usual cause is a
+    ``data_dir`` that points somewhere else than the service's (another working directory,
+    another config file), and creating a fresh, empty database there would hide that.
+    """
+
+
+_LEVELS = ("warning", "info", "debug")
+
+
+def setup(args: argparse.Namespace, *, one_shot: bool = True) -> Config:
+    """Load the configuration named by ``-c`` (or the defaults) and configure logging.
+
+    One-shot commands (all but ``run``) log warnings and errors only, so their output is
+    not wrapped in info lines; ``-v`` adds info and ``-vv`` debug. The service logs at
+    ``[service] log_level``, which ``-v``/``-vv`` lower the same way. Warnings about
+    ignored ``HISTDATA_*`` variables are printed to stderr, one line each.
+
+    Raises:
+        ConfigError: the configuration is invalid (see :func:`~histdata.config.load_config`).
+    """
     config = load_config(getattr(args, "config", None))
-    configure_logging(config.service.log_level, config.service.log_format)
+    for warning in config.warnings:
+        print(f"histdata: warning: {warning}", file=sys.stderr)
+    verbose = min(getattr(args, "verbose", 0) or 0, len(_LEVELS) - 1)
+    configured = config.service.log_level
+    if verbose:
+        level = _LEVELS[verbose]
+    elif one_shot and configured in ("debug", "info"):
+        level = "warning"
+    else:
+        level = configured
+    configure_logging(level, config.service.log_format)
     return config
+
+
+def _complete_symbol(prefix: str, **_: object) -> list[str]:
+    """Shell completion of a symbol: the shipped pairs' v2 names, or altnames (``XBT…``)."""
+    wanted = prefix.upper()
+    names = [n for info in SymbolRegistry.shipped() for n in (info.symbol, info.altname)]
+    return sorted({n for n in names if n.startswith(wanted)})
+
+
+def symbol_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the ``SYMBOL`` positional, completed from the shipped pairs in a shell."""
+    action = parser.add_argument(
+        "symbol", metavar="SYMBOL", help="pair in any spelling (BTC/USD, XBTUSD, XXBTZUSD)"
+    )
+    # argcomplete reads the completer from the action (its documented way to attach one).
+    action.completer = _complete_symbol  # type: ignore[attr-defined]
+
+
+def socket_refused(path: str) -> str | None:
+    """Why nothing accepts a connection on the Unix socket ``path`` (None: something does).
+
+    Commands probe with a socket they close themselves before using httpx, which leaks the
+    socket of a refused Unix connect.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def time_arg(text: str) -> datetime:
@@ -70,14 +136,17 @@ def unreachable(conninfo: str, exc: BaseException) -> DatabaseUnavailable:
 
 
 @contextmanager
-def database_conninfo(config: Config) -> Iterator[str]:
+def database_conninfo(config: Config, *, create: bool = True) -> Iterator[str]:
     """Yield a conninfo for the configured database, starting the embedded one if needed.
 
-    With ``[database] url`` empty, the private PostgreSQL in ``data_dir`` is started (or
+    With ``[database] url`` empty, the private PostgreSQL in ``data_dir/pg`` is started (or
     attached to, if another histdata process runs it) and stopped on exit when we started it.
+    With ``create=False`` (reads) a ``data_dir`` without one is an error instead of a fresh,
+    empty database.
 
     Raises:
         ConfigError: ``[database] url`` is malformed (the message names the config's source).
+        NoRecordedData: ``create`` is false and ``data_dir`` holds no embedded database.
     """
     if config.database.url:
         try:
@@ -90,20 +159,28 @@ def database_conninfo(config: Config) -> Iterator[str]:
         return
     from histdata.storage.embedded import open_embedded
 
+    if not create and not (config.service.data_path / "pg").is_dir():
+        raise NoRecordedData(
+            f"no database in {config.service.data_path} ([service] data_dir, {config.source}):"
+            " nothing has been recorded there; point data_dir (or -c) at the service's, or"
+            " set [database] url"
+        )
     with open_embedded(config.service.data_path) as server:
         yield server.dsn
 
 
 @asynccontextmanager
 async def open_command_storage(
-    config: Config, registry: SymbolRegistry | None = None
+    config: Config, registry: SymbolRegistry | None = None, *, create: bool = True
 ) -> AsyncIterator[Storage]:
     """Open Storage on the configured database (schema migrated) for a one-shot command.
 
     Starting the embedded server blocks for about a second, so it runs in a worker thread.
+    Commands that only read pass ``create=False`` (see :func:`database_conninfo`).
 
     Raises:
         DatabaseUnavailable: the database refused the connection; one line naming it.
+        NoRecordedData: ``create`` is false and there is no embedded database yet.
     """
     async with AsyncExitStack() as stack:
         sync_stack = ExitStack()
@@ -114,7 +191,7 @@ async def open_command_storage(
 
         stack.push_async_callback(stop_embedded)
         conninfo = await trio.to_thread.run_sync(
-            sync_stack.enter_context, database_conninfo(config)
+            sync_stack.enter_context, database_conninfo(config, create=create)
         )
         try:
             storage = await stack.enter_async_context(

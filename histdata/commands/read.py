@@ -24,7 +24,12 @@ import trio
 
 from histdata.actors.query import check_range
 from histdata.client import socket_transport
-from histdata.commands.common import open_command_storage, setup
+from histdata.commands.common import (
+    open_command_storage,
+    setup,
+    socket_refused,
+    symbol_argument,
+)
 from histdata.config import Config
 from histdata.errors import UnknownSymbol
 from histdata.formats import FORMATS, candle_encoder, trade_encoder
@@ -38,7 +43,7 @@ __all__ = ["configure", "main"]
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``candles`` or ``trades`` (told apart by ``parser.prog``)."""
     is_candles = parser.prog.split()[-1] == "candles"
-    parser.add_argument("symbol", help="any spelling: BTC/USD, XBTUSD, XXBTZUSD, XBT/USD")
+    symbol_argument(parser)
     if is_candles:
         parser.add_argument(
             "-i", "--interval", default="1m", help="1m 5m 15m 30m 1h 4h 12h 1d 1w or N minutes"
@@ -55,6 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _via_socket(socket: str, path: str, params: dict[str, str], out: BinaryIO) -> int | None:
     """Stream the answer to ``out``; None when no service listens on ``socket``."""
+    if socket_refused(socket) is not None:
+        return None
     try:
         with (
             httpx.Client(transport=socket_transport(socket), timeout=None) as http,
@@ -85,7 +92,7 @@ async def _direct(args: argparse.Namespace, config: Config, out: BinaryIO) -> in
         return 2
     start = parse_time(args.start)
     end = parse_time(args.end) if args.end else utc_now()
-    async with open_command_storage(config, registry) as storage:
+    async with open_command_storage(config, registry, create=False) as storage:
         if args._read_kind == "candles":
             interval = parse_interval(args.interval)
             encoder = candle_encoder(args.format, symbol, interval)

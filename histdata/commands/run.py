@@ -1,7 +1,9 @@
 """``histdata run``: the service, in the foreground, until SIGTERM or SIGINT.
 
-With ``[database] url`` empty the embedded PostgreSQL in ``data_dir`` is started first and
-stopped after the service has drained. A second signal stops without waiting; the disk
+A second ``histdata run`` on the same ``data_dir`` stops before starting anything, saying
+"already running (pid N)" (see :mod:`histdata.runlock`). With ``[database] url`` empty the
+embedded PostgreSQL in ``data_dir`` is started first and stopped after the service has
+drained. A second signal stops without waiting; the disk
 journal keeps whatever was not committed and is replayed at the next start.
 """
 
@@ -14,6 +16,7 @@ import trio
 from histdata.commands.common import database_conninfo, setup
 from histdata.config import Config
 from histdata.errors import FatalError
+from histdata.runlock import hold_run_lock
 from histdata.service import Service
 from histdata.supervisor import SupervisorEscalation
 
@@ -32,11 +35,12 @@ def main(args: argparse.Namespace) -> int:
     """Run the service; returns 0 after a graceful stop.
 
     Raises:
+        AlreadyRunning: another ``histdata run`` uses the same ``data_dir`` (exit status 1).
         ServiceGaveUp: the supervision tree gave up (exit status 1, so systemd's
             ``Restart=on-failure`` applies), in one line naming the child and its last error.
     """
-    config = setup(args)
-    with database_conninfo(config) as conninfo:
+    config = setup(args, one_shot=False)
+    with hold_run_lock(config.service.data_path), database_conninfo(config) as conninfo:
         try:
             trio.run(_serve, config, conninfo)
         except (SupervisorEscalation, BaseExceptionGroup) as exc:

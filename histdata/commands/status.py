@@ -1,22 +1,22 @@
 """``histdata status``: ask the running service how it is doing.
 
-Reads ``GET /healthz`` over the Unix socket at ``[query] socket`` and prints the actors and
-their restarts, channel statistics, the age of the last message per symbol, the journal and
-every counted loss. ``--json`` prints the raw snapshot instead.
+Reads ``GET /healthz`` over the Unix socket at ``[query] socket`` and prints why the service
+is unhealthy (if it is), the actors and their restarts, channel statistics, a summary of the
+symbols with the most lagging ones, the trades stored (new and already present), the
+journal and every counted loss. ``--json`` prints the raw snapshot instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from typing import Any
 
 import httpx
 
 from histdata.client import socket_transport
-from histdata.commands.common import setup
+from histdata.commands.common import setup, socket_refused
 
 __all__ = ["configure", "main", "render"]
 
@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
     config = setup(args)
     path = config.query.socket
     # Probe with a socket we close ourselves: httpx leaks the socket of a refused Unix connect.
-    refused = _refused(path)
+    refused = socket_refused(path)
     if refused is None:
         try:
             with httpx.Client(
@@ -60,16 +60,6 @@ def main(args: argparse.Namespace) -> int:
     return 0 if snapshot.get("healthy") else 3
 
 
-def _refused(path: str) -> str | None:
-    """Why nothing accepts a connection on the Unix socket ``path`` (None: something does)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
-
-
 def _age(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f} s ago"
 
@@ -83,6 +73,37 @@ def _size(count: int) -> str:
             return f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"
+
+
+# Symbols listed one per line: the most lagging ones; the rest are summarised in counts.
+_WORST = 5
+
+
+def _symbols(feed: dict[str, Any], lines: list[str]) -> None:
+    """A count of symbols by state, then the most lagging (never traded first)."""
+    symbols: dict[str, dict[str, Any]] = feed["symbols"]
+    failed = {s: i["subscription_error"] for s, i in symbols.items() if i.get("subscription_error")}
+    never = [s for s, i in symbols.items() if i["last_trade_age_s"] is None and s not in failed]
+    lines.append(
+        f"  symbols: {len(symbols)} subscribed, {len(symbols) - len(never) - len(failed)} with"
+        f" trades, {len(never)} without a trade yet, {len(failed)} subscription failures"
+    )
+    for symbol, error in sorted(failed.items())[:_WORST]:
+        lines.append(f"  {symbol:<10} SUBSCRIPTION FAILED: {error}")
+    if len(failed) > _WORST:
+        lines.append(f"  … and {len(failed) - _WORST} more failed subscriptions (--json)")
+
+    def lag(symbol: str) -> float:
+        age = symbols[symbol]["last_trade_age_s"]
+        return float("inf") if age is None else float(age)
+
+    ranked = sorted((s for s in symbols if s not in failed), key=lambda s: (-lag(s), s))
+    if ranked:
+        lines.append("  most lagging:" if len(ranked) > _WORST else "  last trades:")
+    for symbol in ranked[:_WORST]:
+        info = symbols[symbol]
+        count = f", {info['trades']} trades" if "trades" in info else ""
+        lines.append(f"  {symbol:<10} last trade {_age(info['last_trade_age_s'])}{count}")
 
 
 def _tree(stats: dict[str, Any], depth: int, lines: list[str]) -> None:
@@ -102,9 +123,9 @@ def render(snapshot: dict[str, Any]) -> str:
     lines = [
         f"histdata {service['version']} pid {service['pid']} up {service['uptime_s']:.0f} s"
         f" — {'healthy' if service['healthy'] else 'UNHEALTHY'}",
-        "",
-        "actors:",
     ]
+    lines += [f"  unhealthy: {reason}" for reason in snapshot.get("unhealthy_reasons") or []]
+    lines += ["", "actors:"]
     _tree(snapshot["supervisor"], 0, lines)
     lines += ["", "channels:"]
     for c in snapshot["channels"]:
@@ -120,26 +141,26 @@ def render(snapshot: dict[str, Any]) -> str:
         f"feed: {'connected' if feed['connected'] else 'DISCONNECTED'}, sessions"
         f" {feed['sessions']}, closes: {closes}; last message {_age(feed['last_message_age_s'])}",
     ]
-    for symbol, info in feed["symbols"].items():
-        failed = f"  SUBSCRIPTION FAILED: {info['subscription_error']}"
-        lines.append(
-            f"  {symbol:<10} last trade {_age(info['last_trade_age_s'])}"
-            + (failed if info.get("subscription_error") else "")
-        )
+    _symbols(feed, lines)
     if feed["rejections"]:
         lines.append(
             "  rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(feed["rejections"].items()))
         )
     flusher, journal = snapshot["flusher"], snapshot["journal"]
+    # trades_written counts every trade sent to the database (replays included) and
+    # trades_inserted the new ones among them, so the rest were already stored. Clamped: a
+    # snapshot taken mid-write may see a batch's inserts before its written count.
+    present = max(0, flusher["trades_written"] - flusher["trades_inserted"])
     lines += [
         "",
-        f"flusher: database {'up' if flusher['database_up'] else 'DOWN'}, trades written"
-        f" {flusher['trades_written']} (new {flusher['trades_inserted']}), journaled"
-        f" {flusher['trades_journaled']}, replayed {flusher['trades_replayed']}",
+        f"flusher: database {'up' if flusher['database_up'] else 'DOWN'}; trades stored"
+        f" {flusher['trades_inserted']} new, {present} already present (of"
+        f" {flusher['trades_written']} written, {flusher['trades_replayed']} of them replayed"
+        f" from the journal); journaled {flusher['trades_journaled']}",
         f"journal: {_size(journal['bytes'])} of {_size(journal['max_bytes'])} in"
         f" {journal['segments']} segments; torn records {journal['torn_records']}",
     ]
-    drops = snapshot.get("drops") or {}
+    drops = {k: v for k, v in (snapshot.get("drops") or {}).items() if v}
     lines.append(
         "drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) if drops else "none")
     )
