@@ -140,6 +140,7 @@ class FeedStatistics:
     lag_s: float | None  # how far the newest trade frame lagged Kraken's time (None: offline)
     down_since: float | None  # when the feed last lost (or never had) its connection
     last_trade_at: dict[str, float]
+    trades_by_symbol: dict[str, int]  # trades received per symbol, snapshots included
     system_status: str | None
 
 
@@ -203,6 +204,7 @@ class Feed:
         self._subscribed_since: float | None = None
         self._last_message_at: float | None = None
         self._last_trade_at: dict[str, float] = {}
+        self._trades_by_symbol: Counter[str] = Counter()
         self._system: str | None = None
         self._immediate_retry = False
         self._claims: Claims | None = None
@@ -232,6 +234,7 @@ class Feed:
             lag_s=self._claims.lag_s if self._claims is not None and self._connected else None,
             down_since=self._down_since,
             last_trade_at=dict(self._last_trade_at),
+            trades_by_symbol=dict(self._trades_by_symbol),
             system_status=self._system,
         )
 
@@ -370,6 +373,7 @@ class Feed:
             self._publish.publish_trades(event.trades)
         for trade in event.trades:
             self._last_trade_at[trade.symbol] = now
+            self._trades_by_symbol[trade.symbol] += 1
         await self._trades.send_many(event.trades)
 
     async def _mark(self, claims: Claims, now_ns: int, loss_before: int) -> int:

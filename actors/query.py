@@ -61,6 +61,7 @@ from histdata.storage import Storage
 from histdata.storage.continuity import id_holes
 from histdata.storage.reads import ReadOptions, iter_candle_rows, iter_trade_rows, symbol_extent
 from histdata.symbols import SymbolRegistry
+from histdata.telemetry import Latencies, timed_reads
 from histdata.timeutil import format_time, parse_interval, parse_time
 
 __all__ = ["EARLIEST", "LATEST", "BadParameter", "QueryApp", "Reply", "check_range"]
@@ -198,9 +199,10 @@ class QueryApp:
         chunk: int = 20_000,
         max_connections: int = 512,
         header_timeout_s: float = 5.0,
+        latencies: Latencies | None = None,
     ) -> None:
         self._http = HTTPServer(
-            self.handle_http,
+            self.handle_http if latencies is None else timed_reads(self.handle_http, latencies),
             max_connections=max_connections,
             header_timeout_s=header_timeout_s,
             reserve_descriptors=_RESERVED_DESCRIPTORS,

@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
 
+from histdata import metrics_listener
 from histdata.actors.backfiller import Backfiller
 from histdata.actors.buffer import Batch, Buffer, LiveItem, live_weight
 from histdata.actors.feed import CatchUpQueue, Feed
@@ -69,7 +71,7 @@ from histdata.supervisor import (
     watch_signals,
 )
 from histdata.symbols import SymbolRegistry
-from histdata.telemetry import TelemetrySources, prometheus_text, status_snapshot
+from histdata.telemetry import Latencies, TelemetrySources, prometheus_text, status_snapshot
 from histdata.timeutil import parse_time
 
 __all__ = ["Service", "StorageActor"]
@@ -80,8 +82,6 @@ _log = structlog.get_logger("histdata.service", actor="service")
 _BATCH_QUEUE = 4
 # A flusher that has neither written nor journaled for this long with work queued is stuck.
 _STALL_S = 60.0
-# A journal drop or a storage failure keeps the service unhealthy for this long after it.
-_RECENT_S = 60.0
 
 
 class StorageActor:
@@ -213,6 +213,7 @@ class Service:
         self.maintenance: MaintenanceActor | None = None
         self.storage_actor = StorageActor(conninfo, config, self.registry)
         timeout = config.service.shutdown_timeout_s
+        self.latencies = Latencies()
         self.flusher = Flusher(
             self.batches,
             self.storage_actor.get,
@@ -220,6 +221,7 @@ class Service:
             retry_s=live.flush_retry_s,
             group_trades=max(live.batch_size, 5000),
             stop_write_budget_s=0.3 * timeout,
+            observe_write=self.latencies.write.observe,
         )
         self.buffer = Buffer(
             self.trades,
@@ -269,14 +271,12 @@ class Service:
             flusher=self.flusher,
             journal=self.journal,
             storage=lambda: self.storage_actor.storage,
-            # Adapter until healthy() itself returns its reasons (the lead's change).
-            healthy=lambda: [] if self.healthy() else ["live path unhealthy"],
+            healthy=self.health_reasons,
             started_at=self.started_at,
             extra=self._extra_statistics,
+            latencies=self.latencies,
         )
         self._stopping = False
-        self._journal_dropped_seen = 0
-        self._journal_dropped_at: float | None = None
 
     # -- the actors beside the live path -------------------------------------------------------
 
@@ -302,6 +302,14 @@ class Service:
             ChildSpec("maintenance", self._run_maintenance, shutdown_timeout_s=small),
             ChildSpec("query", self._run_query, shutdown_timeout_s=small),
         ]
+        if self.config.metrics.listen:
+            specs.append(
+                ChildSpec(
+                    "metrics",
+                    partial(metrics_listener.run, self.config.metrics.listen, self.metrics),
+                    shutdown_timeout_s=small,
+                )
+            )
         return specs
 
     def _rest(self) -> KrakenRest:
@@ -371,6 +379,9 @@ class Service:
             status=self.status,
             metrics=self.metrics,
             stream_queue=self.config.query.stream_queue,
+            max_connections=self.config.query.max_connections,
+            header_timeout_s=self.config.query.header_timeout_s,
+            latencies=self.latencies,
         )
 
         stopping = current_child_stopping()
@@ -402,8 +413,8 @@ class Service:
 
         Unhealthy: a live actor not running, the flusher stuck, the feed down for longer than
         ``[kraken] feed_down_unhealthy_s``, the database away (storage not open, or writes
-        going to the journal), the journal dropping within the last minute, any batch
-        quarantined since the start (an operator must look at it).
+        going to the journal), the journal dropping (until an append succeeds again), any
+        batch quarantined since the start (an operator must look at it).
         """
         now = time.time()
         reasons = [
@@ -423,12 +434,12 @@ class Service:
             reasons.append(f"the database is unreachable{why}")
         elif not self.flusher.statistics().database_up:
             reasons.append("the database is refusing writes; live data goes to the journal")
-        dropped = self.journal.dropped
-        if dropped != self._journal_dropped_seen:
-            self._journal_dropped_seen = dropped
-            self._journal_dropped_at = now
-        if self._journal_dropped_at is not None and now - self._journal_dropped_at < _RECENT_S:
-            reasons.append(f"the journal is dropping data ({dropped} items lost so far)")
+        journal = self.journal.statistics()
+        if journal.failing:
+            why = f": {journal.last_error}" if journal.last_error else ""
+            reasons.append(
+                f"the journal is dropping data ({self.journal.dropped} items lost so far){why}"
+            )
         quarantined = self.flusher.statistics().quarantined_batches
         if quarantined:
             reasons.append(
@@ -450,9 +461,7 @@ class Service:
 
     def status(self) -> dict[str, Any]:
         """The snapshot served at ``/healthz`` (see :func:`histdata.telemetry.status_snapshot`)."""
-        snapshot = status_snapshot(self.telemetry)
-        snapshot.setdefault("unhealthy_reasons", self.health_reasons())
-        return snapshot
+        return status_snapshot(self.telemetry)
 
     def metrics(self) -> bytes:
         """Prometheus text for ``/metrics``."""

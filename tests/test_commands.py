@@ -468,7 +468,7 @@ class TestStatus:
             assert any(line.split()[:2] == [actor, "running"] for line in lines), actor
         (symbol_line,) = [line for line in lines if line.split()[:1] == [SYMBOL]]
         assert "last trade" in symbol_line
-        assert symbol_line.endswith(" s ago")
+        assert " s ago" in symbol_line
 
 
 def _wait_for_healthy_status(

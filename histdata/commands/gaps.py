@@ -126,7 +126,7 @@ async def _run(
     interval = timedelta(minutes=args.interval)
     streams = _STREAMS if args.stream == "both" else (args.stream,)
     out: list[str] = []
-    async with open_command_storage(config) as storage:
+    async with open_command_storage(config, create=args.repair) as storage:
         if args.repair:
             limiter = RateLimiter(
                 rate_per_s=config.kraken.rest_rate_per_s, burst=config.kraken.rest_burst
