@@ -266,3 +266,28 @@ class TestReadOnlyPaths:
         assert await storage.last_trade("ETH/USD") is None
         with psycopg.connect(database_url) as conn:
             assert conn.execute("SELECT count(*) FROM symbols").fetchone() == (0,)
+
+
+class TestSymbolRegistration:
+    async def test_an_id_from_a_rolled_back_registration_is_not_kept(
+        self, storage: Storage, database_url: str
+    ) -> None:
+        """A transaction that registered a symbol and then failed leaves no cached id; the
+        next write registers it again, and the id it uses has a committed row."""
+
+        def register_then_fail(conn: psycopg.Connection[object]) -> None:
+            storage.symbol_id(conn, "ETH/USD")
+            conn.execute("SELECT 1/0")
+
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await storage.run(register_then_fail)
+        # Another process takes the id the rolled-back insert had used.
+        async with open_storage(database_url, pool_max=1) as other:
+            await other.register_symbol("SOL/USD")
+        eth = Trade("ETH/USD", T0_NS, Decimal("3000.5"), Decimal("1"), trade_id=1)
+        await storage.write_trades([eth], source="live")
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT s.symbol FROM trades t JOIN symbols s ON s.id = t.symbol_id"
+            ).fetchall()
+        assert rows == [("ETH/USD",)]
