@@ -12,6 +12,12 @@ table and moved with ``INSERT … ON CONFLICT DO NOTHING`` (trades) or a guarded
 trades that share a timestamp are all kept (they differ in ``trade_id`` or ``seq``).
 Coverage and cursor updates passed with a write commit in the same transaction, so a kill
 between them cannot leave a cursor ahead of its data.
+
+**Symbol ids stand in for the foreign keys** that the hot tables dropped for speed
+(``sql/0003``): every id written comes from :meth:`Storage.symbol_id`, which returns either
+the id of a committed ``symbols`` row or one its own transaction inserted, and an id is cached
+only after that transaction committed. A rolled-back registration therefore never leaves an
+id behind that another process could give to another symbol.
 """
 
 from __future__ import annotations
