@@ -336,16 +336,18 @@ class Feed:
                     if isinstance(event, TradesEvent | CandlesEvent) and now - started >= 1.0:
                         # It has delivered for a while: a drop now is "random", retry at once.
                         self._immediate_retry = True
+                    # Claimed only once queued: a stop that cancels a send half-way must not
+                    # leave the final mark claiming what never reached the channel.
                     if isinstance(event, TradesEvent):
-                        claims.on_trades(event.trades, received_ns, snapshot=event.snapshot)
                         await self._on_trades(event, now)
+                        claims.on_trades(event.trades, received_ns, snapshot=event.snapshot)
                     elif isinstance(event, CandlesEvent):
-                        claims.on_candles(event.candles, received_ns)
                         self._count_rejections(event.rejections)
                         self._candle_count += len(event.candles)
                         if self._publish is not None:
                             self._publish.publish_candles(event.candles)
                         await self._candles.send_many(event.candles)
+                        claims.on_candles(event.candles, received_ns)
                     else:
                         claims.on_message(received_ns)
                         if isinstance(event, RejectedFrame):
