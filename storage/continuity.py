@@ -3,7 +3,8 @@
 Kraken numbers every pair's trades with consecutive integers (``trade_id`` on WebSocket v2,
 the last field of a REST ``Trades`` row). From a symbol's lowest stored id onward, an id that
 is not stored is a missing trade, whatever coverage claims; id-less rows (Kraken's 3-column
-CSV files) take no part. Two views:
+CSV files) take no part, and neither do rows with id 0 (Kraken served runs of id 0 until
+mid-2024; docs/kraken.md). Two views:
 
 - :func:`id_holes` finds the breaks among the trades of a time range as it reads them (one
   window query over the range, plus the nearest trade with an id on either side), labelled
@@ -87,12 +88,12 @@ _BREAKS = (
 def _range_breaks(conn: Connection, sid: int, start: datetime, end: datetime) -> list[IdHole]:
     rows = conn.execute(
         "WITH s AS ("
-        " SELECT trade_id, time FROM trades WHERE symbol_id = %(sid)s AND trade_id IS NOT NULL"
+        " SELECT trade_id, time FROM trades WHERE symbol_id = %(sid)s AND trade_id > 0"
         "  AND time >= %(a)s AND time < %(b)s"
         " UNION ALL (SELECT trade_id, time FROM trades WHERE symbol_id = %(sid)s"
-        "  AND trade_id IS NOT NULL AND time < %(a)s ORDER BY time DESC LIMIT 1)"
+        "  AND trade_id > 0 AND time < %(a)s ORDER BY time DESC LIMIT 1)"
         " UNION ALL (SELECT trade_id, time FROM trades WHERE symbol_id = %(sid)s"
-        "  AND trade_id IS NOT NULL AND time >= %(b)s ORDER BY time LIMIT 1)),"
+        "  AND trade_id > 0 AND time >= %(b)s ORDER BY time LIMIT 1)),"
         f"{_BREAKS}",
         {"sid": sid, "a": start, "b": end},
     ).fetchall()
@@ -181,7 +182,7 @@ def _audit(conn: Connection, storage: Storage, symbol: str) -> AuditResult:
     ).fetchone()
     if row is None:
         first = conn.execute(
-            "SELECT trade_id, time FROM trades WHERE symbol_id = %s AND trade_id IS NOT NULL"
+            "SELECT trade_id, time FROM trades WHERE symbol_id = %s AND trade_id > 0"
             " ORDER BY trade_id LIMIT 1",
             (sid,),
         ).fetchone()
@@ -222,7 +223,7 @@ def _scan(
     beyond, order = (">", "") if up else ("<", " DESC")
     rows = conn.execute(
         "WITH s AS (SELECT trade_id, time FROM (SELECT trade_id, time FROM trades"
-        f"  WHERE symbol_id = %(sid)s AND trade_id IS NOT NULL AND trade_id {beyond} %(id)s"
+        f"  WHERE symbol_id = %(sid)s AND trade_id > 0 AND trade_id {beyond} %(id)s"
         f"  ORDER BY trade_id{order} LIMIT %(n)s) AS fresh"
         " UNION ALL SELECT %(id)s::int8, %(t)s::timestamptz),"
         " w AS (SELECT trade_id, time, lag(trade_id) OVER o AS pid, lag(time) OVER o AS ptime,"
