@@ -72,7 +72,7 @@ _MAKER_FEES = (
     (1000000, 0.06),
     (2500000, 0.04),
     (5000000, 0.02),
-    (10000000, 0),
+    (10000000, 0.0),  # printed 0.0, as in the 2025 capture (the docs example has 0)
 )
 # Rough 2026 price levels (v2 base names), so prices and minimum orders look like real ones.
 _PRICE_LEVELS: dict[str, float] = {
@@ -85,6 +85,7 @@ _PRICE_LEVELS: dict[str, float] = {
     "ADA": 0.5,
 }
 _GENERATED_QUOTES = ("USD", "EUR", "USDT")
+_COLLATERAL = frozenset({"XBT", "ETH"})
 
 
 def asset_id(code: str) -> str:
@@ -186,13 +187,16 @@ def asset_entry(code: str) -> dict[str, object]:
     """The ``Assets`` entry of the asset spelled ``code`` in a wsname (``XBT``, ``USD``)."""
     fiat = code in _FIAT
     legacy = asset_id(code) != code
-    return {
+    entry: dict[str, object] = {
         "aclass": "currency",
         "altname": code,
         "decimals": 4 if fiat else (10 if legacy else 8),
         "display_decimals": 2 if fiat else 5,
-        "status": "enabled",
     }
+    if fiat or code in _COLLATERAL:  # only assets that count as margin collateral have it
+        entry["collateral_value"] = 1
+    entry["status"] = "enabled"
+    return entry
 
 
 def assets_of(infos: Sequence[SymbolInfo]) -> dict[str, dict[str, object]]:
