@@ -268,7 +268,8 @@ class TestRestShapes:
         assert all(isinstance(level[2], int) for level in book["asks"] + book["bids"])
 
     async def test_generated_pairs(self) -> None:
-        """--pairs N adds N distinct pairs with full AssetPairs entries, each trading."""
+        """--pairs N adds N distinct pairs with full AssetPairs entries, each trading, the
+        first generated ones busier than the last (a long tail of quiet markets)."""
         config = SimConfig(symbols=("BTC/USD",), pairs=40, history_s=60)
         async with open_simulator(config) as sim:
             entries = (await get(sim, "AssetPairs")).json()["result"]
@@ -276,6 +277,7 @@ class TestRestShapes:
             traded = [len(book.trades) for book in sim.market.symbols.values()]
         assert len(entries) == 41
         assert all(traded)
+        assert sum(traded[1:6]) > 4 * sum(traded[-5:])
         for key, entry in entries.items():
             assert entry["altname"] in (key, "XBTUSD")
             assert {entry["base"], entry["quote"]} <= set(assets)

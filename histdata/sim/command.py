@@ -33,7 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--pairs",
         type=int,
         default=0,
-        help="also simulate this many generated pairs, listed in AssetPairs (default 0)",
+        help="also simulate this many generated pairs, listed in AssetPairs, the k-th at "
+        "rate/(k+2) trades/s (default 0)",
     )
     parser.add_argument("--rate", type=float, default=5.0, help="trades/s per symbol (default 5)")
     parser.add_argument(
@@ -130,9 +131,15 @@ async def _close_periodically(sim: Simulator, every_s: float, seed: int) -> None
         sim.faults.close_ws(rng.choice(CLOSE_CODES))
 
 
+_REPORT_SYMBOLS = 5  # beyond this many pairs the status line gives a total and the busiest
+
+
 def _report(sim: Simulator) -> None:
     stats = sim.statistics()
-    trades = ", ".join(f"{symbol} {n}" for symbol, n in stats.trades.items())
+    busiest = sorted(stats.trades.items(), key=lambda item: -item[1])[:_REPORT_SYMBOLS]
+    trades = ", ".join(f"{symbol} {n}" for symbol, n in busiest)
+    if len(stats.trades) > _REPORT_SYMBOLS:
+        trades = f"{sum(stats.trades.values())} in {len(stats.trades)} pairs, busiest {trades}"
     print(
         f"trades: {trades} | ws open {stats.ws.open} (served {stats.ws.connections}) | "
         f"rest requests {sum(stats.rest.requests.values())}, throttled {stats.rest.throttled}",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import random
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
@@ -234,7 +234,7 @@ class Market:
     Args:
         infos: the markets to simulate.
         seed: the seed of every symbol's generator.
-        rate_per_s: mean trades per second per symbol.
+        rate_per_s: mean trades per second per symbol, or a map from symbol to its rate.
         start_ns: the wall-clock time the simulator starts at (Unix ns).
         history_s: seconds of trades generated before ``start_ns``, so REST has a past.
         same_time_ratio: the chance that a trade shares the previous trade's timestamp.
@@ -246,7 +246,7 @@ class Market:
         infos: Sequence[SymbolInfo],
         *,
         seed: int,
-        rate_per_s: float,
+        rate_per_s: float | Mapping[str, float],
         start_ns: int,
         history_s: float,
         same_time_ratio: float = 0.05,
@@ -256,7 +256,9 @@ class Market:
             info.symbol: SymbolMarket(
                 info,
                 seed=seed,
-                rate_per_s=rate_per_s,
+                rate_per_s=(
+                    rate_per_s[info.symbol] if isinstance(rate_per_s, Mapping) else rate_per_s
+                ),
                 same_time_ratio=same_time_ratio,
                 time_unit_ns=time_unit_ns,
             )

@@ -40,7 +40,9 @@ class SimConfig:
         symbols: pairs in any Kraken spelling; resolved through ``registry``.
         pairs: how many generated pairs to simulate beside ``symbols`` (see
             :func:`histdata.sim.pairs.generate_pairs`); their names are in ``AssetPairs``.
-        trade_rate_per_s: mean trades per second per symbol (thousands are fine).
+            The k-th (from 0) trades at ``trade_rate_per_s / (k + 2)``: a few busy markets
+            and a long, quiet tail, as across Kraken's listing.
+        trade_rate_per_s: mean trades per second of each of ``symbols`` (thousands are fine).
         history_s: seconds of trades that exist before the simulator starts.
         host: the address to listen on (loopback: the simulator is not a public service).
         rest_port, ws_port: 0 picks free ports.
@@ -143,11 +145,14 @@ async def open_simulator(config: SimConfig) -> AsyncIterator[Simulator]:
         OSError: a fixed port is taken.
     """
     infos = [config.registry.resolve(symbol) for symbol in config.symbols]
-    infos += generate_pairs(config.pairs, seed=config.seed, taken=[*config.registry, *infos])
+    rates = {info.symbol: config.trade_rate_per_s for info in infos}
+    generated = generate_pairs(config.pairs, seed=config.seed, taken=[*config.registry, *infos])
+    for rank, info in enumerate(generated):
+        rates[info.symbol] = config.trade_rate_per_s / (rank + 2)
     market = Market(
-        infos,
+        [*infos, *generated],
         seed=config.seed,
-        rate_per_s=config.trade_rate_per_s,
+        rate_per_s=rates,
         start_ns=time.time_ns(),
         history_s=config.history_s,
         same_time_ratio=config.same_time_ratio,
