@@ -167,7 +167,7 @@ class TestRest:
 
 
 class TestWebSocket:
-    @pytest.mark.parametrize("name", fixture_names("ws_"))
+    @pytest.mark.parametrize("name", fixture_names("ws_trade_") + fixture_names("ws_ohlc_"))
     async def test_same_shape(self, sim: Simulator, name: str) -> None:
         """A simulated trade or ohlc frame has the real frame's keys, types and time formats."""
         real = loads_exact(read_fixture(name))
@@ -185,3 +185,23 @@ class TestWebSocket:
         assert ours["type"] == real["type"]
         assert shape({**ours, "data": []}) == shape({**real, "data": []})
         assert {shape(row) for row in ours["data"]} == {shape(row) for row in real["data"]}
+
+    async def test_status_and_heartbeat(self, sim: Simulator) -> None:
+        """The connect-time status carries the documented fields, typed alike; heartbeats match."""
+        real_status = loads_exact(read_fixture("ws_status_update_krakendocs.json"))
+        real_heartbeat = loads_exact(read_fixture("ws_heartbeat_krakendocs.json"))
+        async with raw_ws(sim.ws_url) as ws:
+            status = loads_exact(await ws.get_message())
+            await subscribe(ws, channel="trade", symbol=["BTC/USD"])
+            messages = [loads_exact(await ws.get_message()) for _ in range(60)]
+        heartbeat = next(m for m in messages if m.get("channel") == "heartbeat")
+        assert shape(heartbeat) == shape(real_heartbeat)
+        assert shape({**status, "data": []}) == shape({**real_status, "data": []})
+        ours, real = status["data"][0], real_status["data"][0]
+        # Later live captures add upcoming_maintenance and emergency; the documented rest match.
+        assert {key: shape(ours[key]) for key in real} == shape_map(real)
+
+
+def shape_map(value: dict[str, Any]) -> dict[str, Any]:
+    """The shape of each of ``value``'s fields."""
+    return {key: shape(item) for key, item in value.items()}
