@@ -118,6 +118,7 @@ class SymbolMarket:
         self.trades: list[Trade] = []
         self.times: list[int] = []  # trade times, parallel to ``trades``, for bisecting
         self.bars: dict[int, MinuteBar] = {}  # minute start ns → bar, in time order
+        self._bar_starts: list[int] = []  # the keys of ``bars``, for bisecting without a copy
         # crc32 rather than hash(): str hashes are salted per process, seeds must not be.
         self._rng = random.Random(seed * 1_000_003 + zlib.crc32(info.symbol.encode()))
         self._rate = rate_per_s
@@ -184,6 +185,7 @@ class SymbolMarket:
         bar = self.bars.get(start)
         if bar is None:
             self.bars[start] = MinuteBar.first(start, trade)
+            self._bar_starts.append(start)
         else:
             bar.add(trade)
 
@@ -206,9 +208,10 @@ class SymbolMarket:
         return out
 
     def _bars_from(self, start_ns: int) -> Iterable[tuple[int, MinuteBar]]:
-        keys = list(self.bars)  # inserted in time order, so already sorted
-        index = bisect.bisect_left(keys, start_ns)
-        return ((key, self.bars[key]) for key in keys[index:])
+        # Called for every published ohlc update: bisect the kept key list, copy nothing.
+        starts = self._bar_starts
+        index = bisect.bisect_left(starts, start_ns)
+        return ((starts[i], self.bars[starts[i]]) for i in range(index, len(starts)))
 
     def candle(self, bar: MinuteBar, *, interval_min: int, final: bool) -> Candle:
         """``bar`` as a :class:`Candle` with Kraken's rounded VWAP."""
