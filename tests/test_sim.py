@@ -446,3 +446,25 @@ class TestCommand:
                 assert reply["result"]["XETHZUSD"]
             finally:
                 process.terminate()
+
+    def test_flags_switch_to_the_other_readings(self) -> None:
+        """--trades-since-exclusive and --no-ohlc-placeholders reach the running simulator."""
+        command = [sys.executable, "-m", "histdata.cli", "sim", "--rest-port", "0"]
+        command += ["--ws-port", "0", "--history-s", "7200", "--rate", "0.02"]
+        command += ["--symbols", "BTC/USD", "--rest-limit", "0", "--log-level", "warning"]
+        command += ["--trades-since-exclusive", "--no-ohlc-placeholders"]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+            try:
+                assert process.stdout is not None
+                rest_url = process.stdout.readline().split("REST ")[1].split()[0]
+                url = f"{rest_url}/0/public"
+                params = {"pair": "XBTUSD", "since": "0", "count": "3"}
+                first = httpx.get(f"{url}/Trades", params=params).json()["result"]
+                params["since"] = first["last"]
+                second = httpx.get(f"{url}/Trades", params=params).json()["result"]
+                ohlc = httpx.get(f"{url}/OHLC", params={"pair": "XBTUSD"}).json()["result"]
+            finally:
+                process.terminate()
+        assert second["XXBTZUSD"][0][6] == first["XXBTZUSD"][-1][6] + 1
+        assert ohlc["XXBTZUSD"]
+        assert all(row[7] > 0 for row in ohlc["XXBTZUSD"])
