@@ -24,6 +24,7 @@ import trio_websocket
 from histdata.model import NS_PER_S
 from histdata.sim import SimConfig, Simulator, open_simulator
 from histdata.sim.market import MINUTE_NS, Market
+from histdata.sim.pairs import generate_pairs
 from histdata.symbols import SymbolRegistry
 
 REGISTRY = SymbolRegistry.shipped()
@@ -83,6 +84,15 @@ class TestMarket:
             assert candle.volume == sum(t.volume for t in inside)
             assert candle.trades == len(inside)
         assert market.candles("BTC/USD")[-1].final is False
+
+
+class TestPairs:
+    def test_generated_pairs_are_stable(self) -> None:
+        """One seed gives the same pairs; asking for more only appends, never renames."""
+        few, more = generate_pairs(5, seed=1), generate_pairs(8, seed=1)
+        assert few == more[:5]
+        assert len({info.symbol for info in more}) == 8
+        assert not {info.symbol for info in more} & {info.symbol for info in REGISTRY}
 
 
 class TestRestShapes:

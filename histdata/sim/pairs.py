@@ -106,15 +106,15 @@ def base_price(info: SymbolInfo) -> float:
 def generate_pairs(n: int, *, seed: int, taken: Iterable[SymbolInfo] = ()) -> list[SymbolInfo]:
     """``n`` made-up pairs with distinct names that none of ``taken`` uses.
 
-    The same ``n`` and ``seed`` give the same pairs. Price decimals run from 1 to 7 and lot
-    decimals from 2 to 8, as across Kraken's listing.
+    The same ``seed`` gives the same pairs, and asking for more only adds pairs at the end.
+    Price decimals run from 1 to 7 and lot decimals from 2 to 8, as across Kraken's listing.
 
     Raises:
         ValueError: ``n`` is negative.
     """
     if n < 0:
         raise ValueError(f"the number of generated pairs must be >= 0, got {n}")
-    rng = random.Random(seed * 7919 + n)
+    rng = random.Random(seed * 7919)
     used = {code for info in taken for code in info.wsname.split("/") + info.symbol.split("/")}
     used |= set(_LEGACY_IDS) | set(_LEGACY_IDS.values()) | _FIAT | {"USDT", "USDC"}
     out: list[SymbolInfo] = []
@@ -146,8 +146,7 @@ def asset_pair_entry(info: SymbolInfo) -> dict[str, object]:
     base, quote = info.wsname.split("/")
     tick = Decimal(1).scaleb(-info.price_decimals)
     # The smallest order is worth about 5 quote units, in whole lots of the pair.
-    units = Decimal(str(5 / max(base_price(info), 1e-9)))
-    ordermin = max(units, Decimal(1).scaleb(-info.volume_decimals)).normalize()
+    ordermin = _significant(Decimal(str(5 / base_price(info))), info.volume_decimals)
     leverage = [2, 3, 4, 5] if quote in _FIAT and base_price(info) >= 1 else []
     return {
         "altname": info.altname,
@@ -168,7 +167,7 @@ def asset_pair_entry(info: SymbolInfo) -> dict[str, object]:
         "fee_volume_currency": "ZUSD",
         "margin_call": 80,
         "margin_stop": 40,
-        "ordermin": f"{_significant(ordermin, info.volume_decimals):f}",
+        "ordermin": f"{ordermin:f}",
         "costmin": "0.5",
         "tick_size": f"{tick:f}",
         "status": "online",
