@@ -3,7 +3,8 @@
 Prices and volumes are :class:`decimal.Decimal`, never floats: they are parsed from the text
 Kraken sent and stored as PostgreSQL ``numeric``, so what goes in comes out digit for digit.
 Trade times are integer nanoseconds since the Unix epoch, which holds every source's full
-precision (REST: 100 ns, WebSocket v2: µs or ns, CSV: seconds). Candle times are bucket
+precision (REST: a printed binary double, within 0.24 µs; WebSocket v2: µs or ns; CSV:
+seconds; see docs/kraken.md). Candle times are bucket
 starts in UTC, and a candle covers ``[time, time + interval)``.
 """
 

@@ -76,7 +76,7 @@ _SIDE_CODE = {Side.BUY: "b", Side.SELL: "s"}
 _SIDE_FROM_CODE = {"b": Side.BUY, "s": Side.SELL}
 _ORD_CODE = {"market": "m", "limit": "l"}
 _ORD_FROM_CODE = {"m": "market", "l": "limit"}
-# A trade id seen from two sources (WS µs stamps, REST 100 ns stamps) may carry times that
+# A trade id seen from two sources (WS µs stamps, REST printed doubles) may carry times that
 # differ below a millisecond; the duplicate probe looks this far either side.
 _RECONNECT_TIMEOUT_S = 5.0
 _SAME_TRADE_WINDOW = timedelta(seconds=1)

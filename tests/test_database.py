@@ -73,7 +73,7 @@ class TestTradeWrites:
     async def test_same_trade_from_another_source_with_coarser_time_is_a_duplicate(
         self, storage: Storage
     ) -> None:
-        """A trade id already stored with a 100 ns REST stamp is not re-added from a µs WS stamp."""
+        """A trade id already stored with a REST stamp is not re-added from its µs WS stamp."""
         rest = trade(1, time_ns=T0_NS + 827_736_900)
         ws = trade(1, time_ns=T0_NS + 827_736_000)
         await storage.write_trades([rest], source="rest")
@@ -90,7 +90,7 @@ class TestTradeWrites:
         assert [t.seq for t in stored] == [0, 1, 2, 3, 4]
 
     async def test_decimals_and_nanoseconds_round_trip_exactly(self, storage: Storage) -> None:
-        """Prices, volumes and 100 ns timestamps come back digit for digit."""
+        """Prices, volumes and nanosecond timestamps come back digit for digit."""
         original = Trade(
             "ETH/USD",
             1_688_669_597 * NS_PER_S + 827_736_900,

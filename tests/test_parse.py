@@ -7,6 +7,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from kraken_fixtures import (  # type: ignore[import-not-found]
+    REGISTRY as FIXTURE_REGISTRY,
+)
+from kraken_fixtures import fixture_names, read_fixture
 
 from histdata.errors import FatalError, KrakenError, RateLimited, RejectedInput, TransientError
 from histdata.kraken.parse import (
@@ -474,3 +478,98 @@ class TestEnvelope:
         """A non-envelope body, or a success without result, is a transient KrakenError."""
         with pytest.raises(KrakenError):
             check_envelope(body)
+
+
+class TestRealPayloads:
+    """Every real Kraken body in tests/fixtures/kraken/ goes through the parsers cleanly."""
+
+    @pytest.mark.parametrize("name", fixture_names("rest_"))
+    def test_envelope(self, name: str) -> None:
+        """Each real REST body is an envelope with no error and a result."""
+        result = check_envelope(loads_exact(read_fixture(name)))
+        assert result
+
+    @pytest.mark.parametrize("name", fixture_names("rest_trades_"))
+    def test_rest_trades(self, name: str) -> None:
+        """Real Trades pages parse without a rejection, times exactly as printed, last verbatim."""
+        body = loads_exact(read_fixture(name))
+        result = body["result"]
+        (key,) = (k for k in result if k != "last")
+        trades, last, rejections = parse_rest_trades(result, FIXTURE_REGISTRY, key)
+        assert rejections == []
+        assert len(trades) == len(result[key])
+        assert last == result["last"]
+        printed = [row[2] for row in result[key]]
+        assert [t.time_ns for t in trades] == [int(p * 10**9) for p in printed]
+        ids = [t.trade_id for t in trades]
+        if ids[0] is not None:
+            assert ids == list(range(ids[0], ids[0] + len(ids)))
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "rest_trades_nautilus_2025.json",
+            "rest_trades_since_nanos_2021.json",
+            "rest_trades_since_seconds_2021.json",
+        ],
+    )
+    def test_last_is_the_final_trade_exactly(self, name: str) -> None:
+        """In these pages last is the final trade's time, of which the row prints a double."""
+        result = loads_exact(read_fixture(name))["result"]
+        (key,) = (k for k in result if k != "last")
+        trades, last, _ = parse_rest_trades(result, FIXTURE_REGISTRY, key)
+        assert last is not None
+        assert float(int(last) / 10**9) == float(result[key][-1][2])
+        assert abs(trades[-1].time_ns - int(last)) < 240
+
+    @pytest.mark.parametrize("name", fixture_names("rest_ohlc_"))
+    def test_rest_ohlc(self, name: str) -> None:
+        """Real OHLC answers parse fully; only the final row is not final; last is read."""
+        result = loads_exact(read_fixture(name))["result"]
+        (key,) = (k for k in result if k != "last")
+        interval = 60 if "ccxt" in name else 1
+        candles, last, rejections = parse_rest_ohlc(
+            result, FIXTURE_REGISTRY, key, interval=interval
+        )
+        assert rejections == []
+        assert len(candles) == len(result[key])
+        assert [c.final for c in candles] == [True] * (len(candles) - 1) + [False]
+        assert last == int(result["last"])
+        for candle, row in zip(candles, result[key], strict=True):
+            assert candle.vwap is None if row[7] == 0 else candle.vwap == Decimal(row[5])
+
+    def test_rest_ohlc_last_is_the_last_committed_row(self) -> None:
+        """In the 2025 capture last is the open of the row before the forming one."""
+        result = loads_exact(read_fixture("rest_ohlc_nautilus_2025.json"))["result"]
+        rows = result["XBTUSDT"]
+        assert (len(rows), result["last"]) == (721, rows[-2][0])
+        assert sum(1 for row in rows if row[7] == 0) == 216
+
+    @pytest.mark.parametrize("name", fixture_names("rest_assetpairs_"))
+    def test_asset_pairs(self, name: str) -> None:
+        """Real AssetPairs entries build a registry that resolves every key and altname."""
+        result = check_envelope(loads_exact(read_fixture(name)))
+        registry = parse_asset_pairs(result)
+        for key, entry in result.items():
+            info = registry.resolve(key)
+            assert (info.altname, info.wsname) == (entry["altname"], entry["wsname"])
+            assert info.price_decimals == entry["pair_decimals"]
+
+    @pytest.mark.parametrize("name", fixture_names("ws_trade_"))
+    def test_ws_trades(self, name: str) -> None:
+        """Real trade frames parse without a rejection, µs times and ids kept."""
+        frame = loads_exact(read_fixture(name))
+        trades, rejections = parse_ws_trades(frame["data"], FIXTURE_REGISTRY, where=name)
+        assert rejections == []
+        assert [t.trade_id for t in trades] == [row["trade_id"] for row in frame["data"]]
+        assert [t.time_ns for t in trades] == [
+            parse_rfc3339_ns(row["timestamp"]) for row in frame["data"]
+        ]
+
+    @pytest.mark.parametrize("name", fixture_names("ws_ohlc_"))
+    def test_ws_candles(self, name: str) -> None:
+        """Real ohlc frames parse without a rejection at their own interval."""
+        frame = loads_exact(read_fixture(name))
+        candles, rejections = parse_ws_candles(frame["data"], FIXTURE_REGISTRY, where=name)
+        assert rejections == []
+        assert [c.interval_min for c in candles] == [row["interval"] for row in frame["data"]]

@@ -137,6 +137,40 @@ class TestIterTrades:
         rest_of, _ = await collect(rest, "BTC/USD", since=cursors[-1])
         assert first + rest_of == truth
 
+    async def test_history_without_last_at_nanosecond_times(self) -> None:
+        """With ns times printed as doubles and no last, paging still loses no trade."""
+        config = SimConfig(
+            seed=3,
+            symbols=("BTC/USD",),
+            trade_rate_per_s=50.0,
+            history_s=HISTORY_S,
+            same_time_ratio=0.5,
+            nanosecond_times=True,
+        )
+        async with (
+            open_simulator(config) as sim,
+            open_kraken_rest(
+                sim.rest_url, REGISTRY, fast_limiter(), backoff=fast_backoff()
+            ) as rest,
+        ):
+            sim.pause_trading()
+            sim.faults.drop_last_ratio = 1.0
+            trades, _ = await collect(rest, "BTC/USD", since="0")
+            truth = sim.market.trades("BTC/USD")
+        assert [t.trade_id for t in trades] == [t.trade_id for t in truth]
+        # the printed time is within one double spacing (238 ns today) of the true one: half
+        # a spacing to the nearest double, half again to its shortest text; rarely exact
+        assert all(abs(a.time_ns - b.time_ns) < 240 for a, b in zip(trades, truth, strict=True))
+        assert any(a.time_ns != b.time_ns for a, b in zip(trades, truth, strict=True))
+
+    async def test_bounded_history_ends_at_until(self, sim: Any, rest: KrakenRest) -> None:
+        """A bound past the newest trade is reached once Kraken has nothing newer."""
+        truth = sim.market.trades("BTC/USD")
+        until_ns = truth[-1].time_ns + 1
+        trades, cursors = await collect(rest, "BTC/USD", since="0", until_ns=until_ns)
+        assert trades == truth
+        assert cursors[-1] == str(until_ns)
+
 
 class TestTransport:
     async def test_persistent_throttling_gives_up(self, sim: Any) -> None:

@@ -5,7 +5,9 @@ binary float:
 
 - :func:`loads_exact` decodes JSON with every non-integer number as a :class:`~decimal.Decimal`
   built from its text (WS v2 prices and quantities are JSON numbers; REST trade times are JSON
-  numbers with 7 decimals, one digit more than a float holds at today's epoch).
+  numbers, the shortest text of a binary double, 3 to 7 decimals). A REST trade time is
+  stored as printed: that is all the precision Kraken gives, within 0.24 µs of the real
+  time, which only the ``last`` cursor carries exactly (docs/kraken.md, "Times").
 - Trade times become integer nanoseconds by decimal arithmetic; RFC 3339 fractions of up to 9
   digits are read as digits, never through :class:`~datetime.datetime`'s microseconds.
 - The REST trades cursor ``last`` (19 digits of nanoseconds) stays a ``str``.
@@ -189,8 +191,9 @@ def _whole_seconds(fields: tuple[str, ...]) -> int:
 def parse_unix_seconds_ns(value: object, *, where: str = "") -> int:
     """Convert Unix seconds given exactly (``Decimal``, ``int`` or decimal text) to nanoseconds.
 
-    REST trade times are JSON numbers such as ``1688669597.8277369``: they must have been
-    decoded by :func:`loads_exact`, because a binary float cannot hold 17 significant digits.
+    REST trade times are JSON numbers such as ``1762795433.9717445``: they must have been
+    decoded by :func:`loads_exact`, so that the printed digits, and not a second rounding
+    of them, become the nanoseconds.
 
     Raises:
         RejectedInput: ``bad_time`` for a float (already rounded), a negative or non-finite

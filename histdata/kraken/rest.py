@@ -17,6 +17,7 @@ kept as an exact string, and drops the duplicates Kraken repeats at page boundar
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -57,6 +58,12 @@ __all__ = [
 # Kraken requires a User-Agent; Cloudflare's browser check may 403 a missing or odd one.
 USER_AGENT = f"histdata/{__version__} (Kraken market data archiver; python-httpx)"
 _MAX_TRADES_COUNT = 1000
+# A REST trade time is printed as the binary double nearest Kraken's ns time, in its shortest
+# decimal form: doubles are 238 ns apart at today's epoch, and both the rounding to a double
+# and the shortening can move the time by half of that, so the printed time can be up to
+# 238 ns late. Resuming 1 µs before it (with ``since`` inclusive) re-fetches a few trades,
+# dropped by id, instead of skipping the rest of a same-time group that the page end cut.
+_PRINTED_TIME_SLACK_NS = 1_000
 _log = structlog.get_logger("histdata.kraken.rest")
 _T = TypeVar("_T")
 
@@ -323,15 +330,18 @@ class KrakenRest:
         """Yield the trade history from ``since`` as ``(new trades, cursor to resume from)``.
 
         Pages follow Kraken's ``last`` as an exact digit string; a page without ``last``
-        continues from its final trade's exact ns time. Trades Kraken repeats at a page
+        continues from just before its final trade's printed time, which is only the binary
+        double nearest the real one (docs/kraken.md, "Times"). Trades Kraken repeats at a page
         boundary are dropped: by ``trade_id`` against the previous page's ids, and for
         id-less trades by identical rows counted against the previous page. Id-less trades
         sharing a time get ``seq`` numbers continuous across pages. With ``until_ns`` only
         trades before it are yielded and the final cursor is ``until_ns``.
 
         Stops after a page with no rows, when the cursor stops advancing (Kraken has
-        nothing newer), or once a trade reaches ``until_ns``. The cursor yielded with each
-        page is safe to persist: resuming from it repeats at most boundary duplicates.
+        nothing newer; if ``until_ns`` has passed by then, the final cursor is ``until_ns``,
+        since no trade before it can still appear), or once a trade reaches ``until_ns``.
+        The cursor yielded with each page is safe to persist: resuming from it repeats at
+        most boundary duplicates.
 
         Raises:
             ValueError: ``since`` is not a digit string.
@@ -382,11 +392,14 @@ class KrakenRest:
             if page.last is not None:
                 next_cursor = page.last
             elif page.trades:
-                next_cursor = str(page.trades[-1].time_ns)
+                next_cursor = str(page.trades[-1].time_ns - _PRINTED_TIME_SLACK_NS)
             else:
                 next_cursor = cursor
             advanced = int(next_cursor) > int(cursor)
-            yield fresh, next_cursor if advanced else cursor
+            resume = next_cursor if advanced else cursor
+            if not advanced and until_ns is not None and until_ns <= time.time_ns():
+                resume = str(max(until_ns, int(cursor)))
+            yield fresh, resume
             if not advanced:
                 if len(page.trades) + len(page.rejections) >= _MAX_TRADES_COUNT:
                     # A full page that cannot move the cursor: more trades share one

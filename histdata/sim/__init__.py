@@ -3,7 +3,8 @@
 Kraken is not reachable from CI or demo machines; everything network-facing in histdata is
 tested against this simulator, and users run it (``histdata sim``) to try the service.
 
-Layers, bottom up: ``market`` (the seeded ground truth: trades and the candles they make),
+Layers, bottom up: ``pairs`` (the listing: named and generated pairs, their ``AssetPairs``
+and ``Assets`` entries), ``market`` (the seeded ground truth: trades and the candles they make),
 ``faults`` (switchable misbehaviour), ``rest`` and ``ws`` (the two APIs, shaped as Kraken's,
 quirks included), ``server`` (listeners, clock, :func:`open_simulator`), ``command``
 (the ``histdata sim`` command line).

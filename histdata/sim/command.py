@@ -29,6 +29,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="BTC/USD,ETH/USD",
         help="comma-separated pairs (default BTC/USD,ETH/USD)",
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="also simulate this many generated pairs, listed in AssetPairs, the k-th at "
+        "rate/(k+2) trades/s (default 0)",
+    )
     parser.add_argument("--rate", type=float, default=5.0, help="trades/s per symbol (default 5)")
     parser.add_argument(
         "--history-s", type=float, default=3600.0, help="seconds of past trades (default 3600)"
@@ -43,7 +50,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group("faults")
     faults.add_argument("--malformed-ratio", type=float, default=0.0, help="bad WS frames, 0..1")
     faults.add_argument(
-        "--boundary-duplicates", action="store_true", help="repeat the last trade of a REST page"
+        "--trades-since-exclusive",
+        action="store_true",
+        help="REST Trades since is exclusive (default inclusive: pages repeat their boundary)",
+    )
+    faults.add_argument(
+        "--ohlc-since-exclusive",
+        action="store_true",
+        help="REST OHLC since is exclusive (default inclusive)",
+    )
+    faults.add_argument(
+        "--no-ohlc-placeholders",
+        action="store_true",
+        help="leave empty intervals out of REST OHLC (default: zero-volume placeholder rows)",
     )
     faults.add_argument("--drop-last-ratio", type=float, default=0.0, help="omit Trades 'last'")
     faults.add_argument("--slow-s", type=float, default=0.0, help="delay every REST reply")
@@ -68,6 +87,7 @@ def main(args: argparse.Namespace) -> int:
         config = SimConfig(
             seed=args.seed,
             symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
+            pairs=args.pairs,
             trade_rate_per_s=args.rate,
             history_s=args.history_s,
             host=args.host,
@@ -85,7 +105,9 @@ def main(args: argparse.Namespace) -> int:
 async def _serve(config: SimConfig, args: argparse.Namespace) -> None:
     async with open_simulator(config) as sim:
         sim.faults.malformed_ratio = args.malformed_ratio
-        sim.faults.boundary_duplicates = args.boundary_duplicates
+        sim.faults.boundary_duplicates = not args.trades_since_exclusive
+        sim.faults.ohlc_since_exclusive = args.ohlc_since_exclusive
+        sim.faults.ohlc_placeholders = not args.no_ohlc_placeholders
         sim.faults.drop_last_ratio = args.drop_last_ratio
         sim.faults.slow_s = args.slow_s
         print(f"Kraken simulator: REST {sim.rest_url}  WebSocket {sim.ws_url}", flush=True)
@@ -109,9 +131,15 @@ async def _close_periodically(sim: Simulator, every_s: float, seed: int) -> None
         sim.faults.close_ws(rng.choice(CLOSE_CODES))
 
 
+_REPORT_SYMBOLS = 5  # beyond this many pairs the status line gives a total and the busiest
+
+
 def _report(sim: Simulator) -> None:
     stats = sim.statistics()
-    trades = ", ".join(f"{symbol} {n}" for symbol, n in stats.trades.items())
+    busiest = sorted(stats.trades.items(), key=lambda item: -item[1])[:_REPORT_SYMBOLS]
+    trades = ", ".join(f"{symbol} {n}" for symbol, n in busiest)
+    if len(stats.trades) > _REPORT_SYMBOLS:
+        trades = f"{sum(stats.trades.values())} in {len(stats.trades)} pairs, busiest {trades}"
     print(
         f"trades: {trades} | ws open {stats.ws.open} (served {stats.ws.connections}) | "
         f"rest requests {sum(stats.rest.requests.values())}, throttled {stats.rest.throttled}",

@@ -2,7 +2,9 @@
 
 Tests and demos flip these on a running simulator (``sim.faults.malformed_ratio = 0.2``,
 ``sim.faults.close_ws(1006)``); ``histdata sim`` sets them from flags. Every fault is one
-Kraken has been seen to commit.
+Kraken has been seen to commit; the switches whose default is on are Kraken's normal
+behaviour where the sources disagree, defaulting to the newest real capture
+(docs/kraken.md).
 """
 
 from __future__ import annotations
@@ -28,20 +30,28 @@ class Faults:
             companion: a frame that is not JSON, a frame of an unknown channel, or a corrupt
             row (bad price, quantity, time, side or symbol) inside the real frame. Real
             trades are never altered, so a client that rejects the bad input loses nothing.
-        boundary_duplicates: REST ``Trades`` pages end with ``last`` equal to the final
-            trade's own time, so the next page repeats it (Kraken's 2026 behaviour; off, the
-            cursor is one nanosecond past it and pages never overlap).
+        boundary_duplicates: REST ``Trades`` ``since`` is inclusive, so paging by ``last``
+            (the final trade's exact time) repeats that trade, and any that share its
+            timestamp, on the next page: one duplicate per boundary, as measured on Kraken.
+            Off, ``since`` is exclusive (the older reading of the docs) and pages do not
+            overlap, except that a group of same-time trades cut by a page end loses its
+            rest, as it would on Kraken if ``since`` were exclusive.
         drop_last_ratio: chance that a ``Trades`` reply omits ``last`` (seen on Kraken).
         slow_s: seconds every REST reply is delayed.
-        ohlc_placeholders: empty minutes in REST ``OHLC`` come as zero-volume rows at the
-            previous close instead of being left out (both have been seen).
+        ohlc_placeholders: empty intervals in REST ``OHLC`` come as zero-volume rows at the
+            previous close (vwap 0, count 0), the forming interval too; off, they are left
+            out (older captures show both; the 2025 one has placeholders).
+        ohlc_since_exclusive: REST ``OHLC`` ``since`` keeps only rows opening after it
+            (2018 and 2024 observations); off, rows opening at ``since`` are kept too (the
+            2026 capture).
     """
 
     malformed_ratio: float = 0.0
-    boundary_duplicates: bool = False
+    boundary_duplicates: bool = True
     drop_last_ratio: float = 0.0
     slow_s: float = 0.0
-    ohlc_placeholders: bool = False
+    ohlc_placeholders: bool = True
+    ohlc_since_exclusive: bool = False
     _throttles: list[ThrottleKind] = field(default_factory=list, init=False, repr=False)
     _close: Callable[[int], None] | None = field(default=None, init=False, repr=False)
     _silence: Callable[[float], None] | None = field(default=None, init=False, repr=False)

@@ -9,11 +9,14 @@ exactly the aggregate of their trades.
 Generation, and why it looks the way it does:
 
 - Trade ids run 1, 2, 3… per symbol, as Kraken's per-pair sequence does.
-- Times are whole microseconds (WebSocket v2 sends µs; REST sends seconds with 7 decimals, so
-  both carry the same instant exactly). Inter-arrival times are exponential at the
-  configured rate; with probability ``same_time_ratio`` a trade shares the previous trade's
-  timestamp, as the fills of one taker order do on Kraken. Tools that key trades on time
-  lose those; histdata must not.
+- Times are whole microseconds by default. Kraken keeps nanoseconds, but WebSocket v2 prints
+  µs and REST prints the binary double of the time in seconds (shortest form, 3 to 7
+  decimals, about 0.24 µs apart today); at µs both views of a trade carry the same instant
+  exactly. ``time_unit_ns=1`` makes times nanosecond-exact as Kraken's own, so the views
+  differ as they do on Kraken and only ``last`` carries the exact time (docs/kraken.md).
+  Inter-arrival times are exponential at the configured rate; with probability
+  ``same_time_ratio`` a trade shares the previous trade's timestamp, as the fills of one
+  taker order do on Kraken. Tools that key trades on time lose those; histdata must not.
 - Prices walk in whole ticks of the pair's precision; volumes are log-normal in the pair's
   lot precision. Everything is :class:`~decimal.Decimal`.
 
@@ -26,19 +29,18 @@ from __future__ import annotations
 import bisect
 import random
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 from histdata.model import NS_PER_S, Candle, CandleSource, Side, Trade, ns_to_datetime
+from histdata.sim.pairs import base_price
 from histdata.symbols import SymbolInfo
 
 __all__ = ["MINUTE_NS", "Market", "MinuteBar", "SymbolMarket"]
 
 MINUTE_NS = 60 * NS_PER_S
 _US = 1000
-# Rough 2026 price levels so the demo looks like the market it imitates.
-_BASE_PRICES = {"BTC": 65_000, "ETH": 3_000, "SOL": 150, "LTC": 80, "XRP": 1, "DOGE": 0, "ADA": 1}
 
 
 @dataclass(slots=True)
@@ -104,20 +106,27 @@ class SymbolMarket:
     """One symbol's trades and minute bars, and the generator that extends them."""
 
     def __init__(
-        self, info: SymbolInfo, *, seed: int, rate_per_s: float, same_time_ratio: float
+        self,
+        info: SymbolInfo,
+        *,
+        seed: int,
+        rate_per_s: float,
+        same_time_ratio: float,
+        time_unit_ns: int = _US,
     ) -> None:
         self.info = info
         self.trades: list[Trade] = []
         self.times: list[int] = []  # trade times, parallel to ``trades``, for bisecting
         self.bars: dict[int, MinuteBar] = {}  # minute start ns → bar, in time order
+        self._bar_starts: list[int] = []  # the keys of ``bars``, for bisecting without a copy
         # crc32 rather than hash(): str hashes are salted per process, seeds must not be.
         self._rng = random.Random(seed * 1_000_003 + zlib.crc32(info.symbol.encode()))
         self._rate = rate_per_s
         self._same_time_ratio = same_time_ratio
+        self._unit = time_unit_ns
         self._tick = Decimal(1).scaleb(-info.price_decimals)
         self._lot = Decimal(1).scaleb(-info.volume_decimals)
-        base = _BASE_PRICES.get(info.base, 100)
-        self._ticks = max(1, base * 10**info.price_decimals)
+        self._ticks = max(1, int(base_price(info) * 10**info.price_decimals))
         # 1 tick = 0.01% of the price or more: steps of a realistic size at any precision.
         self._step = max(1, self._ticks // 10_000)
         self._median_units = max(1, int(Decimal("0.01") / self._lot))
@@ -125,7 +134,7 @@ class SymbolMarket:
 
     def start_at(self, time_ns: int) -> None:
         """Let the next trade happen shortly after ``time_ns`` (at start, and after a pause)."""
-        self._next_ns = time_ns - time_ns % _US + self._gap_ns()
+        self._next_ns = time_ns - time_ns % self._unit + self._gap_ns()
 
     def advance(self, now_ns: int) -> list[Trade]:
         """Generate and record every trade with a time up to ``now_ns``; return them."""
@@ -167,7 +176,7 @@ class SymbolMarket:
 
     def _gap_ns(self) -> int:
         gap = int(self._rng.expovariate(self._rate) * NS_PER_S)
-        return max(_US, gap - gap % _US)
+        return max(self._unit, gap - gap % self._unit)
 
     def _record(self, trade: Trade) -> None:
         self.trades.append(trade)
@@ -176,6 +185,7 @@ class SymbolMarket:
         bar = self.bars.get(start)
         if bar is None:
             self.bars[start] = MinuteBar.first(start, trade)
+            self._bar_starts.append(start)
         else:
             bar.add(trade)
 
@@ -198,9 +208,10 @@ class SymbolMarket:
         return out
 
     def _bars_from(self, start_ns: int) -> Iterable[tuple[int, MinuteBar]]:
-        keys = list(self.bars)  # inserted in time order, so already sorted
-        index = bisect.bisect_left(keys, start_ns)
-        return ((key, self.bars[key]) for key in keys[index:])
+        # Called for every published ohlc update: bisect the kept key list, copy nothing.
+        starts = self._bar_starts
+        index = bisect.bisect_left(starts, start_ns)
+        return ((starts[i], self.bars[starts[i]]) for i in range(index, len(starts)))
 
     def candle(self, bar: MinuteBar, *, interval_min: int, final: bool) -> Candle:
         """``bar`` as a :class:`Candle` with Kraken's rounded VWAP."""
@@ -226,10 +237,11 @@ class Market:
     Args:
         infos: the markets to simulate.
         seed: the seed of every symbol's generator.
-        rate_per_s: mean trades per second per symbol.
+        rate_per_s: mean trades per second per symbol, or a map from symbol to its rate.
         start_ns: the wall-clock time the simulator starts at (Unix ns).
         history_s: seconds of trades generated before ``start_ns``, so REST has a past.
         same_time_ratio: the chance that a trade shares the previous trade's timestamp.
+        time_unit_ns: the granularity of trade times: 1000 (µs, the default) or 1.
     """
 
     def __init__(
@@ -237,14 +249,21 @@ class Market:
         infos: Sequence[SymbolInfo],
         *,
         seed: int,
-        rate_per_s: float,
+        rate_per_s: float | Mapping[str, float],
         start_ns: int,
         history_s: float,
         same_time_ratio: float = 0.05,
+        time_unit_ns: int = _US,
     ) -> None:
         self.symbols: dict[str, SymbolMarket] = {
             info.symbol: SymbolMarket(
-                info, seed=seed, rate_per_s=rate_per_s, same_time_ratio=same_time_ratio
+                info,
+                seed=seed,
+                rate_per_s=(
+                    rate_per_s[info.symbol] if isinstance(rate_per_s, Mapping) else rate_per_s
+                ),
+                same_time_ratio=same_time_ratio,
+                time_unit_ns=time_unit_ns,
             )
             for info in infos
         }

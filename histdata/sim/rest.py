@@ -1,12 +1,27 @@
-"""The simulator's REST API: ``/0/public/{Time,SystemStatus,AssetPairs,OHLC,Trades}``.
+"""The simulator's REST API: ``/0/public/{Time,SystemStatus,Assets,AssetPairs,Ticker,Depth,
+OHLC,Trades}``.
 
-Answers as Kraken does (kraken.md §1): every API error is HTTP 200 with an ``error`` list and
-often no ``result``; rows are Kraken's positional arrays with prices as strings and trade
-times as float seconds with 7 decimals; the ``Trades`` cursor ``last`` is a 19-digit
-nanosecond string; ``OHLC`` serves only the 720 most recent intervals plus the live one; a
-request without a ``User-Agent`` meets Cloudflare's 403 page. An optional token bucket per
-client (and per pair for ``Trades``/``OHLC``) enforces Kraken's public limit of about one
-call a second with a burst.
+Answers as Kraken does, checked against the real bodies in ``tests/fixtures/kraken/`` (see
+docs/kraken.md): every API error is HTTP 200 with an ``error`` list and often no ``result``;
+rows are Kraken's positional arrays with prices as strings; trade times are JSON numbers
+printed as the shortest decimal of their binary double (3 to 7 decimals); OHLC times are
+integers. A request without a ``User-Agent`` meets Cloudflare's 403 page. An optional token
+bucket per client (and per pair for ``Trades``/``OHLC``) enforces Kraken's public limit of
+about one call a second with a burst.
+
+``Trades``: at most ``count`` (≤ 1000) trades from ``since``, which is inclusive (a trade at
+exactly ``since`` is returned; ``faults.boundary_duplicates`` off makes it exclusive);
+``last`` is the exact nanosecond time of the page's final trade as a 19-digit string. Pages
+are cut after ``count`` trades even inside a group of trades sharing one timestamp, so with
+the inclusive default the next page repeats the boundary trades. ``OHLC``: the 720 most
+recent intervals plus the forming one, empty intervals as zero-volume placeholder rows
+(``faults.ohlc_placeholders``); ``last`` is the open time of the last committed interval;
+``since`` trims the window, inclusive unless ``faults.ohlc_since_exclusive``.
+
+Pair spellings: the REST key (``XXBTZUSD``), the altname (``XBTUSD``), the v2 name
+(``BTC/USD``, or squashed ``BTCUSD``) and the v1 wsname (``XBT/USD``), case-insensitive,
+are all accepted; the reply is keyed by the REST key, except that a slash spelling is echoed
+back as the key.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from histdata.httpserver import Request, Response
 from histdata.model import NS_PER_S, Trade
 from histdata.sim.faults import Faults
 from histdata.sim.market import MINUTE_NS, Market, MinuteBar, SymbolMarket
+from histdata.sim.pairs import asset_pair_entry, assets_of
 from histdata.symbols import SymbolInfo
 
 __all__ = ["OHLC_INTERVALS", "RestApi", "RestStatistics", "TokenBucket"]
@@ -31,22 +47,13 @@ __all__ = ["OHLC_INTERVALS", "RestApi", "RestStatistics", "TokenBucket"]
 OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)
 _MAX_COUNT = 1000  # Kraken silently caps ``count`` at 1000
 _OHLC_ROWS = 720
+_DEPTH_DEFAULT, _DEPTH_MAX = 100, 500
 _TOO_MANY = b'{"error":["EGeneral:Too many requests"]}'
 _EAPI_LIMIT = b'{"error":["EAPI:Rate limit exceeded"]}'
 _CLOUDFLARE_429 = (
     b"<html><head><title>429 Too Many Requests</title></head><body>cloudflare</body></html>"
 )
 _CLOUDFLARE_403 = b"<html><head><title>Attention Required! | Cloudflare</title></head></html>"
-# Legacy asset ids of AssetPairs' base/quote fields (kraken.md §4); newer assets are unprefixed.
-_ASSET_IDS = {
-    "XBT": "XXBT",
-    "ETH": "XETH",
-    "XDG": "XXDG",
-    "XRP": "XXRP",
-    "LTC": "XLTC",
-    "USD": "ZUSD",
-    "EUR": "ZEUR",
-}
 
 
 class TokenBucket:
@@ -177,8 +184,21 @@ class RestApi:
         if name == "SystemStatus":
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             return orjson.dumps({"error": [], "result": {"status": "online", "timestamp": stamp}})
+        if name == "Assets":
+            infos = [book.info for book in self._market.symbols.values()]
+            return orjson.dumps({"error": [], "result": assets_of(infos)})
         if name == "AssetPairs":
-            return self._asset_pairs(query)
+            books = self._books(query)
+            result = {book.info.rest_key: asset_pair_entry(book.info) for book in books}
+            return orjson.dumps({"error": [], "result": result})
+        if name == "Ticker":
+            now = self._market.clock_ns
+            rows = ",".join(f'"{key}":{_ticker(book, now)}' for book, key in self._keyed(query))
+            return f'{{"error":[],"result":{{{rows}}}}}'.encode()
+        if name == "Depth":
+            book, key = self._book(query)
+            count = min(_int_arg(query.get("count", str(_DEPTH_DEFAULT)), low=1), _DEPTH_MAX)
+            return f'{{"error":[],"result":{{"{key}":{_depth(book, count)}}}}}'.encode()
         if name == "Trades":
             return self._trades(query)
         if name == "OHLC":
@@ -190,23 +210,23 @@ class RestApi:
         pair = query.get("pair", "")
         if not pair:
             raise _ApiError("EGeneral:Invalid arguments")
+        return self._lookup(pair)
+
+    def _lookup(self, pair: str) -> tuple[SymbolMarket, str]:
         book = self._by_spelling.get(_squash(pair))
         if book is None:
             raise _ApiError("EQuery:Unknown asset pair")
         return book, pair if "/" in pair else book.info.rest_key
 
-    def _asset_pairs(self, query: dict[str, str]) -> bytes:
+    def _keyed(self, query: dict[str, str]) -> list[tuple[SymbolMarket, str]]:
+        """The pairs of a comma list (every pair when absent); one unknown fails the call."""
         wanted = [p for p in query.get("pair", "").split(",") if p]
-        books = list(self._market.symbols.values())
-        if wanted:
-            books = []
-            for pair in wanted:
-                book = self._by_spelling.get(_squash(pair))
-                if book is None:  # one unknown pair fails the whole call
-                    raise _ApiError("EQuery:Unknown asset pair")
-                books.append(book)
-        result = {book.info.rest_key: _asset_pair(book.info) for book in books}
-        return orjson.dumps({"error": [], "result": result})
+        if not wanted:
+            return [(book, book.info.rest_key) for book in self._market.symbols.values()]
+        return [self._lookup(pair) for pair in wanted]
+
+    def _books(self, query: dict[str, str]) -> list[SymbolMarket]:
+        return [book for book, _ in self._keyed(query)]
 
     def _trades(self, query: dict[str, str]) -> bytes:
         book, key = self._book(query)
@@ -215,21 +235,13 @@ class RestApi:
         since = query.get("since")
         if since is None:
             start = max(0, len(book.trades) - count)
-        else:
+        elif self._faults.boundary_duplicates:
             start = book.first_at_or_after(_since_ns(since))
+        else:
+            start = book.first_at_or_after(_since_ns(since) + 1)
         page = book.trades[start : start + count]
-        boundary = self._faults.boundary_duplicates
-        following = start + len(page)
-        if not boundary and page and following < len(book.trades):
-            # Never cut a group of same-time trades: the cursor is a time, and the rest of
-            # the group would be skipped by a cursor past it.
-            cut_time = book.times[following]
-            trimmed = len(page)
-            while trimmed and page[trimmed - 1].time_ns == cut_time:
-                trimmed -= 1
-            page = page[:trimmed] or page
         if page:
-            last = page[-1].time_ns + (0 if boundary else 1)
+            last = page[-1].time_ns
         else:
             last = _since_ns(since) if since is not None else self._market.clock_ns
         rows = ",".join(_trade_row(trade, book.info) for trade in page)
@@ -246,16 +258,19 @@ class RestApi:
         current = clock - clock % width
         bars = book.bars_between(current - _OHLC_ROWS * width, current + width, interval)
         if self._faults.ohlc_placeholders:
-            bars = _with_placeholders(bars, width)
+            bars = _with_placeholders(bars, width, current)
         since = query.get("since")
         if since is not None and bars:
-            # The 2026 behaviour: ``since`` (seconds) is inclusive and only trims the window;
-            # the live row is always there.
+            # ``since`` (seconds) only trims the window; the forming row is always there.
             since_ns = _int_arg(since, low=0) * NS_PER_S
+            if self._faults.ohlc_since_exclusive:
+                since_ns += 1
             bars = [bar for bar in bars[:-1] if bar.start_ns >= since_ns] + bars[-1:]
         decimals = book.info.price_decimals
         rows = ",".join(_ohlc_row(bar, decimals) for bar in bars)
-        last = bars[-1].start_ns // NS_PER_S if bars else current // NS_PER_S
+        # "ID to be used as since when polling for new, committed OHLC data": the open time
+        # of the interval before the forming one (the nautilus_trader capture).
+        last = (current - width) // NS_PER_S
         return f'{{"error":[],"result":{{"{key}":[{rows}],"last":{last}}}}}'.encode()
 
 
@@ -302,36 +317,20 @@ def _time_body() -> bytes:
     )
 
 
-def _asset_pair(info: SymbolInfo) -> dict[str, object]:
-    base, quote = info.wsname.split("/")
-    tick = Decimal(1).scaleb(-info.price_decimals)
-    return {
-        "altname": info.altname,
-        "wsname": info.wsname,
-        "aclass_base": "currency",
-        "base": _ASSET_IDS.get(base, base),
-        "aclass_quote": "currency",
-        "quote": _ASSET_IDS.get(quote, quote),
-        "lot": "unit",
-        "cost_decimals": info.price_decimals + 4,
-        "pair_decimals": info.price_decimals,
-        "lot_decimals": info.volume_decimals,
-        "lot_multiplier": 1,
-        "ordermin": "0.0001",
-        "costmin": "0.5",
-        "tick_size": f"{tick:f}",
-        "status": "online",
-    }
-
-
 def _trade_row(trade: Trade, info: SymbolInfo) -> str:
-    ns = trade.time_ns
-    seconds = f"{ns // NS_PER_S}.{ns % NS_PER_S // 100:07d}"
+    # Kraken prints the time as its binary double in shortest form (1762795616.311265,
+    # 1762795433.9717445): repr of the correctly rounded int/int quotient is exactly that.
+    seconds = repr(trade.time_ns / NS_PER_S)
     side = "b" if trade.side == "buy" else "s"
     ord_type = "m" if trade.ord_type == "market" else "l"
-    price = f"{trade.price:.{max(info.price_decimals, 5)}f}"
+    price = _price_text(trade.price, info)
     volume = f"{trade.volume:.{info.volume_decimals}f}"
     return f'["{price}","{volume}",{seconds},"{side}","{ord_type}","",{trade.trade_id}]'
+
+
+def _price_text(price: Decimal, info: SymbolInfo) -> str:
+    """A price as Trades, Ticker and Depth print it: at least 5 decimals ("105433.60000")."""
+    return f"{price:.{max(info.price_decimals, 5)}f}"
 
 
 def _ohlc_row(bar: MinuteBar, decimals: int) -> str:
@@ -342,13 +341,82 @@ def _ohlc_row(bar: MinuteBar, decimals: int) -> str:
     return f'[{bar.start_ns // NS_PER_S},{prices},"{bar.volume:.8f}",{bar.trades}]'
 
 
-def _with_placeholders(bars: list[MinuteBar], width: int) -> list[MinuteBar]:
-    """Fill empty intervals with zero-volume rows at the previous close (one Kraken habit)."""
+def _with_placeholders(bars: list[MinuteBar], width: int, current: int) -> list[MinuteBar]:
+    """Fill empty intervals up to the forming one (``current``) with zero-volume rows at the
+    previous close, as Kraken does (216 of the 721 rows of the nautilus_trader capture)."""
     out: list[MinuteBar] = []
     for bar in bars:
-        while out and out[-1].start_ns + width < bar.start_ns:
-            close = out[-1].close
-            start = out[-1].start_ns + width
-            out.append(MinuteBar(start, close, close, close, close, Decimal(0), Decimal(0), 0))
+        _fill(out, bar.start_ns, width)
         out.append(bar)
+    _fill(out, current + width, width)
     return out
+
+
+def _fill(out: list[MinuteBar], end_ns: int, width: int) -> None:
+    """Append a placeholder for every empty interval after ``out[-1]`` that opens before
+    ``end_ns``."""
+    while out and out[-1].start_ns + width < end_ns:
+        close = out[-1].close
+        start = out[-1].start_ns + width
+        out.append(MinuteBar(start, close, close, close, close, Decimal(0), Decimal(0), 0))
+
+
+def _ticker(book: SymbolMarket, now_ns: int) -> str:
+    """``book``'s Ticker entry: ask, bid, last trade, and today / 24-hour aggregates.
+
+    Kraken's fields are ``a``/``b`` ``[price, whole lot volume, lot volume]``, ``c``
+    ``[price, volume]``, and ``[today, last 24 hours]`` pairs of volume ``v``, VWAP ``p``,
+    trade count ``t`` (integers), low ``l`` and high ``h``, with ``o`` today's opening price.
+    """
+    info = book.info
+    trades = book.trades
+    if not trades:
+        raise _ApiError("EService:Unavailable")  # a market with no trade has no ticker yet
+    last = trades[-1]
+    tick = Decimal(1).scaleb(-info.price_decimals)
+    today = book.first_at_or_after(now_ns - now_ns % (86_400 * NS_PER_S))
+    day = book.first_at_or_after(now_ns - 86_400 * NS_PER_S)
+    windows = [trades[today:] or trades[-1:], trades[day:] or trades[-1:]]
+
+    def both(values: list[str]) -> str:
+        return f'["{values[0]}","{values[1]}"]'
+
+    volumes = [sum((t.volume for t in w), Decimal(0)) for w in windows]
+    vwaps = [
+        (sum((t.price * t.volume for t in w), Decimal(0)) / v).quantize(Decimal("0.00001"))
+        for w, v in zip(windows, volumes, strict=True)
+    ]
+    return (
+        f'{{"a":["{_price_text(last.price + tick, info)}","1","1.000"],'
+        f'"b":["{_price_text(last.price, info)}","1","1.000"],'
+        f'"c":["{_price_text(last.price, info)}","{last.volume:.8f}"],'
+        f'"v":{both([f"{v:.8f}" for v in volumes])},'
+        f'"p":{both([f"{p:f}" for p in vwaps])},'
+        f'"t":[{len(windows[0])},{len(windows[1])}],'
+        f'"l":{both([_price_text(min(t.price for t in w), info) for w in windows])},'
+        f'"h":{both([_price_text(max(t.price for t in w), info) for w in windows])},'
+        f'"o":"{_price_text(windows[0][0].price, info)}"}}'
+    )
+
+
+def _depth(book: SymbolMarket, count: int) -> str:
+    """``count`` ask and bid levels around the last price, one tick apart.
+
+    Levels are ``[price, volume, unix seconds of the level's last change]``; volumes have
+    three decimals, as in Kraken's answers ("0.801", "1.000").
+    """
+    info = book.info
+    tick = Decimal(1).scaleb(-info.price_decimals)
+    mid = book.trades[-1].price if book.trades else tick * 1000
+    stamp = (book.trades[-1].time_ns if book.trades else 0) // NS_PER_S
+    levels: dict[str, list[str]] = {}
+    for side, sign in (("asks", 1), ("bids", -1)):
+        rows = []
+        for level in range(count):
+            price = mid + sign * tick * (level + (1 if sign > 0 else 0))
+            if price <= 0:
+                break
+            volume = Decimal(((level * 7919 + len(info.symbol)) % 997) + 1).scaleb(-3)
+            rows.append(f'["{_price_text(price, info)}","{volume:.3f}",{stamp - level % 60}]')
+        levels[side] = rows
+    return f'{{"asks":[{",".join(levels["asks"])}],"bids":[{",".join(levels["bids"])}]}}'

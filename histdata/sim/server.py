@@ -23,6 +23,7 @@ import trio
 from histdata.httpserver import open_tcp_listener, serve_http
 from histdata.sim.faults import Faults
 from histdata.sim.market import Market
+from histdata.sim.pairs import generate_pairs
 from histdata.sim.rest import RestApi, RestStatistics
 from histdata.sim.ws import WsHub, WsStatistics
 from histdata.symbols import SymbolRegistry
@@ -37,12 +38,18 @@ class SimConfig:
     Attributes:
         seed: seeds the market and the probabilistic faults; same seed, same market.
         symbols: pairs in any Kraken spelling; resolved through ``registry``.
-        trade_rate_per_s: mean trades per second per symbol (thousands are fine).
+        pairs: how many generated pairs to simulate beside ``symbols`` (see
+            :func:`histdata.sim.pairs.generate_pairs`); their names are in ``AssetPairs``.
+            The k-th (from 0) trades at ``trade_rate_per_s / (k + 2)``: a few busy markets
+            and a long, quiet tail, as across Kraken's listing.
+        trade_rate_per_s: mean trades per second of each of ``symbols`` (thousands are fine).
         history_s: seconds of trades that exist before the simulator starts.
         host: the address to listen on (loopback: the simulator is not a public service).
         rest_port, ws_port: 0 picks free ports.
         tick_s: how often live trades are generated and sent (Kraken batches similarly).
         same_time_ratio: chance that a trade shares the previous trade's timestamp.
+        nanosecond_times: trade times exact to the ns, as Kraken keeps them (WebSocket then
+            prints them truncated to µs, REST as binary doubles); off, whole µs.
         rest_rate_per_s: enforce Kraken's public REST limit (about 1/s) with a token bucket
             of ``rest_burst``; None serves without limit.
         registry: where the pairs' names and precisions come from.
@@ -50,6 +57,7 @@ class SimConfig:
 
     seed: int = 1
     symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD")
+    pairs: int = 0
     trade_rate_per_s: float = 5.0
     history_s: float = 3600.0
     host: str = "127.0.0.1"
@@ -57,6 +65,7 @@ class SimConfig:
     ws_port: int = 0
     tick_s: float = 0.02
     same_time_ratio: float = 0.05
+    nanosecond_times: bool = False
     rest_rate_per_s: float | None = None
     rest_burst: int = 20
     registry: SymbolRegistry = field(default_factory=SymbolRegistry.shipped)
@@ -64,8 +73,10 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.trade_rate_per_s <= 0 or self.history_s < 0 or self.tick_s <= 0:
             raise ValueError("trade_rate_per_s and tick_s must be > 0, history_s >= 0")
-        if not self.symbols:
+        if not self.symbols and self.pairs <= 0:
             raise ValueError("simulate at least one symbol")
+        if self.pairs < 0:
+            raise ValueError(f"pairs must be >= 0, got {self.pairs}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +94,8 @@ class Simulator:
 
     Attributes:
         config: what was asked for.
-        market: the ground truth (``market.trades(symbol)``, ``market.candles(symbol)``).
+        market: the ground truth (``market.trades(symbol)``, ``market.candles(symbol)``;
+            ``market.symbols`` lists every simulated pair, generated ones included).
         faults: switches for misbehaviour, effective immediately.
         rest_url: base URL of the REST API (``http://host:port``).
         ws_url: URL of the WebSocket v2 API (``ws://host:port/v2``).
@@ -133,13 +145,18 @@ async def open_simulator(config: SimConfig) -> AsyncIterator[Simulator]:
         OSError: a fixed port is taken.
     """
     infos = [config.registry.resolve(symbol) for symbol in config.symbols]
+    rates = {info.symbol: config.trade_rate_per_s for info in infos}
+    generated = generate_pairs(config.pairs, seed=config.seed, taken=[*config.registry, *infos])
+    for rank, info in enumerate(generated):
+        rates[info.symbol] = config.trade_rate_per_s / (rank + 2)
     market = Market(
-        infos,
+        [*infos, *generated],
         seed=config.seed,
-        rate_per_s=config.trade_rate_per_s,
+        rate_per_s=rates,
         start_ns=time.time_ns(),
         history_s=config.history_s,
         same_time_ratio=config.same_time_ratio,
+        time_unit_ns=1 if config.nanosecond_times else 1000,
     )
     faults = Faults()
     rng = random.Random(config.seed)

@@ -8,8 +8,9 @@
   heartbeats keep flowing.
 - ``trade``: a snapshot of the 50 most recent trades when asked, then one ``update`` frame
   per tick holding every new trade. Prices and quantities are JSON numbers.
-- ``ohlc`` (interval 1 only): a snapshot of the minutes with trades in the last 12 minutes,
-  then on every tick with trades the whole cumulative candle of each touched minute,
+- ``ohlc`` at any of Kraken's intervals (1, 5, 15, 30, 60, 240, 1440, 10080, 21600
+  minutes; others are refused): a snapshot of the intervals with trades among the last 12,
+  then on every tick with trades the whole cumulative candle of each touched interval,
   re-emitted with the same ``interval_begin`` (ns precision) and the deprecated per-row
   ``timestamp`` set to the interval END, as Kraken does.
 - ``heartbeat`` once a second on a connection with a subscription. Kraken sends it only when
@@ -39,12 +40,13 @@ import trio_websocket
 from histdata.model import NS_PER_S, Trade
 from histdata.sim.faults import Faults
 from histdata.sim.market import MINUTE_NS, Market, MinuteBar, SymbolMarket
+from histdata.sim.rest import OHLC_INTERVALS
 
 __all__ = ["WsHub", "WsStatistics"]
 
 _log = structlog.get_logger("histdata.sim.ws")
 _SNAPSHOT_TRADES = 50
-_SNAPSHOT_MINUTES = 12
+_SNAPSHOT_INTERVALS = 12
 _FRAME_TRADES = 500
 _OUTBOX = 2048  # frames; a client this far behind is disconnected
 _WARNINGS = ["timestamp is deprecated, use interval_begin"]
@@ -93,7 +95,7 @@ class _Connection:
     send: trio.MemorySendChannel[str]
     receive: trio.MemoryReceiveChannel[str]
     trades: set[str] = field(default_factory=set)
-    ohlc: set[str] = field(default_factory=set)
+    ohlc: set[tuple[str, int]] = field(default_factory=set)  # (symbol, interval)
     silent_until: float = 0.0
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -230,10 +232,12 @@ class WsHub:
         interval = params.get("interval", 1) if channel == "ohlc" else None
         default_snapshot = channel == "ohlc"  # the newer docs: trade defaults to false
         snapshot = bool(params.get("snapshot", default_snapshot))
-        targets = conn.trades if channel == "trade" else conn.ohlc
         for symbol in symbols:
             ack: dict[str, Any] = {"method": method, "time_in": time_in}
-            error = self._refusal(symbol, method, targets, interval)
+            # A trade subscription is keyed by its symbol, an ohlc one by symbol and interval.
+            key: object = symbol if channel == "trade" else (symbol, interval)
+            targets: set[Any] = conn.trades if channel == "trade" else conn.ohlc
+            error = self._refusal(symbol, method, key in targets, interval)
             if error is not None:
                 self._counters.subscribe_failures += 1
                 ack.update(error=error, success=False, symbol=symbol)
@@ -253,29 +257,31 @@ class WsHub:
             if error is not None:
                 continue
             if method == "unsubscribe":
-                targets.discard(symbol)
+                targets.discard(key)
                 continue
-            targets.add(symbol)
+            targets.add(key)
             if snapshot:
                 book = self._market.symbols[symbol]
                 if channel == "trade":
                     recent = book.trades[-_SNAPSHOT_TRADES:]
                     self._post(conn, _trade_frame("snapshot", recent))
                 else:
+                    assert isinstance(interval, int)  # checked by _refusal
+                    width = interval * MINUTE_NS
                     clock = self._market.clock_ns
-                    since = clock - clock % MINUTE_NS - (_SNAPSHOT_MINUTES - 1) * MINUTE_NS
-                    bars = book.bars_between(since, clock + MINUTE_NS)
-                    self._post(conn, _ohlc_frame("snapshot", book, bars))
+                    since = clock - clock % width - (_SNAPSHOT_INTERVALS - 1) * width
+                    bars = book.bars_between(since, clock + width, interval)
+                    self._post(conn, _ohlc_frame("snapshot", book, bars, interval))
 
     def _refusal(
-        self, symbol: object, method: str, targets: set[str], interval: object
+        self, symbol: object, method: str, subscribed: bool, interval: object
     ) -> str | None:
         """Kraken's error text for a subscription it refuses, else None."""
         if not isinstance(symbol, str) or symbol not in self._market.symbols:
             return f"Currency pair not supported {symbol}"
-        if interval != 1 and interval is not None:
-            return f"the simulator serves ohlc interval 1 only, got {interval}"
-        if method == "unsubscribe" and symbol not in targets:
+        if interval is not None and (isinstance(interval, bool) or interval not in OHLC_INTERVALS):
+            return f"Unsupported interval {interval}"
+        if method == "unsubscribe" and not subscribed:
             return "Subscription Not Found"
         return None
 
@@ -293,17 +299,18 @@ class WsHub:
                 _trade_frame("update", trades[i : i + _FRAME_TRADES])
                 for i in range(0, len(trades), _FRAME_TRADES)
             ]
-            touched = sorted({t.time_ns - t.time_ns % MINUTE_NS for t in trades})
-            bars = [book.bars[start] for start in touched]
-            ohlc_frame = _ohlc_frame("update", book, bars)
+            ohlc_frames: dict[int, str] = {}
             for conn in list(self._connections):
                 if symbol in conn.trades:
                     for frame in trade_frames:
                         self._post(conn, frame)
                     if self._rng.random() < self._faults.malformed_ratio:
                         self._post(conn, self._malformed_companion(trades))
-                if symbol in conn.ohlc:
-                    self._post(conn, ohlc_frame)
+                for interval in OHLC_INTERVALS:
+                    if (symbol, interval) in conn.ohlc:
+                        if interval not in ohlc_frames:  # built once per tick, for all
+                            ohlc_frames[interval] = _ohlc_update(book, trades, interval)
+                        self._post(conn, ohlc_frames[interval])
 
     def _malformed_companion(self, trades: Sequence[Trade]) -> str:
         """A bad frame to send next to a good one; real trades are never altered."""
@@ -428,14 +435,22 @@ def _trade_frame(kind: str, trades: Iterable[Trade]) -> str:
     return f'{{"channel":"trade","type":"{kind}","data":[{rows}]}}'
 
 
-def _ohlc_frame(kind: str, book: SymbolMarket, bars: Iterable[MinuteBar]) -> str:
+def _ohlc_update(book: SymbolMarket, trades: Sequence[Trade], interval: int) -> str:
+    """The ``update`` frame of every ``interval`` candle that ``trades`` touched, each whole."""
+    width = interval * MINUTE_NS
+    touched = sorted({t.time_ns - t.time_ns % width for t in trades})
+    bars = [bar for start in touched for bar in book.bars_between(start, start + width, interval)]
+    return _ohlc_frame("update", book, bars, interval)
+
+
+def _ohlc_frame(kind: str, book: SymbolMarket, bars: Iterable[MinuteBar], interval: int) -> str:
     decimals = book.info.price_decimals
     rows = ",".join(
         f'{{"symbol":"{book.info.symbol}","open":{_number(bar.open)},"high":{_number(bar.high)},'
         f'"low":{_number(bar.low)},"close":{_number(bar.close)},"trades":{bar.trades},'
         f'"volume":{_number(bar.volume)},"vwap":{_number(bar.vwap(decimals))},'
-        f'"interval_begin":"{_rfc3339(bar.start_ns, nanos=True)}","interval":1,'
-        f'"timestamp":"{_rfc3339(bar.start_ns + MINUTE_NS)}"}}'
+        f'"interval_begin":"{_rfc3339(bar.start_ns, nanos=True)}","interval":{interval},'
+        f'"timestamp":"{_rfc3339(bar.start_ns + interval * MINUTE_NS)}"}}'
         for bar in bars
     )
     sent = _rfc3339(time.time_ns(), nanos=True)
