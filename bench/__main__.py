@@ -42,6 +42,8 @@ BENCHES = {
     "live": "bench.live_bench",
     "backfill": "bench.backfill_bench",
     "reads": "bench.read_bench",
+    "drain": "bench.drain_bench",
+    "continuity": "bench.continuity_bench",
 }
 SUMMARY = "summary"
 # Run again on TimescaleDB: writes into chunks and reads across them. The backfill is paced

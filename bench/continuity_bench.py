@@ -2,19 +2,18 @@
 
 Usage::
 
-    .venv/bin/python -m bench.continuity_bench [--rows 20000000] [--dsn DSN]
+    .venv/bin/python -m bench.continuity_bench [--rows 20000000] [--dsn DSN] [--json] [--quick]
 
 Fills a scratch database with ``--rows`` trades of one symbol (ids 1..rows, one every 10 ms,
 a few ids left out), audits it until the audited range reaches the newest id (the first,
 full pass), then adds a minute of new trades (6,000) and times one round, five times. The
 figure the gap filler cares about is that last one: a round's cost follows the new trades,
-not the symbol's history. Prints one JSON object.
+not the symbol's history.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import psycopg
 import trio
 
-from bench.drill_common import DEFAULT_DSN, scratch_database
+from bench.common import Result, add_common_arguments, emit, machine, say, scratch_database, today
 from histdata.storage import open_storage
 from histdata.storage.continuity import audit_trade_ids
 
@@ -78,13 +77,39 @@ async def _run(conninfo: str, rows: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Run the bench and print its figures as JSON."""
+    """Run the bench; print a markdown block (or the JSON line with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
     parser.add_argument("--rows", type=int, default=20_000_000)
-    parser.add_argument("--dsn", default=DEFAULT_DSN)
     args = parser.parse_args()
+    rows = 1_000_000 if args.quick else args.rows
+    say(f"continuity: {rows:,} trades of one symbol")
     with scratch_database(args.dsn, "histdata_continuity_bench") as conninfo:
-        print(json.dumps(trio.run(_run, conninfo, args.rows)))
+        got = trio.run(_run, conninfo, rows)
+    rounds = got["round_with_a_minute_of_new_trades_ms"]
+    emit(
+        Result(
+            name="continuity",
+            title="Trade-id audit: one gap-filler round on a symbol with a long history",
+            command=f"python -m bench.continuity_bench --rows {rows}",
+            columns=["stored trades", "first full audit", "round with 6,000 new (median / max)"],
+            rows=[
+                [
+                    f"{rows:,}",
+                    f"{got['first_pass_s']} s in {got['first_pass_rounds']} rounds",
+                    f"{rounds['median']} ms / {rounds['max']} ms",
+                ]
+            ],
+            notes=[
+                f"{got['holes_found']} planted holes found. A round reads only the ids above"
+                " (and below) the audited range, so its cost follows the new trades.",
+            ],
+            summary={f"audit round, {rows:,} trades + 1 min new": f"{rounds['median']} ms"},
+            machine=machine(args.dsn),
+            date=today(),
+        ),
+        as_json=args.json,
+    )
 
 
 if __name__ == "__main__":

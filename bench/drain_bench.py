@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--symbols", default="BTC/USD,ETH/USD")
     args = parser.parse_args()
     symbols = args.symbols.split(",")
+    if args.quick:
+        args.outage_s = min(args.outage_s, 5.0)
     say(f"drain: {args.rate} trades/s over {len(symbols)} symbols, {args.outage_s:.0f} s outage")
     figures = run(args.dsn, args.rate, args.outage_s, symbols)
     command = (
