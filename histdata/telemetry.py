@@ -178,6 +178,12 @@ def _drops(
     drops["journal candles"] = journal.dropped_candles
     drops["journal torn records"] = journal.torn_records
     drops["journal corrupt segments"] = journal.corrupt_segments
+    # Damage found at replay: records lost with their trades (counted exactly from the next
+    # intact record's running totals), or of unknown size where the damage ran to the end.
+    drops["journal damaged records"] = journal.lost_records
+    drops["journal damaged-record trades"] = journal.lost_trades
+    drops["journal damaged-record candles"] = journal.lost_candles
+    drops["journal damaged records of unknown size"] = journal.lost_unknown_records
     drops["quarantined batches"] = flusher.quarantined_batches
     hub = extras.get("hub")
     if isinstance(hub, HubStatistics):

@@ -151,6 +151,13 @@ def render(snapshot: dict[str, Any]) -> str:
     # trades_inserted the new ones among them, so the rest were already stored. Clamped: a
     # snapshot taken mid-write may see a batch's inserts before its written count.
     present = max(0, flusher["trades_written"] - flusher["trades_inserted"])
+    damage = ""
+    if journal["lost_records"] or journal["lost_unknown_records"]:
+        damage = (
+            f"; damaged records lost {journal['lost_records']} ({journal['lost_trades']} trades)"
+            f" + {journal['lost_unknown_records']} of unknown size, segments kept in"
+            " journal/damaged/"
+        )
     lines += [
         "",
         f"flusher: database {'up' if flusher['database_up'] else 'DOWN'}; trades stored"
@@ -158,7 +165,7 @@ def render(snapshot: dict[str, Any]) -> str:
         f" {flusher['trades_written']} written, {flusher['trades_replayed']} of them replayed"
         f" from the journal); journaled {flusher['trades_journaled']}",
         f"journal: {_size(journal['bytes'])} of {_size(journal['max_bytes'])} in"
-        f" {journal['segments']} segments; torn records {journal['torn_records']}",
+        f" {journal['segments']} segments; torn records {journal['torn_records']}{damage}",
     ]
     drops = {k: v for k, v in (snapshot.get("drops") or {}).items() if v}
     lines.append(
