@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from histdata.model import NS_PER_S, Candle, CandleSource, Trade
 from histdata.storage import CoverageSpan, Storage
+from histdata.storage.candles import candle_mismatches, mismatch_counts, refetch_minutes
 from histdata.storage.history import (
     HoleKind,
     coverage_report,
@@ -113,8 +114,8 @@ class TestDeriveCandles:
         assert result.derived == 1
         assert result.covered == [(T0, T0 + MIN)]
 
-    async def test_kraken_candle_is_compared_not_overwritten(self, storage: Storage) -> None:
-        """Where Kraken has a candle, the derived one is compared and a mismatch reported."""
+    async def test_kraken_candle_is_kept_beside_ours_and_compared(self, storage: Storage) -> None:
+        """Where Kraken has a candle, ours is served, Kraken's is kept, and a mismatch recorded."""
         await storage.write_trades(
             [trade(S0 + 5, "10", "1", 1), trade(S0 + 6, "12", "1", 2)],
             source="rest",
@@ -137,7 +138,53 @@ class TestDeriveCandles:
         assert result.compared == 1
         assert result.mismatches[0].fields == {"trades": (2, 3)}
         stored = await storage.read_candles("BTC/USD", T0, T0 + MIN)
-        assert stored[0].source is CandleSource.REST
+        assert stored[0].source is CandleSource.TRADES
+        assert [m.time for m in await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN)] == [T0]
+        assert await refetch_minutes(storage, "BTC/USD", T0, T0 + MIN) == [(T0, T0 + MIN)]
+
+    async def test_kraken_candle_arriving_later_is_diverted(self, storage: Storage) -> None:
+        """A Kraken candle written after ours goes beside it; an agreeing one is no mismatch."""
+        await storage.write_trades(
+            [trade(S0 + 5, "10", "1", 1), trade(S0 + 6, "12", "3", 2)],
+            source="rest",
+            coverage=[span("trades", "rest", T0, T0 + MIN)],
+        )
+        await derive_candles(storage, "BTC/USD", T0, T0 + MIN)
+        # Kraken prints one decimal: 11.5 exactly matches (10·1 + 12·3) / 4.
+        agreeing = Candle(
+            "BTC/USD",
+            T0,
+            *(Decimal(v) for v in ("10", "12", "10", "12", "4", "11.5")),
+            2,
+            source=CandleSource.LIVE,
+        )
+        result = await storage.write_candles([agreeing])
+        assert result.inserted == 1
+        [served] = await storage.read_candles("BTC/USD", T0, T0 + MIN)
+        assert served.source is CandleSource.TRADES
+        assert await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN) == []
+        off = Candle(
+            "BTC/USD",
+            T0,
+            *(Decimal(v) for v in ("10", "12", "10", "12", "4", "11.6")),
+            2,
+            source=CandleSource.LIVE,
+        )
+        await storage.write_candles([off])
+        [mismatch] = await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN)
+        assert mismatch.fields == {"vwap": (Decimal("11.5"), Decimal("11.6"))}
+        assert await mismatch_counts(storage) == {"BTC/USD": 1}
+
+    async def test_not_derived_lists_minutes_without_whole_coverage(self, storage: Storage) -> None:
+        """Minutes outside complete trades coverage are returned as not derived."""
+        await storage.write_trades(
+            [trade(S0 + 70, "1", "1", 6)],
+            source="rest",
+            coverage=[span("trades", "rest", T0 + MIN, T0 + 2 * MIN)],
+        )
+        result = await derive_candles(storage, "BTC/USD", T0, T0 + 3 * MIN)
+        assert result.covered == [(T0 + MIN, T0 + 2 * MIN)]
+        assert result.not_derived == [(T0, T0 + MIN), (T0 + 2 * MIN, T0 + 3 * MIN)]
 
 
 class TestCrossSource:
