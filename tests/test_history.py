@@ -36,6 +36,11 @@ def span(stream: str, source: str, start: datetime, end: datetime) -> tuple[str,
     return ("BTC/USD", CoverageSpan(stream, source, start, end))  # type: ignore[arg-type]
 
 
+def live_candle(values: tuple[str, ...]) -> Candle:
+    o, h, lo, c, v, vwap = (Decimal(x) for x in values)
+    return Candle("BTC/USD", T0, o, h, lo, c, v, vwap, 2, source=CandleSource.LIVE)
+
+
 class TestCoverageReport:
     async def test_holes_empty_ranges_and_marks_are_told_apart(self, storage: Storage) -> None:
         """Unobserved, marked-unrecoverable and observed-without-trades ranges are distinct."""
@@ -151,25 +156,13 @@ class TestDeriveCandles:
         )
         await derive_candles(storage, "BTC/USD", T0, T0 + MIN)
         # Kraken prints one decimal: 11.5 exactly matches (10·1 + 12·3) / 4.
-        agreeing = Candle(
-            "BTC/USD",
-            T0,
-            *(Decimal(v) for v in ("10", "12", "10", "12", "4", "11.5")),
-            2,
-            source=CandleSource.LIVE,
-        )
+        agreeing = live_candle(("10", "12", "10", "12", "4", "11.5"))
         result = await storage.write_candles([agreeing])
         assert result.inserted == 1
         [served] = await storage.read_candles("BTC/USD", T0, T0 + MIN)
         assert served.source is CandleSource.TRADES
         assert await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN) == []
-        off = Candle(
-            "BTC/USD",
-            T0,
-            *(Decimal(v) for v in ("10", "12", "10", "12", "4", "11.6")),
-            2,
-            source=CandleSource.LIVE,
-        )
+        off = live_candle(("10", "12", "10", "12", "4", "11.6"))
         await storage.write_candles([off])
         [mismatch] = await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN)
         assert mismatch.fields == {"vwap": (Decimal("11.5"), Decimal("11.6"))}
