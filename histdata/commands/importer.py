@@ -3,9 +3,11 @@
 Each CSV (loose, inside a ZIP, or under a folder) is recognised by its name and first lines
 and streamed in batches. On a terminal a progress bar follows the bytes read; at the end a
 summary lists, per file, the rows read, inserted, already present and rejected (by reason,
-with the first few line numbers). The exit status is 0 when every file was imported (rows may
-have been rejected: they are reported; files of pairs not chosen by ``--symbol`` are left
-out), 1 when a file could not be recognised or no file was found at all.
+with the first few line numbers), and for trade files the 1-minute candles derived from them
+(the rollups up to 1w are brought up to date before the command returns). The exit status
+is 0 when every file was imported (rows may have been rejected: they are reported; files
+of pairs not chosen by ``--symbol`` are left out), 1 when a file could not be recognised
+or no file was found at all.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=50_000,
         help="rows per committed batch (default 50000)",
     )
+    parser.add_argument(
+        "--strict-span",
+        action="store_true",
+        help="keep a trades file's exact first-to-last-trade span instead of rounding it out"
+        " to whole minutes (its first and last minutes then get no candle)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -110,6 +118,7 @@ def main(args: argparse.Namespace) -> int:
                     symbols=args.symbols,
                     on_source=on_source,
                     on_progress=on_progress,
+                    strict_span=args.strict_span,
                 )
 
     summary = trio.run(run)
@@ -156,6 +165,15 @@ def render_summary(summary: ImportSummary) -> str:
             if f.cross_source:
                 line += f" ({f.cross_source} already stored from REST/live)"
             out.append(line + f", rejected {f.rejected_total}")
+            if f.layout is not FileLayout.OHLCVT:
+                line = f"  1m candles derived {f.derived} (rollups to 1w follow)"
+                if f.candle_mismatches:
+                    line += f", {f.candle_mismatches} differ from Kraken's stored candles"
+                out.append(line)
+                out.extend(
+                    f"  no candle, trades not wholly observed: {format_time(a)}..{format_time(b)}"
+                    for a, b in f.candle_holes[:5]
+                )
         if f.out_of_order:
             out.append(f"  {f.out_of_order} rows went back in time (kept, numbered correctly)")
         for reason, count in sorted(f.rejected.items()):

@@ -67,13 +67,21 @@ from histdata.model import NS_PER_S, Candle, Trade, ns_to_datetime
 from histdata.storage.database import CoverageSpan, Storage
 from histdata.storage.history import (
     CandleMismatch,
+    Range,
+    ceil_to,
     compare_coarse_candles,
+    derive_candles,
     drop_cross_source_duplicates,
+    floor_to,
 )
+from histdata.storage.rollups import rollup_pass
 
 __all__ = ["FileSummary", "ImportSummary", "import_paths", "import_source"]
 
 _log = structlog.get_logger("histdata.importer")
+_TRADES = (FileLayout.TRADES3, FileLayout.TRADES7)
+_MINUTE = timedelta(minutes=1)
+_SECOND = timedelta(seconds=1)
 _SNIFF_LINES = 3
 Progress = Callable[[ImportSource, int], None]  # (source, bytes read so far in it)
 
@@ -84,7 +92,11 @@ class FileSummary:
 
     ``present`` counts rows that were already stored (re-imports, overlaps with REST/live
     trades: ``cross_source`` of them). For coarse OHLCVT files nothing is stored; ``checked``
-    holds ``(matched, mismatched, unverifiable)`` and ``mismatches`` the first few.
+    holds ``(matched, mismatched, unverifiable)`` and ``mismatches`` the first few. For trade
+    files, ``derived`` counts the 1-minute candles derived from the file's span,
+    ``candle_holes`` lists the minutes of the span that could not be derived (trades coverage
+    not whole there), and ``candle_mismatches`` the derived minutes that disagree with a
+    Kraken candle already stored.
     ``skipped`` is set (and nothing read) when the file could not be recognised.
     """
 
@@ -102,6 +114,9 @@ class FileSummary:
     out_of_order: int = 0
     checked: tuple[int, int, int] | None = None
     mismatches: list[CandleMismatch] = field(default_factory=list)
+    derived: int = 0
+    candle_holes: list[Range] = field(default_factory=list)
+    candle_mismatches: int = 0
     skipped: str = ""
     elapsed_s: float = 0.0
 
@@ -287,6 +302,7 @@ async def import_source(
     symbols: Iterable[str] | None = None,
     on_progress: Progress | None = None,
     max_examples: int = 5,
+    strict_span: bool = False,
 ) -> FileSummary:
     """Import one CSV (loose or a ZIP member) and return its summary.
 
@@ -296,6 +312,12 @@ async def import_source(
     A file whose name or content is not a Kraken layout is skipped (``skipped`` says why)
     rather than failing the whole import; so is a file whose pair is not in ``symbols``
     (any spelling) when given.
+
+    A trades file's span is rounded out to whole minutes at its edges (Kraken cuts its files
+    at a pair's listing and at quarter boundaries, so no trade of those minutes lies outside
+    the file), unless ``strict_span``, which keeps the exact first-to-last-trade span and so
+    leaves its first and last minutes underived. The 1-minute candles of the span are
+    derived as the blocks are written (see :func:`derive_candles`).
 
     Raises:
         DatabaseUnavailable: the database went away (committed batches stay committed; a
@@ -324,7 +346,7 @@ async def import_source(
             return FileSummary(source.label, symbol=parser.symbol, skipped="symbol not selected")
         if isinstance(reader, _BlockReader):
             reader.symbol_id = await storage.register_symbol(parser.symbol)
-        writer = _Writer(storage, parser, batch_rows=batch_rows)
+        writer = _Writer(storage, parser, batch_rows=batch_rows, strict_span=strict_span)
         send, receive = trio.open_memory_channel[_Batch](1)
 
         async def produce() -> None:
@@ -339,6 +361,7 @@ async def import_source(
                     await writer.write(batch)
                     if on_progress is not None:
                         on_progress(source, batch.bytes_read)
+        await writer.finish()
     if on_progress is not None:
         on_progress(source, source.size)
     summary = FileSummary(
@@ -358,6 +381,9 @@ async def import_source(
         if parser.layout is FileLayout.OHLCVT and parser.interval != 1
         else None,
         mismatches=writer.mismatches[:max_examples],
+        derived=writer.derived,
+        candle_holes=writer.candle_holes,
+        candle_mismatches=writer.candle_mismatches,
         elapsed_s=time.monotonic() - started,
     )
     _log.info(
@@ -377,24 +403,72 @@ async def import_source(
 class _Writer:
     """Writes a reader's batches and accumulates the counts; coverage runs contiguously."""
 
-    def __init__(self, storage: Storage, parser: _RowParser, *, batch_rows: int) -> None:
+    def __init__(
+        self, storage: Storage, parser: _RowParser, *, batch_rows: int, strict_span: bool
+    ) -> None:
         self.storage = storage
         self.parser = parser
         self.batch_rows = batch_rows
+        self.strict_span = strict_span
         self.inserted = self.updated = self.present = self.cross_source = 0
         self.matched = self.unverifiable = 0
         self.mismatches: list[CandleMismatch] = []
+        self.derived = self.candle_mismatches = 0
+        self.candle_holes: list[Range] = []
         self._covered_to: datetime | None = None
+        self._derived_to: datetime | None = None  # minutes before it are derived
 
     @property
     def checked(self) -> tuple[int, int, int]:
         return self.matched, len(self.mismatches), self.unverifiable
 
     def _span(self, low: datetime, high: datetime) -> tuple[datetime, datetime]:
+        if self._covered_to is None and not self.strict_span and self.parser.layout in _TRADES:
+            low = floor_to(low, _MINUTE)  # the file's first minute is whole (see import_source)
         start = low if self._covered_to is None else min(low, self._covered_to)
         end = high if self._covered_to is None else max(high, self._covered_to)
         self._covered_to = end
         return start, end
+
+    async def _derive(self, low: datetime, end: datetime) -> None:
+        """Derive the minutes from ``low`` (or where derivation stopped, if earlier) to
+        ``end``; a row that went back in time re-derives its minute."""
+        start = floor_to(low, _MINUTE)
+        if self._derived_to is not None:
+            start = min(start, self._derived_to)
+        if end <= start:
+            return
+        done = await derive_candles(self.storage, self.parser.symbol, start, end)
+        self.derived += done.inserted
+        self.candle_mismatches += len(done.mismatches)
+        holes = sorted([*self.candle_holes, *done.not_derived])
+        self.candle_holes = holes[:1]
+        for low_h, high_h in holes[1:]:  # merged: a re-derived minute reports its hole once
+            last_low, last_high = self.candle_holes[-1]
+            if low_h <= last_high:
+                self.candle_holes[-1] = (last_low, max(last_high, high_h))
+            else:
+                self.candle_holes.append((low_h, high_h))
+        self._derived_to = max(end, self._derived_to or end)
+
+    async def _written(self, low: datetime) -> None:
+        """After a trades write: derive every minute that no later row can still reach (the
+        minute of the last second written may get more rows from the next batch)."""
+        assert self._covered_to is not None
+        await self._derive(low, floor_to(self._covered_to - _SECOND, _MINUTE))
+
+    async def finish(self) -> None:
+        """Close the file's span: round its end out to a whole minute (unless strict) and
+        derive the minutes left."""
+        if self.parser.layout not in _TRADES or self._covered_to is None:
+            return
+        end = self._covered_to
+        if not self.strict_span:
+            end = ceil_to(end, _MINUTE)
+            await self.storage.add_coverage(
+                self.parser.symbol, CoverageSpan("trades", "csv", self._covered_to, end)
+            )
+        await self._derive(end, end)
 
     async def write(self, batch: _Batch) -> None:
         rows = batch.rows
@@ -449,6 +523,7 @@ class _Writer:
             if result is not None:
                 self.inserted += result.inserted
                 self.present += result.present
+                await self._written(low)
                 return
             self._covered_to = covered  # nothing was written: the span is claimed again
         # As rows, in batches of batch_rows: a block's Trades would take ~1 KB of memory each.
@@ -471,6 +546,7 @@ class _Writer:
         self.inserted += result.inserted
         self.present += result.present + dropped
         self.cross_source += dropped
+        await self._written(ns_to_datetime(low_s * NS_PER_S))
 
 
 async def import_paths(
@@ -482,8 +558,12 @@ async def import_paths(
     symbols: Iterable[str] | None = None,
     on_source: Callable[[ImportSource], None] | None = None,
     on_progress: Progress | None = None,
+    strict_span: bool = False,
 ) -> ImportSummary:
-    """Import every CSV found under ``paths`` (files, ZIPs, folders), one file at a time.
+    """Import every CSV found under ``paths`` (files, ZIPs, folders), one file at a time,
+    then bring the rollups (5m … 1w) up to date, so every timeframe reads at once.
+
+    The rollups are left to the service's rollup actor when it is mid-pass.
 
     Raises:
         FileNotFoundError: a path does not exist (before anything is imported).
@@ -503,6 +583,9 @@ async def import_paths(
                 block_bytes=block_bytes,
                 symbols=selected,
                 on_progress=on_progress,
+                strict_span=strict_span,
             )
         )
+    while (done := await rollup_pass(storage)).claimed and not done.locked_out:
+        pass
     return ImportSummary(summaries)
