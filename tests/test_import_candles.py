@@ -165,3 +165,26 @@ class TestCandlesFromImportedTrades:
         assert found.fields["high"][1] == Decimal("99999")
         served = [c for c in await read_all(storage, 1) if c.time == minute]
         assert served[0].high != Decimal("99999")  # ours is served, Kraken's kept beside it
+
+    async def test_minute_of_a_rejected_row_gets_no_candle(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """A rejected row's minute is reported as a hole, never served as a short candle."""
+        base = FIRST - 2  # a whole minute
+        lines = [f"{base + 60 * m + s},100.{m},1\n" for m in range(5) for s in (5, 30)]
+        lines[5] = f"{base + 150},abc,1\n"  # minute 2, between 2:05 and 3:05
+        path = tmp_path / "XBTUSD.csv"
+        path.write_text("".join(lines))
+        summary = (await import_paths(storage, [path])).files[0]
+        minute = timedelta(minutes=1)
+        start = EPOCH + timedelta(seconds=base)
+        assert summary.candle_holes == [(start + 2 * minute, start + 4 * minute)]
+        assert [c.time for c in await read_all(storage, 1)] == [
+            start,
+            start + minute,
+            start + 4 * minute,
+        ]
+        report = await coverage_report(storage, "BTC/USD", "candles", start, start + 5 * minute)
+        assert [(h.start, h.end) for h in report.holes] == [
+            (start + 2 * minute, start + 4 * minute)
+        ]

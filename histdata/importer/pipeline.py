@@ -73,6 +73,8 @@ from histdata.storage.history import (
     derive_candles,
     drop_cross_source_duplicates,
     floor_to,
+    intersect,
+    subtract,
 )
 from histdata.storage.rollups import rollup_pass
 
@@ -163,6 +165,17 @@ class _Batch:
     copy_csv: memoryview | None = None  # a TradeBlock encoded for Storage.copy_new_trades
 
 
+def _merged(ranges: list[Range]) -> list[Range]:
+    """Sorted ranges with the overlapping and touching ones merged."""
+    out: list[Range] = []
+    for low, high in ranges:
+        if out and low <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], high))
+        else:
+            out.append((low, high))
+    return out
+
+
 class _RowParser:
     """Parses lines one at a time with the row parsers, counting and sampling rejections."""
 
@@ -179,6 +192,36 @@ class _RowParser:
         self.rows_read = 0
         self.rejected: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}
+        # Where rejected trade rows may have been: (first, last) ns between the kept rows
+        # around them; the minutes there get no candle (see _Writer).
+        self.suspects: list[tuple[int, int]] = []
+        self._last_kept_ns: int | None = None
+        self._pending_since: int | None = None  # a rejection not yet followed by a kept row
+        self._pending = False
+
+    def kept(self, first_ns: int, last_ns: int) -> None:
+        """Note kept trade rows from ``first_ns`` to ``last_ns``, in file order."""
+        if self._pending:
+            self.suspects.append(
+                (first_ns if self._pending_since is None else self._pending_since, first_ns)
+            )
+            self._pending = False
+        self._last_kept_ns = last_ns
+
+    def rejected_between(self, before_ns: int | None, after_ns: int | None) -> None:
+        """Note a rejected trade row between kept rows (None: the neighbour is not known yet)."""
+        before = self._last_kept_ns if before_ns is None else before_ns
+        if after_ns is None:
+            if not self._pending:
+                self._pending, self._pending_since = True, before
+            return
+        self.suspects.append((after_ns if before is None else before, after_ns))
+
+    def end(self) -> None:
+        """At the end of the file: a trailing rejection may lie anywhere after the last row."""
+        if self._pending and self._pending_since is not None:
+            self.suspects.append((self._pending_since, self.max_ns))
+            self._pending = False
 
     def parse_lines(self, lines: Iterable[str], rows: list[Any], limit: int) -> None:
         """Append the good rows of ``lines`` to ``rows``; stop once ``rows`` holds ``limit``."""
@@ -192,6 +235,7 @@ class _RowParser:
             interval = self.interval or 1
             parse = lambda f: parse_ohlcvt(f, symbol, interval, max_ns)  # noqa: E731
         append = rows.append
+        trades = self.layout is not FileLayout.OHLCVT
         for line in lines:
             self.line_no += 1
             self.rows_read += 1
@@ -199,10 +243,16 @@ class _RowParser:
             try:
                 if not text:
                     raise RejectedInput("blank_line", "empty line")
-                append(parse(text.split(",")))
+                row = parse(text.split(","))
             except RejectedInput as exc:
                 self._reject(exc)
+                if trades:
+                    self.rejected_between(None, None)
                 continue
+            append(row)
+            if trades:
+                time_ns = row.time_ns  # type: ignore[union-attr]
+                self.kept(time_ns, time_ns)
             if len(rows) >= limit:
                 break
 
@@ -254,10 +304,23 @@ class _BlockReader:
         parser = self.parser
         assert self.symbol_id is not None
         for data in self._blocks:
-            block = read_trade3_block(data, parser.seqs, parser.max_ns)
-            if block is not None:
-                parser.line_no += block.rows
-                parser.rows_read += block.rows
+            found = read_trade3_block(data, parser.seqs, parser.max_ns)
+            if found is not None:
+                block, rejections = found
+                base = parser.line_no
+                for rejection in rejections:
+                    parser.line_no = base + rejection.line + 1
+                    parser._reject(rejection.error)
+                    parser.rejected_between(
+                        None if rejection.before_s is None else rejection.before_s * NS_PER_S,
+                        None if rejection.after_s is None else rejection.after_s * NS_PER_S,
+                    )
+                lines = len(rejections) + (block.rows if block is not None else 0)
+                parser.line_no = base + lines
+                parser.rows_read += lines
+                if block is None:
+                    continue
+                parser.kept(block.first_s * NS_PER_S, block.last_s * NS_PER_S)
                 return _Batch(
                     block, self._counter.count, memoryview(block.encode_copy_csv(self.symbol_id))
                 )
@@ -361,6 +424,7 @@ async def import_source(
                     await writer.write(batch)
                     if on_progress is not None:
                         on_progress(source, batch.bytes_read)
+        parser.end()
         await writer.finish()
     if on_progress is not None:
         on_progress(source, source.size)
@@ -438,17 +502,21 @@ class _Writer:
             start = min(start, self._derived_to)
         if end <= start:
             return
-        done = await derive_candles(self.storage, self.parser.symbol, start, end)
-        self.derived += done.inserted
-        self.candle_mismatches += len(done.mismatches)
-        holes = sorted([*self.candle_holes, *done.not_derived])
-        self.candle_holes = holes[:1]
-        for low_h, high_h in holes[1:]:  # merged: a re-derived minute reports its hole once
-            last_low, last_high = self.candle_holes[-1]
-            if low_h <= last_high:
-                self.candle_holes[-1] = (last_low, max(last_high, high_h))
-            else:
-                self.candle_holes.append((low_h, high_h))
+        # Minutes where a rejected row may have been: their candle would be silently short.
+        suspect = sorted(
+            (
+                floor_to(ns_to_datetime(a), _MINUTE),
+                min(end, floor_to(ns_to_datetime(b), _MINUTE) + _MINUTE),
+            )
+            for a, b in list(self.parser.suspects)
+        )
+        holes = [*self.candle_holes, *intersect(_merged(suspect), [(start, end)])]
+        for low_d, high_d in subtract([(start, end)], _merged(suspect)):
+            done = await derive_candles(self.storage, self.parser.symbol, low_d, high_d)
+            self.derived += done.inserted
+            self.candle_mismatches += len(done.mismatches)
+            holes.extend(done.not_derived)
+        self.candle_holes = _merged(sorted(holes))
         self._derived_to = max(end, self._derived_to or end)
 
     async def _written(self, low: datetime) -> None:
