@@ -82,6 +82,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="keep a trades file's exact first-to-last-trade span instead of rounding it out"
         " to whole minutes (its first and last minutes then get no candle)",
     )
+    parser.add_argument(
+        "--no-candles",
+        action="store_true",
+        help="store trades only; derive their candles later with `histdata gaps --repair`",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -119,6 +124,7 @@ def main(args: argparse.Namespace) -> int:
                     on_source=on_source,
                     on_progress=on_progress,
                     strict_span=args.strict_span,
+                    candles=not args.no_candles,
                 )
 
     summary = trio.run(run)

@@ -366,6 +366,7 @@ async def import_source(
     on_progress: Progress | None = None,
     max_examples: int = 5,
     strict_span: bool = False,
+    candles: bool = True,
 ) -> FileSummary:
     """Import one CSV (loose or a ZIP member) and return its summary.
 
@@ -380,7 +381,8 @@ async def import_source(
     at a pair's listing and at quarter boundaries, so no trade of those minutes lies outside
     the file), unless ``strict_span``, which keeps the exact first-to-last-trade span and so
     leaves its first and last minutes underived. The 1-minute candles of the span are
-    derived as the blocks are written (see :func:`derive_candles`).
+    derived as the blocks are written (see :func:`derive_candles`); with ``candles`` False
+    only the trades and their coverage are stored (derive later with :func:`derive_candles`).
 
     Raises:
         DatabaseUnavailable: the database went away (committed batches stay committed; a
@@ -409,7 +411,9 @@ async def import_source(
             return FileSummary(source.label, symbol=parser.symbol, skipped="symbol not selected")
         if isinstance(reader, _BlockReader):
             reader.symbol_id = await storage.register_symbol(parser.symbol)
-        writer = _Writer(storage, parser, batch_rows=batch_rows, strict_span=strict_span)
+        writer = _Writer(
+            storage, parser, batch_rows=batch_rows, strict_span=strict_span, candles=candles
+        )
         send, receive = trio.open_memory_channel[_Batch](1)
 
         async def produce() -> None:
@@ -419,6 +423,7 @@ async def import_source(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(produce)
+            writer.nursery = nursery
             async with receive:
                 async for batch in receive:
                     await writer.write(batch)
@@ -468,12 +473,19 @@ class _Writer:
     """Writes a reader's batches and accumulates the counts; coverage runs contiguously."""
 
     def __init__(
-        self, storage: Storage, parser: _RowParser, *, batch_rows: int, strict_span: bool
+        self,
+        storage: Storage,
+        parser: _RowParser,
+        *,
+        batch_rows: int,
+        strict_span: bool,
+        candles: bool,
     ) -> None:
         self.storage = storage
         self.parser = parser
         self.batch_rows = batch_rows
         self.strict_span = strict_span
+        self.candles = candles
         self.inserted = self.updated = self.present = self.cross_source = 0
         self.matched = self.unverifiable = 0
         self.mismatches: list[CandleMismatch] = []
@@ -481,6 +493,11 @@ class _Writer:
         self.candle_holes: list[Range] = []
         self._covered_to: datetime | None = None
         self._derived_to: datetime | None = None  # minutes before it are derived
+        # A block's minutes are derived while the next block is written (another pool
+        # connection): one derivation at a time, in order.
+        self.nursery: trio.Nursery | None = None
+        self._derived = trio.Event()
+        self._derived.set()
 
     @property
     def checked(self) -> tuple[int, int, int]:
@@ -497,6 +514,8 @@ class _Writer:
     async def _derive(self, low: datetime, end: datetime) -> None:
         """Derive the minutes from ``low`` (or where derivation stopped, if earlier) to
         ``end``; a row that went back in time re-derives its minute."""
+        if not self.candles:
+            return
         start = floor_to(low, _MINUTE)
         if self._derived_to is not None:
             start = min(start, self._derived_to)
@@ -521,13 +540,24 @@ class _Writer:
 
     async def _written(self, low: datetime) -> None:
         """After a trades write: derive every minute that no later row can still reach (the
-        minute of the last second written may get more rows from the next batch)."""
+        minute of the last second written may get more rows from the next batch), in the
+        background once the previous block's derivation is done."""
         assert self._covered_to is not None
-        await self._derive(low, floor_to(self._covered_to - _SECOND, _MINUTE))
+        assert self.nursery is not None
+        end = floor_to(self._covered_to - _SECOND, _MINUTE)
+        await self._derived.wait()
+        done = self._derived = trio.Event()
+
+        async def derive() -> None:
+            await self._derive(low, end)
+            done.set()
+
+        self.nursery.start_soon(derive)
 
     async def finish(self) -> None:
         """Close the file's span: round its end out to a whole minute (unless strict) and
         derive the minutes left."""
+        await self._derived.wait()
         if self.parser.layout not in _TRADES or self._covered_to is None:
             return
         end = self._covered_to
@@ -627,6 +657,7 @@ async def import_paths(
     on_source: Callable[[ImportSource], None] | None = None,
     on_progress: Progress | None = None,
     strict_span: bool = False,
+    candles: bool = True,
 ) -> ImportSummary:
     """Import every CSV found under ``paths`` (files, ZIPs, folders), one file at a time,
     then bring the rollups (5m … 1w) up to date, so every timeframe reads at once.
@@ -652,6 +683,7 @@ async def import_paths(
                 symbols=selected,
                 on_progress=on_progress,
                 strict_span=strict_span,
+                candles=candles,
             )
         )
     while (done := await rollup_pass(storage)).claimed and not done.locked_out:
