@@ -156,6 +156,13 @@ class QueryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ImportConfig:
+    """``[import]``: bounds of ``histdata import`` against hostile files."""
+
+    max_line_bytes: int = field(default=1 << 20, metadata=_positive())  # longer: rejected
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration; ``source`` says which file it came from."""
 
@@ -168,11 +175,12 @@ class Config:
     rollup: RollupConfig = RollupConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
     query: QueryConfig = QueryConfig()
+    import_: ImportConfig = ImportConfig()  # [import]; the name is a Python keyword
     source: str = "defaults"
 
 
 _SECTIONS: dict[str, type[Any]] = {
-    f.name: typing.get_type_hints(Config)[f.name]
+    f.name.rstrip("_"): typing.get_type_hints(Config)[f.name]
     for f in dataclasses.fields(Config)
     if f.name != "source"
 }
@@ -219,7 +227,8 @@ def load_config(
         sections[section_name] = _build_section(
             section_name, cls, raw.get(section_name, {}), env, source
         )
-    return Config(**sections, source=source)
+    fields = {f.name.rstrip("_"): f.name for f in dataclasses.fields(Config)}
+    return Config(**{fields[name]: value for name, value in sections.items()}, source=source)
 
 
 def _build_section(

@@ -6,8 +6,8 @@ summary lists, per file, the rows read, inserted, already present and rejected (
 with the first few line numbers), and for trade files the 1-minute candles derived from them
 (the rollups up to 1w are brought up to date before the command returns). The exit status
 is 0 when every file was imported (rows may have been rejected: they are reported; files
-of pairs not chosen by ``--symbol`` are left out), 1 when a file could not be recognised
-or no file was found at all.
+of pairs not chosen by ``--symbol`` are left out), 1 when a file could not be recognised,
+was refused (a ZIP bomb) or failed part-way (a damaged ZIP member), or no file was found.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def main(args: argparse.Namespace) -> int:
                     on_progress=on_progress,
                     strict_span=args.strict_span,
                     candles=not args.no_candles,
+                    max_line_bytes=config.import_.max_line_bytes,
                 )
 
     summary = trio.run(run)
@@ -134,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print(render_summary(summary), file=sys.stdout)
     # A file left out by --symbol carries its pair; one that could not be read has none.
-    unreadable = [f for f in summary.files if f.skipped and f.symbol is None]
+    unreadable = [f for f in summary.files if (f.skipped and f.symbol is None) or f.error]
     return 1 if unreadable else 0
 
 
@@ -153,6 +154,8 @@ def render_summary(summary: ImportSummary) -> str:
             out.append(f"{f.label}: skipped ({f.skipped})")
             continue
         out.append(f"{f.label}: {_describe(f)}, {f.elapsed_s:.1f} s")
+        if f.error:
+            out.append(f"  error: {f.error}")
         if f.checked is not None:
             matched, mismatched, unverifiable = f.checked
             out.append(

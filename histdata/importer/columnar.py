@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from histdata.errors import RejectedInput
-from histdata.importer.rows import SeqCounter, check_trade3
+from histdata.importer.rows import SeqCounter, check_trade3, too_long
 from histdata.kraken.parse import MIN_TIME_NS
 from histdata.model import NS_PER_S, Trade
 
@@ -119,7 +119,7 @@ class BlockRejection:
 
 
 def _check_rows(
-    columns: tuple[pa.Array, pa.Array, pa.Array], rows: list[int], max_ns: int
+    columns: tuple[pa.Array, pa.Array, pa.Array], rows: list[int], max_ns: int, max_line: int
 ) -> tuple[dict[int, tuple[str, str, str]], dict[int, RejectedInput]] | None:
     """Run the row parser's checks on the table rows ``rows``.
 
@@ -134,7 +134,10 @@ def _check_rows(
     for row, fields in zip(rows, zip(*texts, strict=True), strict=True):
         if not any(fields):
             return None
+        length = sum(len(field.encode()) for field in fields) + 2
         try:
+            if length > max_line:
+                raise too_long(length, max_line)
             time_ns, price, volume = check_trade3(fields, max_ns)
         except RejectedInput as exc:
             rejected[row] = exc
@@ -146,9 +149,15 @@ def _check_rows(
     return valid, rejected
 
 
-def _fast_rows(columns: tuple[pa.Array, pa.Array, pa.Array], max_ns: int) -> pa.Array:
+def _fast_rows(
+    columns: tuple[pa.Array, pa.Array, pa.Array], max_ns: int, max_line: int
+) -> pa.Array:
     """True for the rows this path takes as they are: everything else is checked row by row."""
     time_text, price, volume = columns
+    length = pc.add(
+        pc.add(pc.binary_length(time_text), pc.binary_length(price)),
+        pc.add(pc.binary_length(volume), 2),
+    )
     plain_time = pc.and_kleene(
         pc.ascii_is_decimal(time_text), pc.less_equal(pc.utf8_length(time_text), 12)
     )
@@ -167,11 +176,14 @@ def _fast_rows(columns: tuple[pa.Array, pa.Array, pa.Array], max_ns: int) -> pa.
             )
         ),
     )
-    return pc.and_kleene(pc.and_kleene(plain_time, in_range), numbers)
+    return pc.and_kleene(
+        pc.and_kleene(plain_time, in_range),
+        pc.and_kleene(numbers, pc.less_equal(length, max_line)),
+    )
 
 
 def read_trade3_block(
-    data: bytes, seqs: SeqCounter, max_ns: int
+    data: bytes, seqs: SeqCounter, max_ns: int, max_line: int = 1 << 20
 ) -> tuple[TradeBlock | None, list[BlockRejection]] | None:
     """Parse a block of whole ``time,price,volume`` lines and number them from ``seqs``.
 
@@ -208,14 +220,20 @@ def read_trade3_block(
         table["volume"].combine_chunks(),
     )
     n = table.num_rows
-    odd = pc.indices_nonzero(pc.invert(_fast_rows(columns, max_ns))).to_pylist() if n else []
-    checked = _check_rows(columns, odd, max_ns) if odd else ({}, {})
+    odd = (
+        pc.indices_nonzero(pc.invert(_fast_rows(columns, max_ns, max_line))).to_pylist()
+        if n
+        else []
+    )
+    checked = _check_rows(columns, odd, max_ns, max_line) if odd else ({}, {})
     if checked is None:
         return None
     valid, rejected = checked
     errors: dict[int, RejectedInput] = {}  # by 0-based line of the block
     for number, text in wrong_count:
         try:
+            if len(text.encode()) > max_line:
+                raise too_long(len(text.encode()), max_line)
             check_trade3(text.split(","), max_ns)
         except RejectedInput as exc:
             errors[number - 1] = exc

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import io
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -54,11 +55,20 @@ import trio
 
 from histdata.errors import RejectedInput
 from histdata.importer.columnar import TradeBlock, read_trade3_block, second_boundary
-from histdata.importer.rows import SeqCounter, max_time_ns, parse_ohlcvt, parse_trade3, parse_trade7
+from histdata.importer.rows import (
+    SeqCounter,
+    max_time_ns,
+    parse_ohlcvt,
+    parse_trade3,
+    parse_trade7,
+    too_long,
+)
 from histdata.importer.sniff import FileLayout, sniff_layout, split_name
 from histdata.importer.sources import (
     CountingReader,
     ImportSource,
+    LongLine,
+    bounded_lines,
     decode_lines,
     discover_sources,
     line_blocks,
@@ -99,7 +109,9 @@ class FileSummary:
     ``candle_holes`` lists the minutes of the span that could not be derived (trades coverage
     not whole there), and ``candle_mismatches`` the derived minutes that disagree with a
     Kraken candle already stored.
-    ``skipped`` is set (and nothing read) when the file could not be recognised.
+    ``skipped`` is set (and nothing read) when the file could not be recognised or was
+    refused unread (a ZIP bomb); ``error`` when reading it failed part-way (a damaged ZIP
+    member: the rows before are stored and counted).
     """
 
     label: str
@@ -119,6 +131,7 @@ class FileSummary:
     derived: int = 0
     candle_holes: list[Range] = field(default_factory=list)
     candle_mismatches: int = 0
+    error: str = ""
     skipped: str = ""
     elapsed_s: float = 0.0
 
@@ -180,12 +193,19 @@ class _RowParser:
     """Parses lines one at a time with the row parsers, counting and sampling rejections."""
 
     def __init__(
-        self, symbol: str, layout: FileLayout, interval: int | None, *, max_examples: int
+        self,
+        symbol: str,
+        layout: FileLayout,
+        interval: int | None,
+        *,
+        max_examples: int,
+        max_line: int,
     ) -> None:
         self.symbol = symbol
         self.layout = layout
         self.interval = interval
         self.max_examples = max_examples
+        self.max_line = max_line
         self.max_ns = max_time_ns(time.time_ns())
         self.seqs = SeqCounter()
         self.line_no = 0
@@ -223,7 +243,7 @@ class _RowParser:
             self.suspects.append((self._pending_since, self.max_ns))
             self._pending = False
 
-    def parse_lines(self, lines: Iterable[str], rows: list[Any], limit: int) -> None:
+    def parse_lines(self, lines: Iterable[str | LongLine], rows: list[Any], limit: int) -> None:
         """Append the good rows of ``lines`` to ``rows``; stop once ``rows`` holds ``limit``."""
         symbol, seqs, max_ns = self.symbol, self.seqs, self.max_ns
         parse: Callable[[list[str]], Trade | Candle]
@@ -236,11 +256,16 @@ class _RowParser:
             parse = lambda f: parse_ohlcvt(f, symbol, interval, max_ns)  # noqa: E731
         append = rows.append
         trades = self.layout is not FileLayout.OHLCVT
+        max_line = self.max_line
         for line in lines:
             self.line_no += 1
             self.rows_read += 1
-            text = line.rstrip("\r\n")
             try:
+                if isinstance(line, LongLine) or len(line) > max_line:
+                    raise too_long(
+                        line.length if isinstance(line, LongLine) else len(line), max_line
+                    )
+                text = line.rstrip("\r\n")
                 if not text:
                     raise RejectedInput("blank_line", "empty line")
                 row = parse(text.split(","))
@@ -267,7 +292,12 @@ class _Reader:
     """Reads one source in batches of parsed rows; runs in worker threads, one call at a time."""
 
     def __init__(
-        self, parser: _RowParser, lines: Iterator[str], counter: CountingReader, *, batch_rows: int
+        self,
+        parser: _RowParser,
+        lines: Iterator[str | LongLine],
+        counter: CountingReader,
+        *,
+        batch_rows: int,
     ) -> None:
         self.parser = parser
         self._lines = lines
@@ -296,7 +326,7 @@ class _BlockReader:
     ) -> None:
         self.parser = parser
         self.symbol_id: int | None = None  # set before the first next_batch
-        self._blocks = line_blocks(stream, block_bytes, second_boundary)
+        self._blocks = line_blocks(stream, block_bytes, second_boundary, max_line=parser.max_line)
         self._counter = counter
 
     def next_batch(self) -> _Batch | None:
@@ -304,7 +334,10 @@ class _BlockReader:
         parser = self.parser
         assert self.symbol_id is not None
         for data in self._blocks:
-            found = read_trade3_block(data, parser.seqs, parser.max_ns)
+            if isinstance(data, LongLine):
+                parser.parse_lines([data], [], 1)
+                continue
+            found = read_trade3_block(data, parser.seqs, parser.max_ns, parser.max_line)
             if found is not None:
                 block, rejections = found
                 base = parser.line_no
@@ -339,21 +372,28 @@ def _open_reader(
     batch_rows: int,
     block_bytes: int,
     max_examples: int,
+    max_line: int,
 ) -> _Reader | _BlockReader:
     """Recognise ``source`` and open it for batch reads (raises RejectedInput if unknown)."""
     name = split_name(source.name, storage.registry)
     with source.open_text() as (text, _):
-        head = [line for _, line in zip(range(_SNIFF_LINES), text, strict=False)]
-    layout = sniff_layout(head, name, where=source.label)
-    parser = _RowParser(name.symbol, layout, name.interval_min, max_examples=max_examples)
+        lines = bounded_lines(text, max_line)
+        head = [line for _, line in zip(range(_SNIFF_LINES), lines, strict=False)]
+    texts = [line if isinstance(line, str) else "" for line in head]
+    layout = sniff_layout(texts, name, where=source.label)
+    parser = _RowParser(
+        name.symbol, layout, name.interval_min, max_examples=max_examples, max_line=max_line
+    )
     counter = stack.enter_context(source.open_binary())
     stream = io.BufferedReader(counter, buffer_size=1 << 20)
-    if head and not head[0][:1].isdigit():
-        stream.readline()  # a header row (the quarterly trades form has one)
+    if texts and texts[0] and not texts[0][:1].isdigit():
+        stream.readline()  # a header row (the quarterly trades form has one); it is short
         parser.line_no = 1
     if layout is FileLayout.TRADES3:
         return _BlockReader(parser, stream, counter, block_bytes=block_bytes)
-    return _Reader(parser, decode_lines(stream), counter, batch_rows=batch_rows)
+    return _Reader(
+        parser, bounded_lines(decode_lines(stream), max_line), counter, batch_rows=batch_rows
+    )
 
 
 async def import_source(
@@ -367,11 +407,15 @@ async def import_source(
     max_examples: int = 5,
     strict_span: bool = False,
     candles: bool = True,
+    max_line_bytes: int = 1 << 20,
 ) -> FileSummary:
     """Import one CSV (loose or a ZIP member) and return its summary.
 
     A batch is ``batch_rows`` rows, except in 3-column trade files, which are read in blocks
     of about ``block_bytes`` bytes (8 MiB is about 270,000 rows) ending at a change of second.
+
+    A line longer than ``max_line_bytes`` (``[import] max_line_bytes``) is rejected as
+    ``line_too_long`` with its line number and never held whole, whatever its length.
 
     A file whose name or content is not a Kraken layout is skipped (``skipped`` says why)
     rather than failing the whole import; so is a file whose pair is not in ``symbols``
@@ -400,6 +444,7 @@ async def import_source(
                     batch_rows=batch_rows,
                     block_bytes=block_bytes,
                     max_examples=max_examples,
+                    max_line=max_line_bytes,
                 )
             )
         except RejectedInput as exc:
@@ -421,14 +466,21 @@ async def import_source(
                 while (batch := await trio.to_thread.run_sync(reader.next_batch)) is not None:
                     await send.send(batch)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce)
-            writer.nursery = nursery
-            async with receive:
-                async for batch in receive:
-                    await writer.write(batch)
-                    if on_progress is not None:
-                        on_progress(source, batch.bytes_read)
+        error = ""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                writer.nursery = nursery
+                async with receive:
+                    async for batch in receive:
+                        await writer.write(batch)
+                        if on_progress is not None:
+                            on_progress(source, batch.bytes_read)
+        except* (zipfile.BadZipFile, EOFError) as group:
+            # A member whose data do not match its header: zipfile stops at the declared
+            # size and fails the CRC (or the stream ends early). What was read before is
+            # valid, committed, and counted; the rest of the member is refused.
+            error = f"damaged ZIP member, read stopped: {group.exceptions[0]}"
         parser.end()
         await writer.finish()
     if on_progress is not None:
@@ -451,6 +503,7 @@ async def import_source(
         else None,
         mismatches=writer.mismatches[:max_examples],
         derived=writer.derived,
+        error=error,
         candle_holes=writer.candle_holes,
         candle_mismatches=writer.candle_mismatches,
         elapsed_s=time.monotonic() - started,
@@ -658,6 +711,7 @@ async def import_paths(
     on_progress: Progress | None = None,
     strict_span: bool = False,
     candles: bool = True,
+    max_line_bytes: int = 1 << 20,
 ) -> ImportSummary:
     """Import every CSV found under ``paths`` (files, ZIPs, folders), one file at a time,
     then bring the rollups (5m … 1w) up to date, so every timeframe reads at once.
@@ -684,6 +738,7 @@ async def import_paths(
                 on_progress=on_progress,
                 strict_span=strict_span,
                 candles=candles,
+                max_line_bytes=max_line_bytes,
             )
         )
     while (done := await rollup_pass(storage)).claimed and not done.locked_out:

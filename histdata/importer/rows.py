@@ -28,6 +28,7 @@ __all__ = [
     "parse_ohlcvt",
     "parse_trade3",
     "parse_trade7",
+    "too_long",
 ]
 
 _NUMBER = re.compile(r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
@@ -58,6 +59,14 @@ def _time_ns(text: str, max_ns: int) -> int:
     if time_ns < MIN_TIME_NS or time_ns > max_ns:
         raise RejectedInput("bad_time", f"time {text!r} is before 2010 or in the future")
     return time_ns
+
+
+def too_long(length: int, max_line: int) -> RejectedInput:
+    """The rejection of a line of ``length`` bytes over the ``[import] max_line_bytes`` limit."""
+    return RejectedInput(
+        "line_too_long",
+        f"line of {length:,} bytes is longer than [import] max_line_bytes = {max_line:,}",
+    )
 
 
 def max_time_ns(now_ns: int) -> int:
