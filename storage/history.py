@@ -42,6 +42,7 @@ __all__ = [
     "compare_coarse_candles",
     "coverage_report",
     "derive_candles",
+    "derive_observed",
     "drop_cross_source_duplicates",
     "mark_unrecoverable",
     "unrecoverable_marks",
@@ -394,6 +395,57 @@ async def derive_candles(
     return DeriveResult(
         derived, inserted, updated, compared, mismatches, covered, subtract(aligned, covered)
     )
+
+
+# The watermark cursor of derive_observed, per symbol: minutes before it were looked at.
+_OBSERVED_CURSOR = "candles:derived:{symbol}"
+
+
+async def derive_observed(
+    storage: Storage, *, now: datetime, lookback: timedelta = timedelta(days=1)
+) -> DeriveResult:
+    """Derive our own candle for every newly finished minute of observed trades, every symbol.
+
+    What the rollup actor runs before each pass, so live 1-minute candles are derived from
+    our trades and kept beside Kraken's (:mod:`histdata.storage.candles`). Per symbol a
+    watermark (cursor ``candles:derived:<symbol>``) moves to the end of the whole minutes its
+    trades coverage reached, up to the minute of ``now``; a symbol seen for the first time
+    starts ``lookback`` before ``now``. Minutes the watermark passes without coverage (a
+    hole) are left for repair: the repair derives them once it has stored their trades
+    (:func:`derive_candles`). Returns the totals over all symbols (``covered`` and
+    ``not_derived`` are left empty).
+
+    Raises:
+        DatabaseUnavailable: the database is down.
+    """
+    minute = timedelta(minutes=1)
+    limit = floor_to(now, minute)
+    derived = inserted = updated = compared = 0
+    mismatches: list[CandleMismatch] = []
+    for symbol, reached in await storage.run(_coverage_ends):
+        name = _OBSERVED_CURSOR.format(symbol=symbol)
+        mark = await storage.get_cursor(name)
+        start = datetime.fromisoformat(mark) if mark else floor_to(now - lookback, minute)
+        end = min(limit, floor_to(reached, minute))
+        if end <= start:
+            continue
+        done = await derive_candles(storage, symbol, start, end)
+        derived += done.derived
+        inserted += done.inserted
+        updated += done.updated
+        compared += done.compared
+        mismatches.extend(done.mismatches)
+        await storage.set_cursor(name, end.isoformat())
+    return DeriveResult(derived, inserted, updated, compared, mismatches, [])
+
+
+def _coverage_ends(conn: Connection) -> list[tuple[str, datetime]]:
+    """Per symbol with trades coverage, where that coverage ends."""
+    rows = conn.execute(
+        "SELECT s.symbol, max(upper(c.during)) FROM coverage c JOIN symbols s"
+        " ON s.id = c.symbol_id WHERE c.stream = 'trades' GROUP BY s.symbol ORDER BY s.symbol"
+    ).fetchall()
+    return [(symbol, end) for symbol, end in rows]
 
 
 def _derive_chunk(

@@ -12,6 +12,7 @@ from histdata.storage.history import (
     HoleKind,
     coverage_report,
     derive_candles,
+    derive_observed,
     drop_cross_source_duplicates,
     mark_unrecoverable,
 )
@@ -195,3 +196,45 @@ class TestCrossSource:
         kept, dropped = await drop_cross_source_duplicates(storage, incoming)
         assert dropped == 2
         assert [t.trade_id for t in kept] == [12, 13]
+
+
+class TestDeriveObserved:
+    async def test_live_minutes_get_our_candle_beside_krakens(self, storage: Storage) -> None:
+        """Finished, observed live minutes are derived once; Kraken's candle is kept beside."""
+        kraken = live_candle(("10", "12", "10", "12", "4", "11.5"))
+        await storage.write_candles([kraken])
+        await storage.write_trades(
+            [
+                trade(S0 + 5, "10", "1", 1),
+                trade(S0 + 6, "12", "3", 2),
+                trade(S0 + 70, "11", "1", 3),
+            ],
+            source="live",
+            coverage=[span("trades", "live", T0, T0 + MIN + timedelta(seconds=30))],
+        )
+        now = T0 + 5 * MIN
+        first = await derive_observed(storage, now=now)
+        assert (first.inserted, first.compared, first.mismatches) == (1, 1, [])
+        [served] = await storage.read_candles("BTC/USD", T0, T0 + 2 * MIN)
+        assert (served.time, served.source, served.vwap) == (
+            T0,
+            CandleSource.TRADES,
+            Decimal("11.5"),
+        )
+        again = await derive_observed(storage, now=now)
+        assert (again.inserted, again.updated) == (0, 0)
+        # Coverage reaches the second minute's end: only then is it derived.
+        await storage.add_coverage("BTC/USD", CoverageSpan("trades", "live", T0, T0 + 2 * MIN))
+        later = await derive_observed(storage, now=now)
+        assert later.inserted == 1
+
+    async def test_unfinished_minute_is_not_derived(self, storage: Storage) -> None:
+        """The minute of ``now`` is left alone even when coverage runs to its end."""
+        await storage.write_trades(
+            [trade(S0 + 5, "10", "1", 1)],
+            source="live",
+            coverage=[span("trades", "live", T0, T0 + MIN)],
+        )
+        result = await derive_observed(storage, now=T0 + timedelta(seconds=50))
+        assert result.inserted == 0
+        assert await storage.read_candles("BTC/USD", T0, T0 + MIN) == []
