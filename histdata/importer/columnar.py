@@ -19,6 +19,7 @@ None, and the caller parses that block row by row, which rejects and reports the
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -31,7 +32,15 @@ from histdata.importer.rows import SeqCounter, check_trade3, too_long
 from histdata.kraken.parse import MIN_TIME_NS
 from histdata.model import NS_PER_S, Trade
 
-__all__ = ["BlockRejection", "TradeBlock", "read_trade3_block", "second_boundary"]
+__all__ = [
+    "BlockRejection",
+    "TradeBlock",
+    "lines_of_rows",
+    "patch_rows",
+    "read_columns",
+    "read_trade3_block",
+    "second_boundary",
+]
 
 # Unsigned plain decimals: the row parser also takes exponents and non-ASCII digits, which
 # are rare; read_trade3_block checks only those rows one by one.
@@ -40,15 +49,7 @@ __all__ = ["BlockRejection", "TradeBlock", "read_trade3_block", "second_boundary
 # PostgreSQL reads exponent notation to the same value and scale as Decimal does.
 _NUMBER = r"^(?:[0-9]{1,40}(?:\.[0-9]{0,40})?)(?:[eE][-+]?[0-9]{1,2})?$"
 _ZERO = r"^[0.]*(?:[eE].*)?$"
-# One thread: the handler of rows with a wrong field count gets their line number only then.
-_READ = pa_csv.ReadOptions(
-    column_names=["time", "price", "volume"], block_size=1 << 22, use_threads=False
-)
-_CONVERT = pa_csv.ConvertOptions(
-    column_types={"time": pa.string(), "price": pa.string(), "volume": pa.string()},
-    strings_can_be_null=False,
-    quoted_strings_can_be_null=False,
-)
+_TRADE_COLUMNS = ("time", "price", "volume")
 _WRITE = pa_csv.WriteOptions(include_header=False, quoting_style="none")
 
 
@@ -120,7 +121,7 @@ class BlockRejection:
 
 def _check_rows(
     columns: tuple[pa.Array, pa.Array, pa.Array], rows: list[int], max_ns: int, max_line: int
-) -> tuple[dict[int, tuple[str, str, str]], dict[int, RejectedInput]] | None:
+) -> tuple[dict[int, tuple[str, ...]], dict[int, RejectedInput]] | None:
     """Run the row parser's checks on the table rows ``rows``.
 
     Returns the valid ones normalised to (seconds, plain price, plain volume) text and the
@@ -129,7 +130,7 @@ def _check_rows(
     """
     index = pa.array(rows, pa.int64())
     texts = [column.take(index).to_pylist() for column in columns]
-    valid: dict[int, tuple[str, str, str]] = {}
+    valid: dict[int, tuple[str, ...]] = {}
     rejected: dict[int, RejectedInput] = {}
     for row, fields in zip(rows, zip(*texts, strict=True), strict=True):
         if not any(fields):
@@ -195,31 +196,13 @@ def read_trade3_block(
     was kept), or None, leaving ``seqs`` untouched, when the block must take the row path
     after all: a fractional time, a blank line, or kept rows out of time order.
     """
-    wrong_count: list[tuple[int, str]] = []  # (1-based line of the block, text)
-
-    def on_invalid(row: pa_csv.InvalidRow) -> str:
-        wrong_count.append((row.number, row.text))
-        return "skip"
-
-    try:
-        table = pa_csv.read_csv(
-            pa.py_buffer(data),
-            _READ,
-            pa_csv.ParseOptions(
-                quote_char=False, ignore_empty_lines=False, invalid_row_handler=on_invalid
-            ),
-            _CONVERT,
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    read = read_columns(data, _TRADE_COLUMNS)
+    if read is None:
         return None
-    if any(number is None for number, _ in wrong_count):
-        return None
-    columns = (
-        table["time"].combine_chunks(),
-        table["price"].combine_chunks(),
-        table["volume"].combine_chunks(),
-    )
-    n = table.num_rows
+    columns_list, wrong_count = read
+    time_text, price, volume = columns_list
+    columns = (time_text, price, volume)
+    n = len(time_text)
     odd = (
         pc.indices_nonzero(pc.invert(_fast_rows(columns, max_ns, max_line))).to_pylist()
         if n
@@ -239,21 +222,14 @@ def read_trade3_block(
             errors[number - 1] = exc
         else:  # Arrow skipped a line the row parser takes: let the row path decide
             return None
-    line_of = _lines_of_rows(n, sorted(errors))
+    line_of = lines_of_rows(n, sorted(errors))
     errors.update((line_of[row], exc) for row, exc in rejected.items())
-    if valid:
-        rows = sorted(valid)
-        mask = pc.is_in(pa.array(range(n), pa.int64()), value_set=pa.array(rows, pa.int64()))
-        columns = tuple(
-            pc.replace_with_mask(column, mask, pa.array([valid[r][i] for r in rows], pa.string()))
-            for i, column in enumerate(columns)
-        )
-    kept_lines = line_of
-    if rejected:
-        keep = pa.array([row not in rejected for row in range(n)])
-        columns = tuple(column.filter(keep) for column in columns)
-        kept_lines = [line for row, line in enumerate(line_of) if row not in rejected]
-    seconds = columns[0].cast(pa.int64())
+    patched = patch_rows(list(columns), valid, set(rejected))
+    kept_lines = (
+        [line for row, line in enumerate(line_of) if row not in rejected] if rejected else line_of
+    )
+    seconds = patched[0].cast(pa.int64())
+    columns = (patched[0], patched[1], patched[2])
     block = None
     if len(seconds):
         block = _number(seconds, columns[1], columns[2], seqs)
@@ -262,7 +238,63 @@ def read_trade3_block(
     return block, _rejections(errors, kept_lines, seconds)
 
 
-def _lines_of_rows(n: int, skipped_lines: list[int]) -> list[int]:
+def read_columns(
+    data: bytes, names: Sequence[str]
+) -> tuple[list[pa.Array], list[tuple[int, str]]] | None:
+    """Split a block of lines into text columns, the way the row parsers split a line.
+
+    Returns the columns and the lines with another number of fields, as (1-based line of
+    the block, text), which are not in the columns; None when Arrow cannot split the block
+    the row parsers' way (then the block takes the row path).
+    """
+    wrong_count: list[tuple[int, str]] = []
+
+    def on_invalid(row: pa_csv.InvalidRow) -> str:
+        wrong_count.append((row.number, row.text))
+        return "skip"
+
+    try:
+        table = pa_csv.read_csv(
+            pa.py_buffer(data),
+            # One thread: only then does the handler above get the lines' numbers.
+            pa_csv.ReadOptions(column_names=list(names), block_size=1 << 22, use_threads=False),
+            # No quoting (the row parsers do not unquote); blank lines are rows, and fail.
+            pa_csv.ParseOptions(
+                quote_char=False, ignore_empty_lines=False, invalid_row_handler=on_invalid
+            ),
+            pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if any(number is None for number, _ in wrong_count):
+        return None
+    return [table[name].combine_chunks() for name in names], wrong_count
+
+
+def patch_rows(
+    columns: list[pa.Array], valid: dict[int, tuple[str, ...]], rejected: set[int]
+) -> list[pa.Array]:
+    """``columns`` with the rows in ``valid`` replaced by their normalised texts and the
+    rows in ``rejected`` removed."""
+    n = len(columns[0])
+    if valid:
+        rows = sorted(valid)
+        mask = pc.is_in(pa.array(range(n), pa.int64()), value_set=pa.array(rows, pa.int64()))
+        columns = [
+            pc.replace_with_mask(column, mask, pa.array([valid[r][i] for r in rows], pa.string()))
+            for i, column in enumerate(columns)
+        ]
+    if rejected:
+        keep = pa.array([row not in rejected for row in range(n)])
+        columns = [column.filter(keep) for column in columns]
+    return columns
+
+
+def lines_of_rows(n: int, skipped_lines: list[int]) -> list[int]:
     """The 0-based block line of each of ``n`` table rows, given the lines Arrow skipped."""
     if not skipped_lines:
         return list(range(n))
