@@ -30,6 +30,7 @@ a connection and a symbol id.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -41,13 +42,14 @@ from psycopg.types.json import Jsonb
 from histdata.storage.rollups import vwap_sql
 
 if TYPE_CHECKING:
-    from histdata.storage.database import Storage
+    from histdata.storage.database import CandleWriteResult, CoverageSpan, Storage
 
 __all__ = [
     "DIVERT_SQL",
     "CandleMismatch",
     "DerivedMinutes",
     "candle_mismatches",
+    "copy_new_candles",
     "derive_minutes",
     "mismatch_counts",
     "reconcile",
@@ -260,6 +262,88 @@ def reconcile(
             )
     compared = sum(1 for _, both, _ in rows if both)
     return compared, [_mismatch(time, fields) for time, fields in found]
+
+
+# copy_new_candles hands psycopg its rows in slices of this size rather than one buffer.
+_COPY_WRITE_BYTES = 1 << 20
+
+
+async def copy_new_candles(
+    storage: Storage,
+    symbol: str,
+    start: datetime,
+    end: datetime,
+    rows_csv: bytes | memoryview,
+    rows: int,
+    *,
+    coverage: Sequence[tuple[str, CoverageSpan]] = (),
+) -> CandleWriteResult | None:
+    """``COPY`` Kraken OHLCVT 1-minute candles straight into ``candles_1m`` when
+    ``[start, end)`` holds no candle of ``symbol`` and none of it is served from our trades.
+
+    The bulk twin of :meth:`Storage.write_candles` for the importer: with nothing stored
+    in the range there is nothing to upsert against or to divert beside our own candles, so
+    the rows go in as text. Returns None, having written nothing, otherwise (or when a
+    concurrent writer stored one of these minutes first); the caller then writes the rows
+    with :meth:`Storage.write_candles`. The range is logged for the rollups, and
+    ``coverage`` commits with the rows.
+
+    ``rows_csv`` holds ``rows`` lines
+    ``symbol_id,time,open,high,low,close,volume,trades,csv,true``: the id from
+    :meth:`Storage.register_symbol`, the time a zone-less UTC timestamp in ``[start, end)``,
+    exact decimal text.
+
+    Raises:
+        DatabaseUnavailable: the database is down.
+    """
+    try:
+        return await storage.run(
+            _copy_new_candles, storage, symbol, start, end, rows_csv, rows, coverage
+        )
+    except psycopg.errors.UniqueViolation:
+        return None
+
+
+def _copy_new_candles(
+    conn: Connection,
+    storage: Storage,
+    symbol: str,
+    start: datetime,
+    end: datetime,
+    rows_csv: bytes | memoryview,
+    rows: int,
+    coverage: Sequence[tuple[str, CoverageSpan]],
+) -> CandleWriteResult | None:
+    sid = storage.symbol_id(conn, symbol)
+    busy = conn.execute(
+        "SELECT EXISTS (SELECT FROM candles_1m WHERE symbol_id = %(sid)s AND time >= %(s)s"
+        "  AND time < %(e)s)"
+        " OR EXISTS (SELECT FROM candles_kraken WHERE symbol_id = %(sid)s AND time >= %(s)s"
+        "  AND time < %(e)s)"
+        " OR EXISTS (SELECT FROM coverage WHERE symbol_id = %(sid)s AND stream = 'candles'"
+        "  AND source = 'derived' AND during && tstzrange(%(s)s, %(e)s))",
+        {"sid": sid, "s": start, "e": end},
+    ).fetchone()
+    if busy is None or busy[0]:
+        return None
+    conn.execute("SET LOCAL TimeZone = 'UTC'")  # the rows' times carry no zone
+    data = memoryview(rows_csv)
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY candles_1m (symbol_id, time, open, high, low, close, volume, trades, source,"
+            " final) FROM STDIN (FORMAT csv)"
+        ) as copy:
+            for offset in range(0, len(data), _COPY_WRITE_BYTES):
+                copy.write(data[offset : offset + _COPY_WRITE_BYTES])
+        if cur.rowcount != rows:
+            raise ValueError(f"COPY stored {cur.rowcount} candles, expected {rows}")
+    conn.execute(_DIRTY, {"sid": sid, "lo": start, "hi": end})
+    for covered_symbol, span in coverage:
+        storage._add_coverage(conn, covered_symbol, span)
+    # Imported here: storage.database imports this module.
+    from histdata.storage.database import CandleWriteResult
+
+    return CandleWriteResult(rows, 0, 0)
 
 
 async def candle_mismatches(

@@ -27,9 +27,9 @@ from histdata.importer import (
     split_name,
 )
 from histdata.importer.columnar import read_trade3_block, second_boundary
-from histdata.importer.rows import max_time_ns, parse_trade3
+from histdata.importer.rows import max_time_ns, parse_ohlcvt, parse_trade3
 from histdata.importer.sources import line_blocks
-from histdata.model import NS_PER_S, Trade
+from histdata.model import NS_PER_S, Candle, Trade
 from histdata.storage import Storage
 from histdata.storage.history import HoleKind, coverage_report
 from histdata.symbols import SymbolRegistry
@@ -532,7 +532,58 @@ class TestImportTrades:
         }
 
 
+def exact_candle(c: Candle) -> tuple[object, ...]:
+    """A candle's time, numbers with their scales, and count."""
+    numbers = (c.open, c.high, c.low, c.close, c.volume)
+    return (c.time, *((n, int(n.as_tuple().exponent)) for n in numbers), c.trades)
+
+
 class TestImportCandles:
+    @pytest.mark.parametrize("block_bytes", [500, 5_000, 8 << 20])
+    async def test_column_path_gives_the_row_parsers_result(
+        self, storage: Storage, tmp_path: Path, block_bytes: int
+    ) -> None:
+        """Stored candles (values and scales) and rejections equal a pure row-parser reading."""
+        rng = random.Random(block_bytes)
+        odd = [
+            "{t},10,11,9,10.5,1e-3,3",  # exponent volume: valid
+            "{t},\u0661\u0660,11,9,10.5,2,3",  # non-ASCII digits: valid
+            "{t},10,8,9,10.5,2,3",  # high below low
+            "{m},10,11,9,10.5,2,3",  # not on a minute
+            "{t},0,11,9,10.5,2,3",  # zero open
+            "{t},10,11,9,10.5,2,x",  # bad count
+            "{t},10,11,9,10.5,2",  # a field short
+            "{t},10,11,9,10.5,2,3,4",  # a field too many
+            "{p},10,11,9,10.5,2,3",  # a minute repeated: the last one wins
+        ]
+        minute = (T0 // 60) * 60
+        t, lines = minute, []
+        for _ in range(600):
+            t += 60 * rng.choice([1, 1, 2])
+            if rng.random() < 0.05:
+                pattern = rng.choice(odd)
+            else:
+                pattern = "{t},1{r}.5,1{r}.9,1{r}.1,1{r}.25,0.{r},{r}"
+            lines.append(pattern.format(t=t, m=t + 7, p=t - 60, r=rng.randint(0, 999)) + "\n")
+        path = tmp_path / "XBTUSD_1.csv"
+        path.write_text("".join(lines), encoding="utf-8")
+        max_ns = max_time_ns(time.time_ns())
+        expected: dict[datetime, tuple[object, ...]] = {}
+        reasons: Counter[str] = Counter()
+        for line in lines:
+            try:
+                candle = parse_ohlcvt(line.rstrip("\n").split(","), "BTC/USD", 1, max_ns)
+            except RejectedInput as exc:
+                reasons[exc.reason] += 1
+                continue
+            expected[candle.time] = exact_candle(candle)
+        summary = (await import_paths(storage, [path], block_bytes=block_bytes)).files[0]
+        assert summary.rejected == dict(reasons)
+        stored = await storage.read_candles("BTC/USD", at(minute), at(t + 60))
+        assert [exact_candle(c) for c in stored] == [expected[k] for k in sorted(expected)]
+        again = (await import_paths(storage, [path], block_bytes=block_bytes)).files[0]
+        assert (again.inserted, again.updated) == (0, 0)
+
     async def test_one_minute_file_stores_candles_and_coverage(
         self, storage: Storage, tmp_path: Path
     ) -> None:

@@ -18,8 +18,11 @@ What goes where:
   their trades coverage in the same transaction, after
   :func:`~histdata.storage.history.drop_cross_source_duplicates` removed trades already
   stored from REST or live capture (an id-less row cannot dedupe against them by key).
-- 1-minute OHLCVT candles go through :meth:`Storage.write_candles` (source CSV, no VWAP) with
-  their candles coverage. Kraken's files omit minutes without trades, so each batch's
+- 1-minute OHLCVT candles are read in blocks too
+  (:mod:`~histdata.importer.candle_blocks`) and copied straight into ``candles_1m`` when
+  their minutes hold no candle yet (:func:`~histdata.storage.candles.copy_new_candles`),
+  else upserted through :meth:`Storage.write_candles` (source CSV, no VWAP), with their
+  candles coverage. Kraken's files omit minutes without trades, so each batch's
   coverage starts where the previous one ended: the omitted minutes read "observed, no
   trades", not "not observed".
 - OHLCVT files of other intervals are **checked, not stored**: each candle is compared with
@@ -54,7 +57,13 @@ import structlog
 import trio
 
 from histdata.errors import RejectedInput
-from histdata.importer.columnar import TradeBlock, read_trade3_block, second_boundary
+from histdata.importer.candle_blocks import CandleBlock, read_ohlcvt_block
+from histdata.importer.columnar import (
+    BlockRejection,
+    TradeBlock,
+    read_trade3_block,
+    second_boundary,
+)
 from histdata.importer.rows import (
     SeqCounter,
     max_time_ns,
@@ -74,6 +83,7 @@ from histdata.importer.sources import (
     line_blocks,
 )
 from histdata.model import NS_PER_S, Candle, Trade, ns_to_datetime
+from histdata.storage.candles import copy_new_candles
 from histdata.storage.database import CoverageSpan, Storage
 from histdata.storage.history import (
     CandleMismatch,
@@ -173,9 +183,9 @@ class ImportSummary:
 
 @dataclass(slots=True)
 class _Batch:
-    rows: list[Trade] | list[Candle] | TradeBlock
+    rows: list[Trade] | list[Candle] | TradeBlock | CandleBlock
     bytes_read: int
-    copy_csv: memoryview | None = None  # a TradeBlock encoded for Storage.copy_new_trades
+    copy_csv: memoryview | None = None  # a block encoded for COPY
 
 
 def _merged(ranges: list[Range]) -> list[Range]:
@@ -281,6 +291,20 @@ class _RowParser:
             if len(rows) >= limit:
                 break
 
+    def reject_in_block(self, rejections: list[BlockRejection], lines: int) -> None:
+        """Count the rejections of a block of ``lines`` lines read column-wise."""
+        base = self.line_no
+        for rejection in rejections:
+            self.line_no = base + rejection.line + 1
+            self._reject(rejection.error)
+            if self.layout is not FileLayout.OHLCVT:
+                self.rejected_between(
+                    None if rejection.before_s is None else rejection.before_s * NS_PER_S,
+                    None if rejection.after_s is None else rejection.after_s * NS_PER_S,
+                )
+        self.line_no = base + lines
+        self.rows_read += lines
+
     def _reject(self, exc: RejectedInput) -> None:
         self.rejected[exc.reason] += 1
         examples = self.examples.setdefault(exc.reason, [])
@@ -340,20 +364,49 @@ class _BlockReader:
             found = read_trade3_block(data, parser.seqs, parser.max_ns, parser.max_line)
             if found is not None:
                 block, rejections = found
-                base = parser.line_no
-                for rejection in rejections:
-                    parser.line_no = base + rejection.line + 1
-                    parser._reject(rejection.error)
-                    parser.rejected_between(
-                        None if rejection.before_s is None else rejection.before_s * NS_PER_S,
-                        None if rejection.after_s is None else rejection.after_s * NS_PER_S,
-                    )
-                lines = len(rejections) + (block.rows if block is not None else 0)
-                parser.line_no = base + lines
-                parser.rows_read += lines
+                parser.reject_in_block(
+                    rejections, len(rejections) + (block.rows if block is not None else 0)
+                )
                 if block is None:
                     continue
                 parser.kept(block.first_s * NS_PER_S, block.last_s * NS_PER_S)
+                return _Batch(
+                    block, self._counter.count, memoryview(block.encode_copy_csv(self.symbol_id))
+                )
+            rows: list[Any] = []
+            parser.parse_lines(decode_lines(io.BytesIO(data)), rows, len(data) + 1)
+            if rows:
+                return _Batch(rows, self._counter.count)
+        return None
+
+
+class _CandleBlockReader:
+    """Reads a 1-minute OHLCVT file in blocks, column-wise where it can (as _BlockReader)."""
+
+    def __init__(
+        self, parser: _RowParser, stream: IO[bytes], counter: CountingReader, *, block_bytes: int
+    ) -> None:
+        self.parser = parser
+        self.symbol_id: int | None = None  # set before the first next_batch
+        self._blocks = line_blocks(stream, block_bytes, max_line=parser.max_line)
+        self._counter = counter
+
+    def next_batch(self) -> _Batch | None:
+        """Read the next block with any good rows; None at the end of the file."""
+        parser = self.parser
+        assert self.symbol_id is not None
+        for data in self._blocks:
+            if isinstance(data, LongLine):
+                parser.parse_lines([data], [], 1)
+                continue
+            found = read_ohlcvt_block(data, 1, parser.max_ns, parser.max_line)
+            if found is not None:
+                block, rejections = found
+                parser.reject_in_block(
+                    rejections, len(rejections) + (block.rows if block is not None else 0)
+                )
+                if block is None:
+                    continue
                 return _Batch(
                     block, self._counter.count, memoryview(block.encode_copy_csv(self.symbol_id))
                 )
@@ -373,7 +426,7 @@ def _open_reader(
     block_bytes: int,
     max_examples: int,
     max_line: int,
-) -> _Reader | _BlockReader:
+) -> _Reader | _BlockReader | _CandleBlockReader:
     """Recognise ``source`` and open it for batch reads (raises RejectedInput if unknown)."""
     name = split_name(source.name, storage.registry)
     with source.open_text() as (text, _):
@@ -391,6 +444,8 @@ def _open_reader(
         parser.line_no = 1
     if layout is FileLayout.TRADES3:
         return _BlockReader(parser, stream, counter, block_bytes=block_bytes)
+    if layout is FileLayout.OHLCVT and name.interval_min == 1:
+        return _CandleBlockReader(parser, stream, counter, block_bytes=block_bytes)
     return _Reader(
         parser, bounded_lines(decode_lines(stream), max_line), counter, batch_rows=batch_rows
     )
@@ -454,7 +509,7 @@ async def import_source(
             storage.registry.canonical(s) for s in symbols
         }:
             return FileSummary(source.label, symbol=parser.symbol, skipped="symbol not selected")
-        if isinstance(reader, _BlockReader):
+        if isinstance(reader, _BlockReader | _CandleBlockReader):
             reader.symbol_id = await storage.register_symbol(parser.symbol)
         writer = _Writer(
             storage, parser, batch_rows=batch_rows, strict_span=strict_span, candles=candles
@@ -627,6 +682,9 @@ class _Writer:
         if isinstance(rows, TradeBlock):
             await self._write_block(rows, batch.copy_csv)
             return
+        if isinstance(rows, CandleBlock):
+            await self._write_candle_block(rows, batch.copy_csv)
+            return
         if not rows:
             return
         if self.parser.layout is not FileLayout.OHLCVT:
@@ -654,6 +712,31 @@ class _Writer:
         self.inserted += written.inserted
         self.updated += written.updated
         self.present += written.unchanged
+
+    async def _write_candle_block(self, block: CandleBlock, copy_csv: memoryview | None) -> None:
+        """COPY the block in when its minutes hold no candle (see :func:`copy_new_candles`),
+        else upsert it as rows, ``batch_rows`` at a time."""
+        symbol = self.parser.symbol
+        low = ns_to_datetime(block.first_s * NS_PER_S)
+        high = ns_to_datetime(block.last_s * NS_PER_S) + _MINUTE
+        start, end = self._span(low, high)
+        coverage = [(symbol, CoverageSpan("candles", "csv", start, end))]
+        assert copy_csv is not None
+        copied = await copy_new_candles(
+            self.storage, symbol, low, high, copy_csv, block.rows, coverage=coverage
+        )
+        if copied is not None:
+            self.inserted += copied.inserted
+            return
+        for offset in range(0, block.rows, self.batch_rows):
+            candles = await trio.to_thread.run_sync(
+                block.to_candles, symbol, offset, self.batch_rows
+            )
+            last = offset + self.batch_rows >= block.rows
+            written = await self.storage.write_candles(candles, coverage=coverage if last else ())
+            self.inserted += written.inserted
+            self.updated += written.updated
+            self.present += written.unchanged
 
     async def _write_block(self, block: TradeBlock, copy_csv: memoryview | None) -> None:
         """COPY the block in when its seconds hold no stored trade with a Kraken id (see
