@@ -188,6 +188,8 @@ def render_summary(summary: ImportSummary) -> str:
         for reason, count in sorted(f.rejected.items()):
             out.append(f"  rejected {reason}: {count}")
             out.extend(f"    {example}" for example in f.examples.get(reason, []))
+    if summary.rollup_s:
+        out.append(f"rollups 5m…1w brought up to date in {summary.rollup_s:.1f} s")
     rejected = sum(summary.rejected.values())
     files = f"{len(summary.files)} file{'' if len(summary.files) == 1 else 's'}"
     out.append(
