@@ -528,9 +528,11 @@ class Storage:
         """Upsert 1-minute candles and log the changed ranges for the rollup actor.
 
         A stored row is replaced only when it is not final yet, or when the new candle is
-        final and from the same source (a corrected re-delivery); Kraken's candles are never
-        overwritten by candles derived from trades, nor a final candle by an in-progress one.
-        Rows whose values did not change count as ``unchanged`` and are not rewritten.
+        final and from the same source (a corrected re-delivery); a final candle is never
+        overwritten by one of another source, nor by an in-progress one. A Kraken candle of
+        a minute served from our own trades goes to ``candles_kraken`` beside ours instead,
+        and the minute is reconciled (:mod:`histdata.storage.candles`). Rows whose values
+        did not change count as ``unchanged`` and are not rewritten.
 
         Raises:
             ValueError: a candle is not a 1-minute candle.
