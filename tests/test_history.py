@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from histdata.actors.rollup import RollupActor
 from histdata.model import NS_PER_S, Candle, CandleSource, Trade
 from histdata.storage import CoverageSpan, Storage
 from histdata.storage.candles import candle_mismatches, mismatch_counts, refetch_minutes
@@ -238,3 +239,33 @@ class TestDeriveObserved:
         result = await derive_observed(storage, now=T0 + timedelta(seconds=50))
         assert result.inserted == 0
         assert await storage.read_candles("BTC/USD", T0, T0 + MIN) == []
+
+    async def test_kraken_candle_in_an_observed_empty_minute_is_a_mismatch(
+        self, storage: Storage
+    ) -> None:
+        """Kraken's candle with trades, where we observed none, is kept aside, not served."""
+        await storage.write_trades(
+            [], source="live", coverage=[span("trades", "live", T0, T0 + MIN)]
+        )
+        await derive_candles(storage, "BTC/USD", T0, T0 + MIN)
+        await storage.write_candles([live_candle(("10", "12", "10", "12", "4", "11.5"))])
+        assert await storage.read_candles("BTC/USD", T0, T0 + MIN) == []
+        [mismatch] = await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN)
+        assert mismatch.fields["trades"] == (0, 2)
+
+
+class TestRollupActor:
+    async def test_a_drain_derives_observed_minutes_and_counts_them(self, storage: Storage) -> None:
+        """The rollup actor derives the finished observed minutes before it rolls them up."""
+        start = datetime.now(UTC).replace(second=0, microsecond=0) - 10 * MIN
+        base = int(start.timestamp())
+        await storage.write_trades(
+            [trade(base + 5, "10", "1", 1), trade(base + 65, "11", "1", 2)],
+            source="live",
+            coverage=[span("trades", "live", start, start + 2 * MIN)],
+        )
+        actor = RollupActor(storage)
+        await actor.drain()
+        stats = actor.statistics()
+        assert (stats.minutes_derived, stats.candle_mismatches) == (2, 0)
+        assert stats.ranges_claimed >= 1
