@@ -137,6 +137,9 @@ _STORE_ASIDE = (
     f"INSERT INTO candles_kraken AS k ({_CANDLE_COLUMNS}) SELECT {_CANDLE_COLUMNS}"
     f" FROM _stage_candles WHERE aside{_KRAKEN_UPSERT}"
     " WHERE (NOT k.final OR (EXCLUDED.final AND k.source = EXCLUDED.source))"
+    " AND (k.open, k.high, k.low, k.close, k.volume, k.vwap, k.trades, k.source, k.final)"
+    " IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close,"
+    " EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.trades, EXCLUDED.source, EXCLUDED.final)"
     " RETURNING symbol_id, time, (xmax = 0)"
 )
 

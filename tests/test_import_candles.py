@@ -188,3 +188,26 @@ class TestCandlesFromImportedTrades:
         assert [(h.start, h.end) for h in report.holes] == [
             (start + 2 * minute, start + 4 * minute)
         ]
+
+    async def test_kraken_candles_imported_after_the_trades_go_beside_ours(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """An OHLCVT file over imported trades goes beside ours; a re-import changes nothing."""
+        rows = write_file(tmp_path / "XBTUSD.csv", rows=500)
+        await import_paths(storage, [tmp_path / "XBTUSD.csv"])
+        ours = await read_all(storage, 1)
+        lines = [
+            f"{int(c.time.timestamp())},{c.open},{c.high},{c.low},{c.close},{c.volume},{c.trades}\n"
+            for c in ours
+        ]
+        lines[0] = lines[0].rsplit(",", 1)[0] + f",{ours[0].trades + 1}\n"  # one planted
+        candles = tmp_path / "XBTUSD_1.csv"
+        candles.write_text("".join(lines))
+        first = (await import_paths(storage, [candles])).files[0]
+        assert first.inserted == len(ours)
+        assert await read_all(storage, 1) == ours
+        end = EPOCH + timedelta(seconds=rows[-1][0] + 60)
+        [mismatch] = await candle_mismatches(storage, "BTC/USD", ours[0].time, end)
+        assert mismatch.fields == {"trades": (ours[0].trades, ours[0].trades + 1)}
+        again = (await import_paths(storage, [candles])).files[0]
+        assert (again.inserted, again.updated, again.present) == (0, 0, len(ours))
