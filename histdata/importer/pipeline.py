@@ -8,16 +8,21 @@ memory stays flat whatever the file size.
 What goes where:
 
 - 3-column trades are read in blocks of whole seconds (:mod:`~histdata.importer.columnar`).
-  A block whose every line is plainly valid and in time order, and whose seconds hold no
-  stored trade of the pair with a Kraken id, is copied in as text
+  A block whose lines are valid (its few bad ones rejected in place) and in time order,
+  and whose seconds hold no stored trade of the pair with a Kraken id, is copied in as text
   (:meth:`Storage.copy_new_trades`): straight into ``trades`` when its seconds are empty,
   through a staging table and ``ON CONFLICT`` when they hold id-less trades (a re-import).
-  Any other block (an overlap with REST/live trades, a bad or out-of-order line) takes the
+  Any other block (an overlap with REST/live trades, an out-of-order line) takes the
   general path below, in ``batch_rows`` pieces, with identical results.
 - Trades (3- and 7-column) go through :meth:`Storage.write_trades` (``source="csv"``) with
   their trades coverage in the same transaction, after
   :func:`~histdata.storage.history.drop_cross_source_duplicates` removed trades already
   stored from REST or live capture (an id-less row cannot dedupe against them by key).
+- After each trades write, the whole minutes no later row can reach are derived into
+  1-minute candles (:func:`~histdata.storage.history.derive_candles`, on another
+  connection while the next batch is written); a file's span is rounded out to whole
+  minutes at its edges (see :func:`import_source`), and minutes where a rejected row may
+  have been are left underived. :func:`import_paths` then brings the rollups up to date.
 - 1-minute OHLCVT candles are read in blocks too
   (:mod:`~histdata.importer.candle_blocks`) and copied straight into ``candles_1m`` when
   their minutes hold no candle yet (:func:`~histdata.storage.candles.copy_new_candles`),
