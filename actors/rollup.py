@@ -1,10 +1,13 @@
 """The rollup actor: folds the dirty-range log into the 5m … 1w rollups, continuously.
 
-Every ``interval_s`` it runs passes of :func:`histdata.storage.rollups.rollup_pass` until
-the log is drained (a big import is worked off in several transactions of bounded size),
-then sleeps. A database outage is logged and retried at the next tick without a restart:
-the log is persistent, so nothing is lost while the database is away. Reads never depend
-on this actor being current (see :mod:`histdata.storage.reads`); it only keeps them fast.
+Every ``interval_s`` it first derives our own 1-minute candle for each newly finished minute
+of observed trades (:func:`histdata.storage.history.derive_observed`: live candles are kept
+from our trades beside Kraken's, and compared with them), then runs passes of
+:func:`histdata.storage.rollups.rollup_pass` until the log is drained (a big import is
+worked off in several transactions of bounded size), then sleeps. A database outage is
+logged and retried at the next tick without a restart: the log is persistent, so nothing
+is lost while the database is away. Reads never depend on this actor being current (see
+:mod:`histdata.storage.reads`); it only keeps them fast.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import trio
 
 from histdata.errors import DatabaseUnavailable
 from histdata.storage import Storage
+from histdata.storage.history import derive_observed
 from histdata.storage.rollups import rollup_pass
 from histdata.supervisor import sleep_unless_stopping
+from histdata.timeutil import utc_now
 
 __all__ = ["RollupActor", "RollupStatistics", "run_rollup"]
 
@@ -32,6 +37,8 @@ class RollupStatistics:
     passes: int
     ranges_claimed: int
     rows_written: int
+    minutes_derived: int  # our own candles written from observed trades
+    candle_mismatches: int  # derived minutes found to disagree with Kraken's candle
     failures: int
     last_pass_at: float | None  # Unix time of the last completed pass
     last_pass_s: float | None  # duration of the last completed pass
@@ -46,6 +53,8 @@ class RollupActor:
         self._interval_s = interval_s
         self._batch = batch
         self._passes = 0
+        self._derived = 0
+        self._mismatches = 0
         self._claimed = 0
         self._written = 0
         self._failures = 0
@@ -54,11 +63,15 @@ class RollupActor:
         self._last_error: str | None = None
 
     async def drain(self) -> None:
-        """Run passes until the dirty-range log is empty (or another process holds it).
+        """Derive the newly observed minutes, then run passes until the dirty-range log is
+        empty (or another process holds it).
 
         Raises:
             DatabaseUnavailable: the database could not be reached.
         """
+        derived = await derive_observed(self._storage, now=utc_now())
+        self._derived += derived.inserted + derived.updated
+        self._mismatches += len(derived.mismatches)
         while True:
             began = time.perf_counter()
             result = await rollup_pass(self._storage, limit=self._batch)
@@ -91,6 +104,8 @@ class RollupActor:
             passes=self._passes,
             ranges_claimed=self._claimed,
             rows_written=self._written,
+            minutes_derived=self._derived,
+            candle_mismatches=self._mismatches,
             failures=self._failures,
             last_pass_at=self._last_at,
             last_pass_s=self._last_s,

@@ -217,6 +217,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ImportConfig:
+    """``[import]``: bounds of ``histdata import`` against hostile files."""
+
+    max_line_bytes: int = field(default=1 << 20, metadata=_positive())  # longer: rejected
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration; ``source`` says which file it came from."""
 
@@ -230,12 +237,13 @@ class Config:
     maintenance: MaintenanceConfig = MaintenanceConfig()
     query: QueryConfig = QueryConfig()
     metrics: MetricsConfig = MetricsConfig()
+    import_: ImportConfig = ImportConfig()  # [import]; the name is a Python keyword
     source: str = "defaults"
     warnings: tuple[str, ...] = ()  # one line each: HISTDATA_* variables that were ignored
 
 
 _SECTIONS: dict[str, type[Any]] = {
-    f.name: typing.get_type_hints(Config)[f.name]
+    f.name.rstrip("_"): typing.get_type_hints(Config)[f.name]
     for f in dataclasses.fields(Config)
     if f.name not in ("source", "warnings")
 }
@@ -294,7 +302,12 @@ def load_config(
             f" {database.pool_max} ({wheres.get(('database', 'pool_max'), 'default')});"
             " pool_min must be <= pool_max"
         )
-    return Config(**sections, source=source, warnings=tuple(warnings))
+    fields = {f.name.rstrip("_"): f.name for f in dataclasses.fields(Config)}
+    return Config(
+        **{fields[name]: value for name, value in sections.items()},
+        source=source,
+        warnings=tuple(warnings),
+    )
 
 
 def _env_name(section: str, key: str) -> str:

@@ -4,6 +4,11 @@ Times are ISO 8601 (``2024-01-01``, ``2024-01-01T12:00:00Z``; a time without a z
 or Unix seconds (``1704067200``, ``1704067200.5``). Intervals are ``1m 5m 15m 30m 1h 4h 12h
 1d 1w``, Kraken's minute numbers (``1 5 15 30 60 240 720 1440 10080``) or any whole number of
 minutes written with a unit (``3m``, ``2h``, ``3d``).
+
+Interval units are case-sensitive and lower-case. ``1M`` is a month in ccxt and freqtrade
+and a minute in some other tools; rather than guess, every spelling with an upper-case unit
+is refused with a message saying that minutes are ``m``. Months are not offered: they have
+no fixed length, so they are not a whole number of minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ __all__ = [
 STORED_INTERVALS: tuple[int, ...] = (1, 5, 15, 30, 60, 240, 720, 1440, 10080)
 
 _UNIT_MINUTES = {"m": 1, "h": 60, "d": 1440, "w": 10080}
-_INTERVAL_RE = re.compile(r"^\s*(\d+)\s*([mhdw]?)\s*$", re.IGNORECASE)
+_INTERVAL_RE = re.compile(r"^\s*(\d+)\s*([mhdw]?)\s*$")
+_UPPER_UNIT_RE = re.compile(r"^\s*\d+\s*[A-Z]\s*$")
 _MAX_INTERVAL_MIN = 366 * 1440
 
 
@@ -75,15 +81,22 @@ def format_time(value: datetime) -> str:
 def parse_interval(text: str) -> int:
     """Parse an interval into whole minutes.
 
-    A bare number is minutes (Kraken's convention: ``60`` is one hour).
+    A bare number is minutes (Kraken's convention: ``60`` is one hour). Units are lower-case
+    (see the module docstring).
 
     Raises:
-        ValueError: not a positive whole number of minutes, or longer than a year.
+        ValueError: not a positive whole number of minutes, longer than a year, or written
+            with an upper-case unit (``1M``, ``1H``).
     """
+    if _UPPER_UNIT_RE.match(str(text)):
+        raise ValueError(
+            f"bad interval {text!r}: units are case-sensitive and lower-case; minutes are"
+            " 'm' (1m), hours 'h', days 'd', weeks 'w'; months are not offered"
+        )
     match = _INTERVAL_RE.match(str(text))
     if match is None:
         raise ValueError(f"bad interval {text!r}; use 1m 5m 15m 30m 1h 4h 12h 1d 1w or minutes")
-    minutes = int(match.group(1)) * _UNIT_MINUTES[(match.group(2) or "m").lower()]
+    minutes = int(match.group(1)) * _UNIT_MINUTES[match.group(2) or "m"]
     if not 0 < minutes <= _MAX_INTERVAL_MIN:
         raise ValueError(f"bad interval {text!r}; must be between 1 minute and 366 days")
     return minutes

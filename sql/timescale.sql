@@ -17,3 +17,7 @@ SELECT create_hypertable('candles_rollup', 'time', chunk_time_interval => interv
 DROP INDEX IF EXISTS trades_time_idx;
 DROP INDEX IF EXISTS candles_1m_time_idx;
 DROP INDEX IF EXISTS candles_rollup_time_idx;
+-- Kraken's candles for the minutes we serve from our own trades: one per live minute.
+SELECT create_hypertable('candles_kraken', 'time', chunk_time_interval => interval '7 days',
+                         create_default_indexes => false,
+                         if_not_exists => true, migrate_data => true);

@@ -36,6 +36,7 @@ import trio
 
 from histdata.errors import DatabaseUnavailable, StorageNotOpen
 from histdata.model import Candle, CandleSource, Side, Trade, datetime_to_ns
+from histdata.storage.candles import DIVERT_SQL, store_aside
 from histdata.storage.migrations import migrate
 from histdata.symbols import SymbolInfo, SymbolRegistry
 
@@ -550,9 +551,11 @@ class Storage:
         """Upsert 1-minute candles and log the changed ranges for the rollup actor.
 
         A stored row is replaced only when it is not final yet, or when the new candle is
-        final and from the same source (a corrected re-delivery); Kraken's candles are never
-        overwritten by candles derived from trades, nor a final candle by an in-progress one.
-        Rows whose values did not change count as ``unchanged`` and are not rewritten.
+        final and from the same source (a corrected re-delivery); a final candle is never
+        overwritten by one of another source, nor by an in-progress one. A Kraken candle of
+        a minute served from our own trades goes to ``candles_kraken`` beside ours instead,
+        and the minute is reconciled (:mod:`histdata.storage.candles`). Rows whose values
+        did not change count as ``unchanged`` and are not rewritten.
 
         Raises:
             ValueError: a candle is not a 1-minute candle.
@@ -574,13 +577,17 @@ class Storage:
             conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS _stage_candles (symbol_id int2, time timestamptz,"
                 " open numeric, high numeric, low numeric, close numeric, volume numeric,"
-                " vwap numeric, trades int4, source text, final bool) ON COMMIT DELETE ROWS"
+                " vwap numeric, trades int4, source text, final bool, aside bool DEFAULT false)"
+                " ON COMMIT DELETE ROWS"
             )
             ids = {symbol: self.symbol_id(conn, symbol) for symbol in {c.symbol for c in candles}}
             # The last version of a candle in the batch wins (a live minute re-emitted).
             latest = {(c.symbol, c.time): c for c in candles}
             with conn.cursor() as cur:
-                with cur.copy("COPY _stage_candles FROM STDIN (FORMAT BINARY)") as copy:
+                with cur.copy(
+                    "COPY _stage_candles (symbol_id, time, open, high, low, close, volume, vwap,"
+                    " trades, source, final) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
                     copy.set_types(
                         [
                             *("int2", "timestamptz", "numeric", "numeric", "numeric"),
@@ -603,15 +610,20 @@ class Storage:
                                 c.final,
                             )
                         )
+                # Kraken's candle of a minute we serve from our own trades is kept beside
+                # ours, not served (storage/candles.py).
+                cur.execute(DIVERT_SQL)
+                aside = store_aside(conn) if cur.rowcount else []
                 cur.execute(
                     "INSERT INTO candles_1m AS c (symbol_id, time, open, high, low, close, volume,"
-                    " vwap, trades, source, final)"
-                    " SELECT symbol_id, time, open, high, low, close, volume, vwap, trades, source,"
-                    " final FROM _stage_candles"
+                    " vwap, pv, trades, source, final)"
+                    " SELECT symbol_id, time, open, high, low, close, volume, vwap, vwap * volume,"
+                    " trades, source, final FROM _stage_candles WHERE NOT aside"
                     " ON CONFLICT (symbol_id, time) DO UPDATE SET open = EXCLUDED.open,"
                     " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
-                    " volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, trades = EXCLUDED.trades,"
-                    " source = EXCLUDED.source, final = EXCLUDED.final, updated_at = now()"
+                    " volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, pv = EXCLUDED.pv,"
+                    " trades = EXCLUDED.trades, source = EXCLUDED.source, final = EXCLUDED.final,"
+                    " updated_at = now()"
                     " WHERE (NOT c.final OR (EXCLUDED.final AND c.source = EXCLUDED.source))"
                     " AND (c.open, c.high, c.low, c.close, c.volume, c.vwap, c.trades, c.source,"
                     " c.final) IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low,"
@@ -620,8 +632,8 @@ class Storage:
                     " RETURNING symbol_id, time, (xmax = 0) AS inserted"
                 )
                 changed = cur.fetchall()
-            inserted = sum(1 for row in changed if row[2])
-            updated = len(changed) - inserted
+            inserted = sum(1 for row in changed if row[2]) + sum(1 for row in aside if row[2])
+            updated = len(changed) + len(aside) - inserted
             self._mark_dirty(conn, ((sid, time) for sid, time, _ in changed))
         for symbol, span in coverage:
             self._add_coverage(conn, symbol, span)

@@ -21,14 +21,15 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 
-from histdata.model import NS_PER_S, Candle, CandleSource, Trade
+from histdata.model import NS_PER_S, Candle, Trade
+from histdata.storage.candles import CandleMismatch, DerivedMinutes, derive_minutes
 from histdata.storage.database import CoverageSpan, Storage, Stream
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "compare_coarse_candles",
     "coverage_report",
     "derive_candles",
+    "derive_observed",
     "drop_cross_source_duplicates",
     "mark_unrecoverable",
     "unrecoverable_marks",
@@ -49,7 +51,6 @@ __all__ = [
 Connection = psycopg.Connection[Any]
 Range = tuple[datetime, datetime]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ID_ORDER = "COALESCE(trade_id, 9223372036854775807)"
 
 
 class HoleKind(enum.StrEnum):
@@ -95,23 +96,16 @@ class CoverageReport:
 
 
 @dataclass(frozen=True, slots=True)
-class CandleMismatch:
-    """A candle whose two sources disagree, with both values of each differing field."""
-
-    time: datetime
-    fields: dict[str, tuple[object, object]]  # field → (ours, theirs)
-
-
-@dataclass(frozen=True, slots=True)
 class DeriveResult:
     """What :func:`derive_candles` did."""
 
-    derived: int  # minutes with trades that were aggregated
+    derived: int  # minutes with trades, now served from our own candle
     inserted: int
     updated: int
-    compared: int  # minutes where a Kraken candle existed to compare with
+    compared: int  # minutes where a final Kraken candle existed to compare with
     mismatches: list[CandleMismatch]
     covered: list[Range]  # the minute-aligned ranges recorded as derived candle coverage
+    not_derived: list[Range] = field(default_factory=list)  # minutes without whole coverage
 
 
 # ------------------------------------------------------------------------ range arithmetic
@@ -358,79 +352,109 @@ def _occupied(
 # -------------------------------------------------------------- candles from trades
 
 
-_AGGREGATE_SQL = (
-    "SELECT date_bin('1 minute', time, 'epoch'::timestamptz) AS minute,"
-    f" (array_agg(price ORDER BY time, time_ns, {_ID_ORDER}, seq))[1],"
-    " max(price), min(price),"
-    f" (array_agg(price ORDER BY time DESC, time_ns DESC, {_ID_ORDER} DESC, seq DESC))[1],"
-    " sum(volume), sum(price * volume) / sum(volume), count(*)"
-    " FROM trades WHERE symbol_id = %s AND time >= %s AND time < %s GROUP BY 1 ORDER BY 1"
-)
+# One transaction derives at most this much: its dirty range and its reconciliation stay
+# small, and an interrupted repair of years keeps what it finished.
+_DERIVE_CHUNK = timedelta(days=1)
 
 
 async def derive_candles(
     storage: Storage, symbol: str, start: datetime, end: datetime
 ) -> DeriveResult:
-    """Build exact 1-minute candles from stored trades for the minutes of ``[start, end)``
-    whose trades are fully observed, store them, and compare with Kraken's own candles.
+    """Derive exact 1-minute candles from stored trades wherever trades coverage spans a
+    whole minute of ``[start, end)``, store them, and reconcile them with Kraken's.
 
-    Only whole minutes inside trades coverage are derived, so a partly observed minute never
-    becomes a complete-looking candle. OHLC, volume and count are exact; VWAP is
-    ``sum(price·volume) / sum(volume)`` in ``numeric``. Derived candles never replace
-    Kraken's (the storage upsert guards that); where a Kraken candle exists the two are
-    compared on open, high, low, close, volume and count, and differences are returned. The
-    derived minutes, with trades or without, are recorded as ``derived`` candle coverage.
+    Offline: only stored trades and coverage are read, never REST. Set-based in SQL
+    (:func:`~histdata.storage.candles.derive_minutes`), one transaction per day of minutes.
+    A partly observed minute never becomes a complete-looking candle: it is returned in
+    ``not_derived`` (the minute-aligned parts of the range without complete trades
+    coverage), for REST to fill. The derived minutes, with trades or without, are recorded as
+    ``derived`` candle coverage, and from then on the served candle of those minutes is ours
+    (Kraken's is kept beside it; see :mod:`histdata.storage.candles`). Idempotent.
 
     Raises:
+        UnknownSymbol: the registry does not know the spelling.
         DatabaseUnavailable: the database is down.
     """
     symbol = storage.registry.canonical(symbol)
     minute = timedelta(minutes=1)
     covered = whole_buckets(await storage.covered(symbol, "trades", start, end), minute)
-    derived: list[Candle] = []
-    for low, high in covered:
-        rows = await storage.run(_aggregate, storage, symbol, low, high)
-        derived.extend(
-            Candle(symbol, t, o, h, lo, c, v, vwap, int(n), source=CandleSource.TRADES)
-            for t, o, h, lo, c, v, vwap, n in rows
-        )
-    kraken = {
-        c.time: c
-        for low, high in covered
-        for c in await storage.read_candles(symbol, low, high)
-        if c.source is not CandleSource.TRADES
-    }
+    derived = inserted = updated = compared = 0
     mismatches: list[CandleMismatch] = []
-    compared = 0
-    for candle in derived:
-        theirs = kraken.get(candle.time)
-        if theirs is None or not theirs.final:
-            continue
-        compared += 1
-        diff = candle_differences(candle, theirs)
-        if diff:
-            mismatches.append(CandleMismatch(candle.time, diff))
-    # Kraken minutes with a candle but no stored trade are mismatches too (missing trades).
-    derived_times = {c.time for c in derived}
-    for time, theirs in sorted(kraken.items()):
-        if time not in derived_times and theirs.final and theirs.trades > 0:
-            compared += 1
-            mismatches.append(CandleMismatch(time, {"trades": (0, theirs.trades)}))
-    mismatches.sort(key=lambda m: m.time)
-    spans = [(symbol, CoverageSpan("candles", "derived", low, high)) for low, high in covered]
-    written = await storage.write_candles(derived, coverage=spans)
+    for low, high in covered:
+        position = low
+        while position < high:
+            upper = min(high, floor_to(position, _DERIVE_CHUNK) + _DERIVE_CHUNK)
+            done = await storage.run(_derive_chunk, storage, symbol, position, upper)
+            derived += done.derived
+            inserted += done.inserted
+            updated += done.updated
+            compared += done.compared
+            mismatches.extend(done.mismatches)
+            position = upper
+    aligned = [(floor_to(start, minute), ceil_to(end, minute))]
     return DeriveResult(
-        len(derived), written.inserted, written.updated, compared, mismatches, covered
+        derived, inserted, updated, compared, mismatches, covered, subtract(aligned, covered)
     )
 
 
-def _aggregate(
+# The watermark cursor of derive_observed, per symbol: minutes before it were looked at.
+_OBSERVED_CURSOR = "candles:derived:{symbol}"
+
+
+async def derive_observed(
+    storage: Storage, *, now: datetime, lookback: timedelta = timedelta(days=1)
+) -> DeriveResult:
+    """Derive our own candle for every newly finished minute of observed trades, every symbol.
+
+    What the rollup actor runs before each pass, so live 1-minute candles are derived from
+    our trades and kept beside Kraken's (:mod:`histdata.storage.candles`). Per symbol a
+    watermark (cursor ``candles:derived:<symbol>``) moves to the end of the whole minutes its
+    trades coverage reached, up to the minute of ``now``; a symbol seen for the first time
+    starts ``lookback`` before ``now``. Minutes the watermark passes without coverage (a
+    hole) are left for repair: the repair derives them once it has stored their trades
+    (:func:`derive_candles`). Returns the totals over all symbols (``covered`` and
+    ``not_derived`` are left empty).
+
+    Raises:
+        DatabaseUnavailable: the database is down.
+    """
+    minute = timedelta(minutes=1)
+    limit = floor_to(now, minute)
+    derived = inserted = updated = compared = 0
+    mismatches: list[CandleMismatch] = []
+    for symbol, reached in await storage.run(_coverage_ends):
+        name = _OBSERVED_CURSOR.format(symbol=symbol)
+        mark = await storage.get_cursor(name)
+        start = datetime.fromisoformat(mark) if mark else floor_to(now - lookback, minute)
+        end = min(limit, floor_to(reached, minute))
+        if end <= start:
+            continue
+        done = await derive_candles(storage, symbol, start, end)
+        derived += done.derived
+        inserted += done.inserted
+        updated += done.updated
+        compared += done.compared
+        mismatches.extend(done.mismatches)
+        await storage.set_cursor(name, end.isoformat())
+    return DeriveResult(derived, inserted, updated, compared, mismatches, [])
+
+
+def _coverage_ends(conn: Connection) -> list[tuple[str, datetime]]:
+    """Per symbol with trades coverage, where that coverage ends."""
+    rows = conn.execute(
+        "SELECT s.symbol, max(upper(c.during)) FROM coverage c JOIN symbols s"
+        " ON s.id = c.symbol_id WHERE c.stream = 'trades' GROUP BY s.symbol ORDER BY s.symbol"
+    ).fetchall()
+    return [(symbol, end) for symbol, end in rows]
+
+
+def _derive_chunk(
     conn: Connection, storage: Storage, symbol: str, start: datetime, end: datetime
-) -> list[tuple[Any, ...]]:
-    sid = storage.known_symbol_id(conn, symbol)
-    if sid is None:
-        return []
-    return [tuple(row) for row in conn.execute(_AGGREGATE_SQL, (sid, start, end)).fetchall()]
+) -> DerivedMinutes:
+    sid = storage.symbol_id(conn, symbol)
+    done = derive_minutes(conn, sid, start, end)
+    storage._add_coverage(conn, symbol, CoverageSpan("candles", "derived", start, end))
+    return done
 
 
 def candle_differences(ours: Candle, theirs: Candle) -> dict[str, tuple[object, object]]:

@@ -11,9 +11,12 @@ Buckets are aligned as described in :mod:`histdata.storage.rollups` (weeks start
 
 A candle is returned when its bucket *start* is in ``[start, end)``. Values are returned as
 the text PostgreSQL prints for the ``numeric`` (exact; scale as stored). The VWAP of an
-aggregated bucket is ``sum(vwap·volume) / sum(volume)`` computed from exact sums and rounded
-half-up to :data:`VWAP_DECIMALS` places (trailing zeros trimmed); it is NULL when a child has
-no vwap or the volume is zero. 1-minute candles carry their stored vwap unchanged.
+aggregated bucket is ``sum(pv) / sum(volume)`` of the 1-minute candles' exact ``pv``
+(:mod:`histdata.storage.candles`), rounded half-up to :data:`VWAP_DECIMALS` places (trailing
+zeros trimmed); it is NULL when a child has no pv or the volume is zero. 1-minute candles
+carry their stored vwap: ours that same rounding of their exact pv, Kraken's as Kraken
+printed it. Which 1-minute candle is served (ours or Kraken's) is decided when candles are
+written, not here: see :mod:`histdata.storage.candles`.
 
 Large ranges are streamed: :func:`iter_candle_rows` clamps a range longer than one window to
 the stored data and reads windows of at most ``chunk`` buckets, one statement each, so memory
@@ -113,8 +116,8 @@ base AS (
       FROM (SELECT date_bin(%(b)s, c.time, %(origin)s) AS time,
                    (array_agg(c.open ORDER BY c.time))[1] AS open, max(c.high) AS high,
                    min(c.low) AS low, (array_agg(c.close ORDER BY c.time DESC))[1] AS close,
-                   sum(c.volume) AS volume, sum(c.vwap * c.volume) AS pv,
-                   bool_or(c.vwap IS NULL) AS no_pv, sum(c.trades) AS trades
+                   sum(c.volume) AS volume, sum(c.pv) AS pv,
+                   bool_or(c.pv IS NULL) AS no_pv, sum(c.trades) AS trades
               FROM dirty CROSS JOIN LATERAL unnest(dirty.m) AS d(r)
               JOIN candles_1m c ON c.symbol_id = %(sid)s
                    AND c.time >= greatest(lower(d.r), %(s)s)
@@ -124,8 +127,7 @@ base AS (
 """
 _BASE_1M = """
 base AS (
-    SELECT time, open, high, low, close, volume, vwap * volume AS pv, vwap IS NULL AS no_pv,
-           trades, vwap
+    SELECT time, open, high, low, close, volume, pv, pv IS NULL AS no_pv, trades, vwap
       FROM candles_1m
      WHERE symbol_id = %(sid)s AND time >= %(s)s AND time < %(e)s
 )

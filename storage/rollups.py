@@ -20,8 +20,10 @@ the same as PostgreSQL's ``date_trunc('week', …)``. Plain epoch bucketing woul
 on Thursday, because 1970-01-01 was a Thursday.
 
 Per bucket: open is the first child's open, close the last child's close, high/low the
-extremes, volume and trade count the sums, ``pv`` the sum of vwap·volume (exact ``numeric``;
-NULL when any child lacks a vwap, e.g. candles from Kraken's OHLCVT CSVs), ``vwap`` is
+extremes, volume and trade count the sums, ``pv`` the sum of the children's ``pv`` (exact
+``numeric``, never rebuilt from a rounded vwap: a 1-minute candle of ours carries the exact
+Σ price·volume of its trades, see :mod:`histdata.storage.candles`; NULL when any child has
+none, e.g. candles from Kraken's OHLCVT CSVs), ``vwap`` is
 ``pv / volume`` rounded as :func:`vwap_sql` says (stored so reads need not divide), and ``final`` is
 true only when every child is final and the bucket has ended. Open buckets are re-examined on
 every pass, so a bucket becomes final once it ends even when nothing in it changes again.
@@ -31,11 +33,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from histdata.storage.database import Storage
+if TYPE_CHECKING:  # database imports this module (through storage.candles) at run time
+    from histdata.storage.database import Storage
 
 __all__ = [
     "BUCKET_ORIGIN",
@@ -86,8 +89,8 @@ def vwap_sql(pv: str, volume: str, missing: str) -> str:
 # The children of a level, as (time, open, high, low, close, volume, pv, trades, final).
 # Interval minutes are bound parameters; only these two fixed texts are ever spliced in.
 _CHILDREN_1M = (
-    "SELECT symbol_id, time, open, high, low, close, volume, vwap * volume AS pv, vwap IS NULL"
-    " AS no_pv, trades, final FROM candles_1m"
+    "SELECT symbol_id, time, open, high, low, close, volume, pv, pv IS NULL AS no_pv, trades,"
+    " final FROM candles_1m"
 )
 _CHILDREN_ROLLUP = (
     "SELECT symbol_id, time, open, high, low, close, volume, pv, pv IS NULL AS no_pv, trades,"

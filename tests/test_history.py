@@ -5,12 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from histdata.actors.rollup import RollupActor
 from histdata.model import NS_PER_S, Candle, CandleSource, Trade
 from histdata.storage import CoverageSpan, Storage
+from histdata.storage.candles import candle_mismatches, mismatch_counts, refetch_minutes
 from histdata.storage.history import (
     HoleKind,
     coverage_report,
     derive_candles,
+    derive_observed,
     drop_cross_source_duplicates,
     mark_unrecoverable,
 )
@@ -33,6 +36,11 @@ def trade(second: float, price: str, volume: str, trade_id: int | None, seq: int
 
 def span(stream: str, source: str, start: datetime, end: datetime) -> tuple[str, CoverageSpan]:
     return ("BTC/USD", CoverageSpan(stream, source, start, end))  # type: ignore[arg-type]
+
+
+def live_candle(values: tuple[str, ...]) -> Candle:
+    o, h, lo, c, v, vwap = (Decimal(x) for x in values)
+    return Candle("BTC/USD", T0, o, h, lo, c, v, vwap, 2, source=CandleSource.LIVE)
 
 
 class TestCoverageReport:
@@ -113,8 +121,8 @@ class TestDeriveCandles:
         assert result.derived == 1
         assert result.covered == [(T0, T0 + MIN)]
 
-    async def test_kraken_candle_is_compared_not_overwritten(self, storage: Storage) -> None:
-        """Where Kraken has a candle, the derived one is compared and a mismatch reported."""
+    async def test_kraken_candle_is_kept_beside_ours_and_compared(self, storage: Storage) -> None:
+        """Where Kraken has a candle, ours is served, Kraken's is kept, and a mismatch recorded."""
         await storage.write_trades(
             [trade(S0 + 5, "10", "1", 1), trade(S0 + 6, "12", "1", 2)],
             source="rest",
@@ -137,7 +145,41 @@ class TestDeriveCandles:
         assert result.compared == 1
         assert result.mismatches[0].fields == {"trades": (2, 3)}
         stored = await storage.read_candles("BTC/USD", T0, T0 + MIN)
-        assert stored[0].source is CandleSource.REST
+        assert stored[0].source is CandleSource.TRADES
+        assert [m.time for m in await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN)] == [T0]
+        assert await refetch_minutes(storage, "BTC/USD", T0, T0 + MIN) == [(T0, T0 + MIN)]
+
+    async def test_kraken_candle_arriving_later_is_diverted(self, storage: Storage) -> None:
+        """A Kraken candle written after ours goes beside it; an agreeing one is no mismatch."""
+        await storage.write_trades(
+            [trade(S0 + 5, "10", "1", 1), trade(S0 + 6, "12", "3", 2)],
+            source="rest",
+            coverage=[span("trades", "rest", T0, T0 + MIN)],
+        )
+        await derive_candles(storage, "BTC/USD", T0, T0 + MIN)
+        # Kraken prints one decimal: 11.5 exactly matches (10·1 + 12·3) / 4.
+        agreeing = live_candle(("10", "12", "10", "12", "4", "11.5"))
+        result = await storage.write_candles([agreeing])
+        assert result.inserted == 1
+        [served] = await storage.read_candles("BTC/USD", T0, T0 + MIN)
+        assert served.source is CandleSource.TRADES
+        assert await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN) == []
+        off = live_candle(("10", "12", "10", "12", "4", "11.6"))
+        await storage.write_candles([off])
+        [mismatch] = await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN)
+        assert mismatch.fields == {"vwap": (Decimal("11.5"), Decimal("11.6"))}
+        assert await mismatch_counts(storage) == {"BTC/USD": 1}
+
+    async def test_not_derived_lists_minutes_without_whole_coverage(self, storage: Storage) -> None:
+        """Minutes outside complete trades coverage are returned as not derived."""
+        await storage.write_trades(
+            [trade(S0 + 70, "1", "1", 6)],
+            source="rest",
+            coverage=[span("trades", "rest", T0 + MIN, T0 + 2 * MIN)],
+        )
+        result = await derive_candles(storage, "BTC/USD", T0, T0 + 3 * MIN)
+        assert result.covered == [(T0 + MIN, T0 + 2 * MIN)]
+        assert result.not_derived == [(T0, T0 + MIN), (T0 + 2 * MIN, T0 + 3 * MIN)]
 
 
 class TestCrossSource:
@@ -155,3 +197,75 @@ class TestCrossSource:
         kept, dropped = await drop_cross_source_duplicates(storage, incoming)
         assert dropped == 2
         assert [t.trade_id for t in kept] == [12, 13]
+
+
+class TestDeriveObserved:
+    async def test_live_minutes_get_our_candle_beside_krakens(self, storage: Storage) -> None:
+        """Finished, observed live minutes are derived once; Kraken's candle is kept beside."""
+        kraken = live_candle(("10", "12", "10", "12", "4", "11.5"))
+        await storage.write_candles([kraken])
+        await storage.write_trades(
+            [
+                trade(S0 + 5, "10", "1", 1),
+                trade(S0 + 6, "12", "3", 2),
+                trade(S0 + 70, "11", "1", 3),
+            ],
+            source="live",
+            coverage=[span("trades", "live", T0, T0 + MIN + timedelta(seconds=30))],
+        )
+        now = T0 + 5 * MIN
+        first = await derive_observed(storage, now=now)
+        assert (first.inserted, first.compared, first.mismatches) == (1, 1, [])
+        [served] = await storage.read_candles("BTC/USD", T0, T0 + 2 * MIN)
+        assert (served.time, served.source, served.vwap) == (
+            T0,
+            CandleSource.TRADES,
+            Decimal("11.5"),
+        )
+        again = await derive_observed(storage, now=now)
+        assert (again.inserted, again.updated) == (0, 0)
+        # Coverage reaches the second minute's end: only then is it derived.
+        await storage.add_coverage("BTC/USD", CoverageSpan("trades", "live", T0, T0 + 2 * MIN))
+        later = await derive_observed(storage, now=now)
+        assert later.inserted == 1
+
+    async def test_unfinished_minute_is_not_derived(self, storage: Storage) -> None:
+        """The minute of ``now`` is left alone even when coverage runs to its end."""
+        await storage.write_trades(
+            [trade(S0 + 5, "10", "1", 1)],
+            source="live",
+            coverage=[span("trades", "live", T0, T0 + MIN)],
+        )
+        result = await derive_observed(storage, now=T0 + timedelta(seconds=50))
+        assert result.inserted == 0
+        assert await storage.read_candles("BTC/USD", T0, T0 + MIN) == []
+
+    async def test_kraken_candle_in_an_observed_empty_minute_is_a_mismatch(
+        self, storage: Storage
+    ) -> None:
+        """Kraken's candle with trades, where we observed none, is kept aside, not served."""
+        await storage.write_trades(
+            [], source="live", coverage=[span("trades", "live", T0, T0 + MIN)]
+        )
+        await derive_candles(storage, "BTC/USD", T0, T0 + MIN)
+        await storage.write_candles([live_candle(("10", "12", "10", "12", "4", "11.5"))])
+        assert await storage.read_candles("BTC/USD", T0, T0 + MIN) == []
+        [mismatch] = await candle_mismatches(storage, "BTC/USD", T0, T0 + MIN)
+        assert mismatch.fields["trades"] == (0, 2)
+
+
+class TestRollupActor:
+    async def test_a_drain_derives_observed_minutes_and_counts_them(self, storage: Storage) -> None:
+        """The rollup actor derives the finished observed minutes before it rolls them up."""
+        start = datetime.now(UTC).replace(second=0, microsecond=0) - 10 * MIN
+        base = int(start.timestamp())
+        await storage.write_trades(
+            [trade(base + 5, "10", "1", 1), trade(base + 65, "11", "1", 2)],
+            source="live",
+            coverage=[span("trades", "live", start, start + 2 * MIN)],
+        )
+        actor = RollupActor(storage)
+        await actor.drain()
+        stats = actor.statistics()
+        assert (stats.minutes_derived, stats.candle_mismatches) == (2, 0)
+        assert stats.ranges_claimed >= 1

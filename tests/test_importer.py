@@ -27,9 +27,9 @@ from histdata.importer import (
     split_name,
 )
 from histdata.importer.columnar import read_trade3_block, second_boundary
-from histdata.importer.rows import max_time_ns, parse_trade3
+from histdata.importer.rows import max_time_ns, parse_ohlcvt, parse_trade3
 from histdata.importer.sources import line_blocks
-from histdata.model import NS_PER_S, Trade
+from histdata.model import NS_PER_S, Candle, Trade
 from histdata.storage import Storage
 from histdata.storage.history import HoleKind, coverage_report
 from histdata.symbols import SymbolRegistry
@@ -159,6 +159,19 @@ class TestSeqCounter:
             assert by_row.backwards == bulk.backwards
 
 
+def exact(trade: Trade) -> tuple[int, int, Decimal, int, Decimal, int]:
+    """A trade's time, seq, and price and volume with their scales (the exponent)."""
+    price, volume = trade.price, trade.volume
+    return (
+        trade.time_ns,
+        trade.seq,
+        price,
+        int(price.as_tuple().exponent),
+        volume,
+        int(volume.as_tuple().exponent),
+    )
+
+
 def parse_rows(lines: list[str], seqs: SeqCounter) -> list[Trade]:
     max_ns = max_time_ns(time.time_ns())
     return [parse_trade3(line.rstrip("\n").split(","), "BTC/USD", seqs, max_ns) for line in lines]
@@ -169,8 +182,11 @@ class TestColumnarBlocks:
         """A valid block yields the same trades and seqs as the row parser, text kept exact."""
         lines = [f"{T0},100.50,0.1\n", f"{T0},007.5,2.\n", f"{T0 + 2},1,0.00010\n"]
         seqs = SeqCounter()
-        block = read_trade3_block("".join(lines).encode(), seqs, max_time_ns(time.time_ns()))
+        found = read_trade3_block("".join(lines).encode(), seqs, max_time_ns(time.time_ns()))
+        assert found is not None
+        block, rejections = found
         assert block is not None
+        assert rejections == []
         assert (block.rows, block.first_s, block.last_s) == (3, T0, T0 + 2)
         assert block.to_trades("BTC/USD") == parse_rows(lines, SeqCounter())
         encoded = bytes(block.encode_copy_csv(7)).decode().splitlines()
@@ -182,30 +198,70 @@ class TestColumnarBlocks:
         """Rows of a second that began in the previous block keep counting from it."""
         seqs = SeqCounter()
         seqs.next(T0 * NS_PER_S)
-        block = read_trade3_block(f"{T0},1,1\n{T0},1,1\n".encode(), seqs, 2**62)
+        found = read_trade3_block(f"{T0},1,1\n{T0},1,1\n".encode(), seqs, 2**62)
+        assert found is not None
+        block = found[0]
         assert block is not None
         assert block.table["seq"].to_pylist() == [1, 2]
 
     @pytest.mark.parametrize(
         "bad",
         [
-            f"{T0 + 1},abc,0.5",  # bad price
-            f"{T0 + 1},1",  # missing field
-            f"{T0 + 1},1,0.000",  # zero volume
-            "",  # blank line
+            "",  # blank line: only the row path tells it from ",,"
             f"{T0 + 1}.5,1,1",  # fractional time: valid, but for the row parser
-            f'"{T0 + 1}",1,1',  # quoted: the row parser does not unquote
             f"{T0 - 5},1,1",  # time goes back
-            "1000000000,1,1",  # before 2010
-            f"{T0 + 1},1e3,1",  # exponent: valid, but for the row parser
         ],
     )
-    def test_anything_unusual_is_left_to_the_row_parser(self, bad: str) -> None:
-        """A block with one line the fast check cannot vouch for is refused, seqs untouched."""
+    def test_blocks_the_fast_path_cannot_number_go_to_the_row_parser(self, bad: str) -> None:
+        """A block with a line only the row path can place is refused whole, seqs untouched."""
         seqs = SeqCounter()
         data = f"{T0},1,1\n{bad}\n{T0 + 2},1,1\n".encode()
         assert read_trade3_block(data, seqs, max_time_ns(time.time_ns())) is None
         assert seqs.next(T0 * NS_PER_S) == 0
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            f"{T0 + 1},abc,0.5",  # bad price
+            f"{T0 + 1},1",  # missing field
+            f"{T0 + 1},1,2,3",  # a field too many
+            f"{T0 + 1},1,0.000",  # zero volume
+            f"{T0 + 1},0E5,1",  # zero price in exponent notation
+            f'"{T0 + 1}",1,1',  # quoted: the row parser does not unquote
+            "1000000000,1,1",  # before 2010
+            f"{T0 + 1},1e99999,1",  # beyond what numeric holds
+            f"{T0 + 1}, 1,1",  # a space
+        ],
+    )
+    def test_a_bad_line_is_rejected_in_place_as_the_row_parser_would(self, bad: str) -> None:
+        """Only the bad line leaves the block, with the row parser's reason and its position."""
+        max_ns = max_time_ns(time.time_ns())
+        with pytest.raises(RejectedInput) as expected:
+            parse_trade3(bad.split(","), "BTC/USD", SeqCounter(), max_ns)
+        data = f"{T0},1,1\n{bad}\n{T0 + 2},1,1\n".encode()
+        found = read_trade3_block(data, SeqCounter(), max_ns)
+        assert found is not None
+        block, [rejection] = found
+        assert block is not None
+        assert block.rows == 2
+        assert (rejection.line, rejection.error.reason) == (1, expected.value.reason)
+        assert (rejection.before_s, rejection.after_s) == (T0, T0 + 2)
+
+    @pytest.mark.parametrize(
+        ("unusual", "stored"),
+        [("7.0E-7", "7.0E-7"), ("1.5e+3", "1.5e+3"), ("\u0663.5", "3.5")],
+    )
+    def test_valid_unusual_numbers_stay_on_the_fast_path(self, unusual: str, stored: str) -> None:
+        """Exponents and non-ASCII digits are kept in the block with the row parser's value."""
+        max_ns = max_time_ns(time.time_ns())
+        lines = [f"{T0},1,1\n", f"{T0 + 1},2,{unusual}\n"]
+        found = read_trade3_block("".join(lines).encode(), SeqCounter(), max_ns)
+        assert found is not None
+        block, rejections = found
+        assert block is not None
+        assert rejections == []
+        assert block.table["volume"].to_pylist()[1] == stored
+        assert block.to_trades("BTC/USD") == parse_rows(lines, SeqCounter())
 
     def test_blocks_end_between_seconds_and_lose_nothing(self) -> None:
         """Blocks hold whole lines, never split a second, and join back into the file."""
@@ -215,7 +271,9 @@ class TestColumnarBlocks:
             t += rng.choice([0, 0, 1])
             lines.append(f"{t},1.{rng.randint(0, 9)},2\n")
         data = "".join(lines).encode()
-        blocks = list(line_blocks(io.BytesIO(data), 1_000, second_boundary))
+        blocks = [
+            b for b in line_blocks(io.BytesIO(data), 1_000, second_boundary) if isinstance(b, bytes)
+        ]
         assert b"".join(blocks) == data
         assert len(blocks) > 50
         for left, right in itertools.pairwise(blocks):
@@ -284,6 +342,50 @@ class TestImportTrades:
         assert summary.examples["bad_columns"][0].startswith("line 8:")
         assert [e.split(":")[0] for e in summary.examples["bad_time"]] == ["line 18", "line 21"]
         assert await storage.count_trades("BTC/USD", at(T0), at(T0 + 31)) == 16
+
+    @pytest.mark.parametrize("block_bytes", [600, 4_000, 8 << 20])
+    async def test_unusual_and_bad_rows_give_the_row_parsers_result(
+        self, storage: Storage, tmp_path: Path, block_bytes: int
+    ) -> None:
+        """Rows, values with their scale, seqs and rejections equal a pure row-parser reading."""
+        rng = random.Random(block_bytes)
+        odd = [
+            "{t},1.5E-7,2",
+            "{t},\u0663.25,1",
+            "{t},7.,0.1e1",
+            "{t},abc,1",
+            "{t},1",
+            "{t},0e3,1",
+            "{t},1,2,3",
+            "{t}, 5,1",
+            "1000000000,1,1",
+            "{t},2,1E99999",
+        ]
+        t, lines = T0, []
+        for _ in range(3_000):
+            t += rng.choice([0, 0, 1, 7])
+            pattern = rng.choice(odd) if rng.random() < 0.03 else "{t},1{r}.5,0.{r}"
+            lines.append(pattern.format(t=t, r=rng.randint(0, 999)) + "\n")
+        path = tmp_path / "XBTUSD.csv"
+        path.write_text("".join(lines), encoding="utf-8")
+        seqs, max_ns = SeqCounter(), max_time_ns(time.time_ns())
+        expected: list[tuple[int, int, Decimal, int, Decimal, int]] = []
+        reasons: Counter[str] = Counter()
+        for line in lines:
+            try:
+                trade = parse_trade3(line.rstrip("\n").split(","), "BTC/USD", seqs, max_ns)
+            except RejectedInput as exc:
+                reasons[exc.reason] += 1
+                continue
+            expected.append(exact(trade))
+        summary = (await import_paths(storage, [path], block_bytes=block_bytes)).files[0]
+        assert summary.rejected == dict(reasons)
+        stored = [
+            exact(trade)
+            async for chunk in storage.iter_trades("BTC/USD", at(T0), at(t + 1))
+            for trade in chunk
+        ]
+        assert stored == expected
 
     async def test_zip_members_stream_like_loose_files(
         self, storage: Storage, tmp_path: Path
@@ -430,7 +532,58 @@ class TestImportTrades:
         }
 
 
+def exact_candle(c: Candle) -> tuple[object, ...]:
+    """A candle's time, numbers with their scales, and count."""
+    numbers = (c.open, c.high, c.low, c.close, c.volume)
+    return (c.time, *((n, int(n.as_tuple().exponent)) for n in numbers), c.trades)
+
+
 class TestImportCandles:
+    @pytest.mark.parametrize("block_bytes", [500, 5_000, 8 << 20])
+    async def test_column_path_gives_the_row_parsers_result(
+        self, storage: Storage, tmp_path: Path, block_bytes: int
+    ) -> None:
+        """Stored candles (values and scales) and rejections equal a pure row-parser reading."""
+        rng = random.Random(block_bytes)
+        odd = [
+            "{t},10,11,9,10.5,1e-3,3",  # exponent volume: valid
+            "{t},\u0661\u0660,11,9,10.5,2,3",  # non-ASCII digits: valid
+            "{t},10,8,9,10.5,2,3",  # high below low
+            "{m},10,11,9,10.5,2,3",  # not on a minute
+            "{t},0,11,9,10.5,2,3",  # zero open
+            "{t},10,11,9,10.5,2,x",  # bad count
+            "{t},10,11,9,10.5,2",  # a field short
+            "{t},10,11,9,10.5,2,3,4",  # a field too many
+            "{p},10,11,9,10.5,2,3",  # a minute repeated: the last one wins
+        ]
+        minute = (T0 // 60) * 60
+        t, lines = minute, []
+        for _ in range(600):
+            t += 60 * rng.choice([1, 1, 2])
+            if rng.random() < 0.05:
+                pattern = rng.choice(odd)
+            else:
+                pattern = "{t},1{r}.5,1{r}.9,1{r}.1,1{r}.25,0.{r},{r}"
+            lines.append(pattern.format(t=t, m=t + 7, p=t - 60, r=rng.randint(0, 999)) + "\n")
+        path = tmp_path / "XBTUSD_1.csv"
+        path.write_text("".join(lines), encoding="utf-8")
+        max_ns = max_time_ns(time.time_ns())
+        expected: dict[datetime, tuple[object, ...]] = {}
+        reasons: Counter[str] = Counter()
+        for line in lines:
+            try:
+                candle = parse_ohlcvt(line.rstrip("\n").split(","), "BTC/USD", 1, max_ns)
+            except RejectedInput as exc:
+                reasons[exc.reason] += 1
+                continue
+            expected[candle.time] = exact_candle(candle)
+        summary = (await import_paths(storage, [path], block_bytes=block_bytes)).files[0]
+        assert summary.rejected == dict(reasons)
+        stored = await storage.read_candles("BTC/USD", at(minute), at(t + 60))
+        assert [exact_candle(c) for c in stored] == [expected[k] for k in sorted(expected)]
+        again = (await import_paths(storage, [path], block_bytes=block_bytes)).files[0]
+        assert (again.inserted, again.updated) == (0, 0)
+
     async def test_one_minute_file_stores_candles_and_coverage(
         self, storage: Storage, tmp_path: Path
     ) -> None:

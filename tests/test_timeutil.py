@@ -62,6 +62,18 @@ class TestParseInterval:
         with pytest.raises(ValueError, match="interval"):
             parse_interval(text)
 
+    @pytest.mark.parametrize("text", ["1M", "5M", "1H", "1D", "1W", " 2 M "])
+    def test_upper_case_units_are_refused_naming_m(self, text: str) -> None:
+        """An upper-case unit (1M is a month in ccxt/freqtrade) is refused, saying minutes are m."""
+        with pytest.raises(ValueError, match="minutes are 'm'"):
+            parse_interval(text)
+
+    @pytest.mark.parametrize("text", ["1mo", "1month", "1y"])
+    def test_months_and_years_are_not_offered(self, text: str) -> None:
+        """Months and years, which are no fixed number of minutes, are refused."""
+        with pytest.raises(ValueError, match="interval"):
+            parse_interval(text)
+
     def test_format_uses_largest_unit(self) -> None:
         """Minutes are written in the largest exact unit."""
         assert [format_interval(m) for m in (1, 90, 120, 1440, 10080)] == [

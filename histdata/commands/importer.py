@@ -3,9 +3,11 @@
 Each CSV (loose, inside a ZIP, or under a folder) is recognised by its name and first lines
 and streamed in batches. On a terminal a progress bar follows the bytes read; at the end a
 summary lists, per file, the rows read, inserted, already present and rejected (by reason,
-with the first few line numbers). The exit status is 0 when every file was imported (rows may
-have been rejected: they are reported; files of pairs not chosen by ``--symbol`` are left
-out), 1 when a file could not be recognised or no file was found at all.
+with the first few line numbers), and for trade files the 1-minute candles derived from them
+(the rollups up to 1w are brought up to date before the command returns). The exit status
+is 0 when every file was imported (rows may have been rejected: they are reported; files
+of pairs not chosen by ``--symbol`` are left out), 1 when a file could not be recognised,
+was refused (a ZIP bomb) or failed part-way (a damaged ZIP member), or no file was found.
 """
 
 from __future__ import annotations
@@ -74,6 +76,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=50_000,
         help="rows per committed batch (default 50000)",
     )
+    parser.add_argument(
+        "--strict-span",
+        action="store_true",
+        help="keep a trades file's exact first-to-last-trade span instead of rounding it out"
+        " to whole minutes (its first and last minutes then get no candle)",
+    )
+    parser.add_argument(
+        "--no-candles",
+        action="store_true",
+        help="store trades only; derive their candles later with `histdata gaps --repair`",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -110,6 +123,9 @@ def main(args: argparse.Namespace) -> int:
                     symbols=args.symbols,
                     on_source=on_source,
                     on_progress=on_progress,
+                    strict_span=args.strict_span,
+                    candles=not args.no_candles,
+                    max_line_bytes=config.import_.max_line_bytes,
                 )
 
     summary = trio.run(run)
@@ -119,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print(render_summary(summary), file=sys.stdout)
     # A file left out by --symbol carries its pair; one that could not be read has none.
-    unreadable = [f for f in summary.files if f.skipped and f.symbol is None]
+    unreadable = [f for f in summary.files if (f.skipped and f.symbol is None) or f.error]
     return 1 if unreadable else 0
 
 
@@ -138,6 +154,8 @@ def render_summary(summary: ImportSummary) -> str:
             out.append(f"{f.label}: skipped ({f.skipped})")
             continue
         out.append(f"{f.label}: {_describe(f)}, {f.elapsed_s:.1f} s")
+        if f.error:
+            out.append(f"  error: {f.error}")
         if f.checked is not None:
             matched, mismatched, unverifiable = f.checked
             out.append(
@@ -156,11 +174,22 @@ def render_summary(summary: ImportSummary) -> str:
             if f.cross_source:
                 line += f" ({f.cross_source} already stored from REST/live)"
             out.append(line + f", rejected {f.rejected_total}")
+            if f.layout is not FileLayout.OHLCVT:
+                line = f"  1m candles derived {f.derived} (rollups to 1w follow)"
+                if f.candle_mismatches:
+                    line += f", {f.candle_mismatches} differ from Kraken's stored candles"
+                out.append(line)
+                out.extend(
+                    f"  no candle, trades not wholly observed: {format_time(a)}..{format_time(b)}"
+                    for a, b in f.candle_holes[:5]
+                )
         if f.out_of_order:
             out.append(f"  {f.out_of_order} rows went back in time (kept, numbered correctly)")
         for reason, count in sorted(f.rejected.items()):
             out.append(f"  rejected {reason}: {count}")
             out.extend(f"    {example}" for example in f.examples.get(reason, []))
+    if summary.rollup_s:
+        out.append(f"rollups 5m…1w brought up to date in {summary.rollup_s:.1f} s")
     rejected = sum(summary.rejected.values())
     files = f"{len(summary.files)} file{'' if len(summary.files) == 1 else 's'}"
     out.append(

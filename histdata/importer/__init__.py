@@ -6,6 +6,8 @@ How the layers stack (each module only imports the ones above it):
 - ``rows``: validation of single rows into Trades and Candles; ``seq`` for id-less trades.
 - ``sources``: finding CSVs (loose, in ZIPs, under folders) and streaming them.
 - ``columnar``: whole blocks of 3-column trade lines checked and numbered at once, for COPY.
+- ``candle_blocks``: whole blocks of 1-minute OHLCVT lines checked at once, for COPY.
+- ``readers``: one source recognised and read batch by batch, rejections counted.
 - ``pipeline``: batches through the Storage API, coverage, cross-source dedupe, summaries.
 """
 

@@ -8,18 +8,26 @@ memory stays flat whatever the file size.
 What goes where:
 
 - 3-column trades are read in blocks of whole seconds (:mod:`~histdata.importer.columnar`).
-  A block whose every line is plainly valid and in time order, and whose seconds hold no
-  stored trade of the pair with a Kraken id, is copied in as text
+  A block whose lines are valid (its few bad ones rejected in place) and in time order,
+  and whose seconds hold no stored trade of the pair with a Kraken id, is copied in as text
   (:meth:`Storage.copy_new_trades`): straight into ``trades`` when its seconds are empty,
   through a staging table and ``ON CONFLICT`` when they hold id-less trades (a re-import).
-  Any other block (an overlap with REST/live trades, a bad or out-of-order line) takes the
+  Any other block (an overlap with REST/live trades, an out-of-order line) takes the
   general path below, in ``batch_rows`` pieces, with identical results.
 - Trades (3- and 7-column) go through :meth:`Storage.write_trades` (``source="csv"``) with
   their trades coverage in the same transaction, after
   :func:`~histdata.storage.history.drop_cross_source_duplicates` removed trades already
   stored from REST or live capture (an id-less row cannot dedupe against them by key).
-- 1-minute OHLCVT candles go through :meth:`Storage.write_candles` (source CSV, no VWAP) with
-  their candles coverage. Kraken's files omit minutes without trades, so each batch's
+- After each trades write, the whole minutes no later row can reach are derived into
+  1-minute candles (:func:`~histdata.storage.history.derive_candles`, on another
+  connection while the next batch is written); a file's span is rounded out to whole
+  minutes at its edges (see :func:`import_source`), and minutes where a rejected row may
+  have been are left underived. :func:`import_paths` then brings the rollups up to date.
+- 1-minute OHLCVT candles are read in blocks too
+  (:mod:`~histdata.importer.candle_blocks`) and copied straight into ``candles_1m`` when
+  their minutes hold no candle yet (:func:`~histdata.storage.candles.copy_new_candles`),
+  else upserted through :meth:`Storage.write_candles` (source CSV, no VWAP), with their
+  candles coverage. Kraken's files omit minutes without trades, so each batch's
   coverage starts where the previous one ended: the omitted minutes read "observed, no
   trades", not "not observed".
 - OHLCVT files of other intervals are **checked, not stored**: each candle is compared with
@@ -39,42 +47,51 @@ lines to rebuild the ``seq`` counters, which is most of the cost.
 
 from __future__ import annotations
 
-import io
 import time
+import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
 
 import structlog
 import trio
 
 from histdata.errors import RejectedInput
-from histdata.importer.columnar import TradeBlock, read_trade3_block, second_boundary
-from histdata.importer.rows import SeqCounter, max_time_ns, parse_ohlcvt, parse_trade3, parse_trade7
-from histdata.importer.sniff import FileLayout, sniff_layout, split_name
+from histdata.importer.candle_blocks import CandleBlock
+from histdata.importer.columnar import (
+    TradeBlock,
+)
+from histdata.importer.readers import Batch, BlockReader, CandleBlockReader, RowParser, open_reader
+from histdata.importer.sniff import FileLayout
 from histdata.importer.sources import (
-    CountingReader,
     ImportSource,
-    decode_lines,
     discover_sources,
-    line_blocks,
 )
 from histdata.model import NS_PER_S, Candle, Trade, ns_to_datetime
+from histdata.storage.candles import copy_new_candles
 from histdata.storage.database import CoverageSpan, Storage
 from histdata.storage.history import (
     CandleMismatch,
+    Range,
+    ceil_to,
     compare_coarse_candles,
+    derive_candles,
     drop_cross_source_duplicates,
+    floor_to,
+    intersect,
+    subtract,
 )
+from histdata.storage.rollups import rollup_pass
 
 __all__ = ["FileSummary", "ImportSummary", "import_paths", "import_source"]
 
 _log = structlog.get_logger("histdata.importer")
-_SNIFF_LINES = 3
+_TRADES = (FileLayout.TRADES3, FileLayout.TRADES7)
+_MINUTE = timedelta(minutes=1)
+_SECOND = timedelta(seconds=1)
 Progress = Callable[[ImportSource, int], None]  # (source, bytes read so far in it)
 
 
@@ -84,8 +101,14 @@ class FileSummary:
 
     ``present`` counts rows that were already stored (re-imports, overlaps with REST/live
     trades: ``cross_source`` of them). For coarse OHLCVT files nothing is stored; ``checked``
-    holds ``(matched, mismatched, unverifiable)`` and ``mismatches`` the first few.
-    ``skipped`` is set (and nothing read) when the file could not be recognised.
+    holds ``(matched, mismatched, unverifiable)`` and ``mismatches`` the first few. For trade
+    files, ``derived`` counts the 1-minute candles derived from the file's span,
+    ``candle_holes`` lists the minutes of the span that could not be derived (trades coverage
+    not whole there), and ``candle_mismatches`` the derived minutes that disagree with a
+    Kraken candle already stored.
+    ``skipped`` is set (and nothing read) when the file could not be recognised or was
+    refused unread (a ZIP bomb); ``error`` when reading it failed part-way (a damaged ZIP
+    member: the rows before are stored and counted).
     """
 
     label: str
@@ -102,6 +125,10 @@ class FileSummary:
     out_of_order: int = 0
     checked: tuple[int, int, int] | None = None
     mismatches: list[CandleMismatch] = field(default_factory=list)
+    derived: int = 0
+    candle_holes: list[Range] = field(default_factory=list)
+    candle_mismatches: int = 0
+    error: str = ""
     skipped: str = ""
     elapsed_s: float = 0.0
 
@@ -113,9 +140,11 @@ class FileSummary:
 
 @dataclass(frozen=True, slots=True)
 class ImportSummary:
-    """Every file's summary plus totals."""
+    """Every file's summary plus totals; ``rollup_s`` is the time the rollups to 1w took
+    after the files (0 when the service's rollup actor was mid-pass and does them)."""
 
     files: list[FileSummary]
+    rollup_s: float = 0.0
 
     @property
     def rows_read(self) -> int:
@@ -141,141 +170,15 @@ class ImportSummary:
         return dict(total)
 
 
-@dataclass(slots=True)
-class _Batch:
-    rows: list[Trade] | list[Candle] | TradeBlock
-    bytes_read: int
-    copy_csv: memoryview | None = None  # a TradeBlock encoded for Storage.copy_new_trades
-
-
-class _RowParser:
-    """Parses lines one at a time with the row parsers, counting and sampling rejections."""
-
-    def __init__(
-        self, symbol: str, layout: FileLayout, interval: int | None, *, max_examples: int
-    ) -> None:
-        self.symbol = symbol
-        self.layout = layout
-        self.interval = interval
-        self.max_examples = max_examples
-        self.max_ns = max_time_ns(time.time_ns())
-        self.seqs = SeqCounter()
-        self.line_no = 0
-        self.rows_read = 0
-        self.rejected: Counter[str] = Counter()
-        self.examples: dict[str, list[str]] = {}
-
-    def parse_lines(self, lines: Iterable[str], rows: list[Any], limit: int) -> None:
-        """Append the good rows of ``lines`` to ``rows``; stop once ``rows`` holds ``limit``."""
-        symbol, seqs, max_ns = self.symbol, self.seqs, self.max_ns
-        parse: Callable[[list[str]], Trade | Candle]
-        if self.layout is FileLayout.TRADES3:
-            parse = lambda f: parse_trade3(f, symbol, seqs, max_ns)  # noqa: E731
-        elif self.layout is FileLayout.TRADES7:
-            parse = lambda f: parse_trade7(f, symbol, seqs, max_ns)  # noqa: E731
+def _merged(ranges: list[Range]) -> list[Range]:
+    """Sorted ranges with the overlapping and touching ones merged."""
+    out: list[Range] = []
+    for low, high in ranges:
+        if out and low <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], high))
         else:
-            interval = self.interval or 1
-            parse = lambda f: parse_ohlcvt(f, symbol, interval, max_ns)  # noqa: E731
-        append = rows.append
-        for line in lines:
-            self.line_no += 1
-            self.rows_read += 1
-            text = line.rstrip("\r\n")
-            try:
-                if not text:
-                    raise RejectedInput("blank_line", "empty line")
-                append(parse(text.split(",")))
-            except RejectedInput as exc:
-                self._reject(exc)
-                continue
-            if len(rows) >= limit:
-                break
-
-    def _reject(self, exc: RejectedInput) -> None:
-        self.rejected[exc.reason] += 1
-        examples = self.examples.setdefault(exc.reason, [])
-        if len(examples) < self.max_examples:
-            examples.append(f"line {self.line_no}: {exc.detail}")
-
-
-class _Reader:
-    """Reads one source in batches of parsed rows; runs in worker threads, one call at a time."""
-
-    def __init__(
-        self, parser: _RowParser, lines: Iterator[str], counter: CountingReader, *, batch_rows: int
-    ) -> None:
-        self.parser = parser
-        self._lines = lines
-        self._counter = counter
-        self._batch_rows = batch_rows
-
-    def next_batch(self) -> _Batch | None:
-        """Parse up to ``batch_rows`` good rows; None at the end of the file."""
-        rows: list[Any] = []
-        self.parser.parse_lines(self._lines, rows, self._batch_rows)
-        if not rows:  # parse_lines only stops early on a full batch: this is the end
-            return None
-        return _Batch(rows, self._counter.count)
-
-
-class _BlockReader:
-    """Reads a 3-column trades file in blocks of whole seconds, column-wise where it can.
-
-    A block that :func:`read_trade3_block` accepts is encoded for ``COPY`` right here, in
-    the worker thread; any other block is parsed row by row, so its bad lines are rejected
-    and reported exactly as by :class:`_Reader`.
-    """
-
-    def __init__(
-        self, parser: _RowParser, stream: IO[bytes], counter: CountingReader, *, block_bytes: int
-    ) -> None:
-        self.parser = parser
-        self.symbol_id: int | None = None  # set before the first next_batch
-        self._blocks = line_blocks(stream, block_bytes, second_boundary)
-        self._counter = counter
-
-    def next_batch(self) -> _Batch | None:
-        """Read the next block with any good rows; None at the end of the file."""
-        parser = self.parser
-        assert self.symbol_id is not None
-        for data in self._blocks:
-            block = read_trade3_block(data, parser.seqs, parser.max_ns)
-            if block is not None:
-                parser.line_no += block.rows
-                parser.rows_read += block.rows
-                return _Batch(
-                    block, self._counter.count, memoryview(block.encode_copy_csv(self.symbol_id))
-                )
-            rows: list[Any] = []
-            parser.parse_lines(decode_lines(io.BytesIO(data)), rows, len(data) + 1)
-            if rows:
-                return _Batch(rows, self._counter.count)
-        return None
-
-
-def _open_reader(
-    source: ImportSource,
-    stack: ExitStack,
-    storage: Storage,
-    *,
-    batch_rows: int,
-    block_bytes: int,
-    max_examples: int,
-) -> _Reader | _BlockReader:
-    """Recognise ``source`` and open it for batch reads (raises RejectedInput if unknown)."""
-    name = split_name(source.name, storage.registry)
-    with source.open_text() as (text, _):
-        head = [line for _, line in zip(range(_SNIFF_LINES), text, strict=False)]
-    layout = sniff_layout(head, name, where=source.label)
-    parser = _RowParser(name.symbol, layout, name.interval_min, max_examples=max_examples)
-    counter = stack.enter_context(source.open_binary())
-    stream = io.BufferedReader(counter, buffer_size=1 << 20)
-    if head and not head[0][:1].isdigit():
-        stream.readline()  # a header row (the quarterly trades form has one)
-        parser.line_no = 1
-    if layout is FileLayout.TRADES3:
-        return _BlockReader(parser, stream, counter, block_bytes=block_bytes)
-    return _Reader(parser, decode_lines(stream), counter, batch_rows=batch_rows)
+            out.append((low, high))
+    return out
 
 
 async def import_source(
@@ -287,15 +190,28 @@ async def import_source(
     symbols: Iterable[str] | None = None,
     on_progress: Progress | None = None,
     max_examples: int = 5,
+    strict_span: bool = False,
+    candles: bool = True,
+    max_line_bytes: int = 1 << 20,
 ) -> FileSummary:
     """Import one CSV (loose or a ZIP member) and return its summary.
 
     A batch is ``batch_rows`` rows, except in 3-column trade files, which are read in blocks
     of about ``block_bytes`` bytes (8 MiB is about 270,000 rows) ending at a change of second.
 
+    A line longer than ``max_line_bytes`` (``[import] max_line_bytes``) is rejected as
+    ``line_too_long`` with its line number and never held whole, whatever its length.
+
     A file whose name or content is not a Kraken layout is skipped (``skipped`` says why)
     rather than failing the whole import; so is a file whose pair is not in ``symbols``
     (any spelling) when given.
+
+    A trades file's span is rounded out to whole minutes at its edges (Kraken cuts its files
+    at a pair's listing and at quarter boundaries, so no trade of those minutes lies outside
+    the file), unless ``strict_span``, which keeps the exact first-to-last-trade span and so
+    leaves its first and last minutes underived. The 1-minute candles of the span are
+    derived as the blocks are written (see :func:`derive_candles`); with ``candles`` False
+    only the trades and their coverage are stored (derive later with :func:`derive_candles`).
 
     Raises:
         DatabaseUnavailable: the database went away (committed batches stay committed; a
@@ -306,13 +222,14 @@ async def import_source(
     with ExitStack() as stack:
         try:
             reader = await trio.to_thread.run_sync(
-                lambda: _open_reader(
+                lambda: open_reader(
                     source,
                     stack,
                     storage,
                     batch_rows=batch_rows,
                     block_bytes=block_bytes,
                     max_examples=max_examples,
+                    max_line=max_line_bytes,
                 )
             )
         except RejectedInput as exc:
@@ -322,23 +239,35 @@ async def import_source(
             storage.registry.canonical(s) for s in symbols
         }:
             return FileSummary(source.label, symbol=parser.symbol, skipped="symbol not selected")
-        if isinstance(reader, _BlockReader):
+        if isinstance(reader, BlockReader | CandleBlockReader):
             reader.symbol_id = await storage.register_symbol(parser.symbol)
-        writer = _Writer(storage, parser, batch_rows=batch_rows)
-        send, receive = trio.open_memory_channel[_Batch](1)
+        writer = _Writer(
+            storage, parser, batch_rows=batch_rows, strict_span=strict_span, candles=candles
+        )
+        send, receive = trio.open_memory_channel[Batch](1)
 
         async def produce() -> None:
             async with send:
                 while (batch := await trio.to_thread.run_sync(reader.next_batch)) is not None:
                     await send.send(batch)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce)
-            async with receive:
-                async for batch in receive:
-                    await writer.write(batch)
-                    if on_progress is not None:
-                        on_progress(source, batch.bytes_read)
+        error = ""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                writer.nursery = nursery
+                async with receive:
+                    async for batch in receive:
+                        await writer.write(batch)
+                        if on_progress is not None:
+                            on_progress(source, batch.bytes_read)
+        except* (zipfile.BadZipFile, EOFError) as group:
+            # A member whose data do not match its header: zipfile stops at the declared
+            # size and fails the CRC (or the stream ends early). What was read before is
+            # valid, committed, and counted; the rest of the member is refused.
+            error = f"damaged ZIP member, read stopped: {group.exceptions[0]}"
+        parser.end()
+        await writer.finish()
     if on_progress is not None:
         on_progress(source, source.size)
     summary = FileSummary(
@@ -358,6 +287,10 @@ async def import_source(
         if parser.layout is FileLayout.OHLCVT and parser.interval != 1
         else None,
         mismatches=writer.mismatches[:max_examples],
+        derived=writer.derived,
+        error=error,
+        candle_holes=writer.candle_holes,
+        candle_mismatches=writer.candle_mismatches,
         elapsed_s=time.monotonic() - started,
     )
     _log.info(
@@ -377,30 +310,110 @@ async def import_source(
 class _Writer:
     """Writes a reader's batches and accumulates the counts; coverage runs contiguously."""
 
-    def __init__(self, storage: Storage, parser: _RowParser, *, batch_rows: int) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        parser: RowParser,
+        *,
+        batch_rows: int,
+        strict_span: bool,
+        candles: bool,
+    ) -> None:
         self.storage = storage
         self.parser = parser
         self.batch_rows = batch_rows
+        self.strict_span = strict_span
+        self.candles = candles
         self.inserted = self.updated = self.present = self.cross_source = 0
         self.matched = self.unverifiable = 0
         self.mismatches: list[CandleMismatch] = []
+        self.derived = self.candle_mismatches = 0
+        self.candle_holes: list[Range] = []
         self._covered_to: datetime | None = None
+        self._derived_to: datetime | None = None  # minutes before it are derived
+        # A block's minutes are derived while the next block is written (another pool
+        # connection): one derivation at a time, in order.
+        self.nursery: trio.Nursery | None = None
+        self._derived = trio.Event()
+        self._derived.set()
 
     @property
     def checked(self) -> tuple[int, int, int]:
         return self.matched, len(self.mismatches), self.unverifiable
 
     def _span(self, low: datetime, high: datetime) -> tuple[datetime, datetime]:
+        if self._covered_to is None and not self.strict_span and self.parser.layout in _TRADES:
+            low = floor_to(low, _MINUTE)  # the file's first minute is whole (see import_source)
         start = low if self._covered_to is None else min(low, self._covered_to)
         end = high if self._covered_to is None else max(high, self._covered_to)
         self._covered_to = end
         return start, end
 
-    async def write(self, batch: _Batch) -> None:
+    async def _derive(self, low: datetime, end: datetime) -> None:
+        """Derive the minutes from ``low`` (or where derivation stopped, if earlier) to
+        ``end``; a row that went back in time re-derives its minute."""
+        if not self.candles:
+            return
+        start = floor_to(low, _MINUTE)
+        if self._derived_to is not None:
+            start = min(start, self._derived_to)
+        if end <= start:
+            return
+        # Minutes where a rejected row may have been: their candle would be silently short.
+        suspect = sorted(
+            (
+                floor_to(ns_to_datetime(a), _MINUTE),
+                min(end, floor_to(ns_to_datetime(b), _MINUTE) + _MINUTE),
+            )
+            for a, b in list(self.parser.suspects)
+        )
+        holes = [*self.candle_holes, *intersect(_merged(suspect), [(start, end)])]
+        for low_d, high_d in subtract([(start, end)], _merged(suspect)):
+            done = await derive_candles(self.storage, self.parser.symbol, low_d, high_d)
+            self.derived += done.inserted
+            self.candle_mismatches += len(done.mismatches)
+            holes.extend(done.not_derived)
+        self.candle_holes = _merged(sorted(holes))
+        self._derived_to = max(end, self._derived_to or end)
+
+    async def _written(self, low: datetime) -> None:
+        """After a trades write: derive every minute that no later row can still reach (the
+        minute of the last second written may get more rows from the next batch), in the
+        background once the previous block's derivation is done."""
+        assert self._covered_to is not None
+        assert self.nursery is not None
+        end = floor_to(self._covered_to - _SECOND, _MINUTE)
+        await self._derived.wait()
+        done = self._derived = trio.Event()
+
+        async def derive() -> None:
+            await self._derive(low, end)
+            done.set()
+
+        self.nursery.start_soon(derive)
+
+    async def finish(self) -> None:
+        """Close the file's span: round its end out to a whole minute (unless strict) and
+        derive the minutes left."""
+        await self._derived.wait()
+        if self.parser.layout not in _TRADES or self._covered_to is None:
+            return
+        end = self._covered_to
+        if not self.strict_span:
+            end = ceil_to(end, _MINUTE)
+            await self.storage.add_coverage(
+                self.parser.symbol, CoverageSpan("trades", "csv", self._covered_to, end)
+            )
+        await self._derive(end, end)
+
+    async def write(self, batch: Batch) -> None:
         rows = batch.rows
         symbol = self.parser.symbol
         if isinstance(rows, TradeBlock):
             await self._write_block(rows, batch.copy_csv)
+            return
+        if isinstance(rows, CandleBlock):
+            await self._write_candle_block(rows, batch.copy_csv)
             return
         if not rows:
             return
@@ -430,6 +443,31 @@ class _Writer:
         self.updated += written.updated
         self.present += written.unchanged
 
+    async def _write_candle_block(self, block: CandleBlock, copy_csv: memoryview | None) -> None:
+        """COPY the block in when its minutes hold no candle (see :func:`copy_new_candles`),
+        else upsert it as rows, ``batch_rows`` at a time."""
+        symbol = self.parser.symbol
+        low = ns_to_datetime(block.first_s * NS_PER_S)
+        high = ns_to_datetime(block.last_s * NS_PER_S) + _MINUTE
+        start, end = self._span(low, high)
+        coverage = [(symbol, CoverageSpan("candles", "csv", start, end))]
+        assert copy_csv is not None
+        copied = await copy_new_candles(
+            self.storage, symbol, low, high, copy_csv, block.rows, coverage=coverage
+        )
+        if copied is not None:
+            self.inserted += copied.inserted
+            return
+        for offset in range(0, block.rows, self.batch_rows):
+            candles = await trio.to_thread.run_sync(
+                block.to_candles, symbol, offset, self.batch_rows
+            )
+            last = offset + self.batch_rows >= block.rows
+            written = await self.storage.write_candles(candles, coverage=coverage if last else ())
+            self.inserted += written.inserted
+            self.updated += written.updated
+            self.present += written.unchanged
+
     async def _write_block(self, block: TradeBlock, copy_csv: memoryview | None) -> None:
         """COPY the block in when its seconds hold no stored trade with a Kraken id (see
         :meth:`Storage.copy_new_trades`), else write it as rows with the cross-source check."""
@@ -449,6 +487,7 @@ class _Writer:
             if result is not None:
                 self.inserted += result.inserted
                 self.present += result.present
+                await self._written(low)
                 return
             self._covered_to = covered  # nothing was written: the span is claimed again
         # As rows, in batches of batch_rows: a block's Trades would take ~1 KB of memory each.
@@ -471,6 +510,7 @@ class _Writer:
         self.inserted += result.inserted
         self.present += result.present + dropped
         self.cross_source += dropped
+        await self._written(ns_to_datetime(low_s * NS_PER_S))
 
 
 async def import_paths(
@@ -482,8 +522,14 @@ async def import_paths(
     symbols: Iterable[str] | None = None,
     on_source: Callable[[ImportSource], None] | None = None,
     on_progress: Progress | None = None,
+    strict_span: bool = False,
+    candles: bool = True,
+    max_line_bytes: int = 1 << 20,
 ) -> ImportSummary:
-    """Import every CSV found under ``paths`` (files, ZIPs, folders), one file at a time.
+    """Import every CSV found under ``paths`` (files, ZIPs, folders), one file at a time,
+    then bring the rollups (5m … 1w) up to date, so every timeframe reads at once.
+
+    The rollups are left to the service's rollup actor when it is mid-pass.
 
     Raises:
         FileNotFoundError: a path does not exist (before anything is imported).
@@ -503,6 +549,12 @@ async def import_paths(
                 block_bytes=block_bytes,
                 symbols=selected,
                 on_progress=on_progress,
+                strict_span=strict_span,
+                candles=candles,
+                max_line_bytes=max_line_bytes,
             )
         )
-    return ImportSummary(summaries)
+    started = time.monotonic()
+    while (done := await rollup_pass(storage)).claimed and not done.locked_out:
+        pass
+    return ImportSummary(summaries, time.monotonic() - started)

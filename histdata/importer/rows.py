@@ -21,9 +21,20 @@ from histdata.errors import RejectedInput
 from histdata.kraken.parse import MAX_FUTURE_NS, MIN_TIME_NS, parse_unix_seconds_ns
 from histdata.model import NS_PER_S, Candle, CandleSource, Side, Trade, ns_to_datetime
 
-__all__ = ["SeqCounter", "max_time_ns", "parse_ohlcvt", "parse_trade3", "parse_trade7"]
+__all__ = [
+    "SeqCounter",
+    "check_trade3",
+    "max_time_ns",
+    "parse_ohlcvt",
+    "parse_trade3",
+    "parse_trade7",
+    "too_long",
+]
 
 _NUMBER = re.compile(r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
+# Exponent notation can write numbers PostgreSQL's numeric cannot hold (1e999999), which
+# would fail the whole batch's write; no price or volume is anywhere near these bounds.
+_MAX_ADJUSTED_EXPONENT = 1000
 _SIDES = {"b": Side.BUY, "s": Side.SELL}
 _ORD_TYPES = {"m": "market", "l": "limit", "": None}
 
@@ -32,6 +43,8 @@ def _decimal(text: str, name: str, reason: str, *, allow_zero: bool = False) -> 
     if _NUMBER.fullmatch(text) is None:
         raise RejectedInput(reason, f"{name} {text!r} is not a decimal number")
     value = Decimal(text)
+    if abs(value.adjusted()) > _MAX_ADJUSTED_EXPONENT and value != 0:
+        raise RejectedInput(reason, f"{name} {text!r} is out of range")
     if value < 0 or (value == 0 and not allow_zero):
         raise RejectedInput(reason, f"{name} {text!r} must be {'>= 0' if allow_zero else '> 0'}")
     return value
@@ -46,6 +59,14 @@ def _time_ns(text: str, max_ns: int) -> int:
     if time_ns < MIN_TIME_NS or time_ns > max_ns:
         raise RejectedInput("bad_time", f"time {text!r} is before 2010 or in the future")
     return time_ns
+
+
+def too_long(length: int, max_line: int) -> RejectedInput:
+    """The rejection of a line of ``length`` bytes over the ``[import] max_line_bytes`` limit."""
+    return RejectedInput(
+        "line_too_long",
+        f"line of {length:,} bytes is longer than [import] max_line_bytes = {max_line:,}",
+    )
 
 
 def max_time_ns(now_ns: int) -> int:
@@ -152,6 +173,20 @@ class SeqCounter:
         self._newest = max(self._newest, self._current)
 
 
+def check_trade3(fields: Sequence[str], max_ns: int) -> tuple[int, Decimal, Decimal]:
+    """Validate a ``time,price,volume`` row: (time in ns, price, volume); no ``seq`` yet.
+
+    Raises:
+        RejectedInput: ``bad_columns``, ``bad_time``, ``bad_price``, ``bad_volume``.
+    """
+    if len(fields) != 3:
+        raise RejectedInput("bad_columns", f"expected 3 fields, got {len(fields)}")
+    time_ns = _time_ns(fields[0], max_ns)
+    price = _decimal(fields[1], "price", "bad_price")
+    volume = _decimal(fields[2], "volume", "bad_volume")
+    return time_ns, price, volume
+
+
 def parse_trade3(fields: list[str], symbol: str, seqs: SeqCounter, max_ns: int) -> Trade:
     """A ``time,price,volume`` row (whole or fractional Unix seconds).
 
@@ -159,11 +194,7 @@ def parse_trade3(fields: list[str], symbol: str, seqs: SeqCounter, max_ns: int) 
         RejectedInput: ``bad_columns``, ``bad_time``, ``bad_price``, ``bad_volume``,
             ``out_of_order``.
     """
-    if len(fields) != 3:
-        raise RejectedInput("bad_columns", f"expected 3 fields, got {len(fields)}")
-    time_ns = _time_ns(fields[0], max_ns)
-    price = _decimal(fields[1], "price", "bad_price")
-    volume = _decimal(fields[2], "volume", "bad_volume")
+    time_ns, price, volume = check_trade3(fields, max_ns)
     return Trade(symbol, time_ns, price, volume, seq=seqs.next(time_ns))
 
 

@@ -4,6 +4,13 @@ A ZIP member is read through :meth:`zipfile.ZipFile.open`, which decompresses as
 nothing is extracted to disk and no member is ever held in memory whole, so a 2.7 GB
 ``XBTUSD.csv`` inside a 12 GB archive costs one read buffer. Bytes are counted as they are
 read (uncompressed), which drives the progress bar.
+
+Hostile input is bounded: no line is ever held whole beyond ``max_line_bytes`` (a longer one
+is skipped as it streams by and reported as a :class:`LongLine`), and a ZIP member that
+claims to inflate more than :data:`MAX_INFLATION` times its compressed size is refused
+before it is read. Kraken's CSVs deflate about 4:1; a ZIP bomb's members, 1000:1 and more.
+(A member that inflates past its declared size cannot get further than that size:
+:mod:`zipfile` stops there and fails its CRC check, which the importer reports.)
 """
 
 from __future__ import annotations
@@ -16,7 +23,31 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-__all__ = ["CountingReader", "ImportSource", "decode_lines", "discover_sources", "line_blocks"]
+from histdata.errors import RejectedInput
+
+__all__ = [
+    "MAX_INFLATION",
+    "CountingReader",
+    "ImportSource",
+    "LongLine",
+    "bounded_lines",
+    "decode_lines",
+    "discover_sources",
+    "line_blocks",
+]
+
+# Uncompressed size over compressed size beyond which a ZIP member is refused unread.
+MAX_INFLATION = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LongLine:
+    """A line longer than the limit, skipped as it was read; only its length is kept.
+
+    ``length`` counts its bytes (characters, for text lines) without the line ending.
+    """
+
+    length: int
 
 
 class CountingReader(io.RawIOBase):
@@ -62,13 +93,23 @@ class ImportSource:
 
         Raises:
             OSError, zipfile.BadZipFile: the file or archive cannot be read.
+            RejectedInput: ``zip_bomb``, a member inflating over :data:`MAX_INFLATION`:1.
         """
         with self.path.open("rb") as raw:
             if self.member is None:
                 yield CountingReader(raw)
                 return
-            with zipfile.ZipFile(raw) as archive, archive.open(self.member) as member:
-                yield CountingReader(member)
+            with zipfile.ZipFile(raw) as archive:
+                info = archive.getinfo(self.member)
+                if info.file_size > MAX_INFLATION * max(info.compress_size, 1):
+                    raise RejectedInput(
+                        "zip_bomb",
+                        f"declares {info.file_size:,} bytes from {info.compress_size:,}"
+                        f" compressed (over {MAX_INFLATION}:1); refused unread",
+                        where=self.label,
+                    )
+                with archive.open(info) as member:
+                    yield CountingReader(member)
 
     @contextmanager
     def open_text(self) -> Iterator[tuple[io.TextIOWrapper, CountingReader]]:
@@ -93,29 +134,63 @@ def decode_lines(stream: IO[bytes]) -> io.TextIOWrapper:
     return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
 
 
+def bounded_lines(text: IO[str], max_chars: int) -> Iterator[str | LongLine]:
+    """The lines of ``text`` (with their endings), a line longer than ``max_chars`` without
+    its ending given as a :class:`LongLine` instead; never more than ``max_chars + 1``
+    characters are held."""
+    while line := text.readline(max_chars + 1):
+        if len(line) <= max_chars or line.endswith(("\n", "\r")):
+            yield line
+            continue
+        length = len(line)
+        while (line := text.readline(max_chars + 1)) and not line.endswith(("\n", "\r")):
+            length += len(line)
+        yield LongLine(length + len(line.rstrip("\r\n")))
+
+
 def line_blocks(
-    stream: IO[bytes], size: int, cut: Callable[[bytes], int] | None = None
-) -> Iterator[bytes]:
+    stream: IO[bytes],
+    size: int,
+    cut: Callable[[bytes], int] | None = None,
+    *,
+    max_line: int | None = None,
+) -> Iterator[bytes | LongLine]:
     """Read ``stream`` in blocks of about ``size`` bytes that end at a line end.
 
     ``cut(block)`` may end a block earlier than its last newline (the rest starts the next
-    block); the file's last block ends wherever the file does. No line is split or lost.
+    block); the file's last block ends wherever the file does. No line is split or lost. A
+    line that grows past ``max_line`` bytes before a block ends it is skipped as it streams
+    by and yielded as a :class:`LongLine` in its place (shorter lines inside a block are the
+    reader's to check), so memory stays within ``size + max_line`` whatever the input.
     """
     carry = b""
+    skipped: int | None = None  # bytes of a long line being skipped
     while True:
         data = stream.read(size)
+        if skipped is not None:
+            end = data.find(b"\n")
+            if end < 0 and data:
+                skipped += len(data)
+                continue
+            yield LongLine(skipped + (end if end >= 0 else len(data)))
+            skipped = None
+            data = data[end + 1 :] if end >= 0 else b""
+            if not data:
+                continue
         if not data:
             if carry:
                 yield carry
             return
         data = carry + data if carry else data
         end = data.rfind(b"\n") + 1
-        if end == 0:
-            carry = data  # one line longer than a block: keep reading
-            continue
-        if cut is not None:
-            end = cut(data[:end]) or end
         carry = data[end:]
+        if max_line is not None and len(carry) > max_line:
+            skipped, carry = len(carry), b""
+        if end == 0:
+            continue  # one line longer than a block: keep reading
+        if cut is not None and skipped is None:
+            end = cut(data[:end]) or end
+            carry = data[end:]
         yield data[:end]
 
 
