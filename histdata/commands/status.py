@@ -152,11 +152,11 @@ def render(snapshot: dict[str, Any]) -> str:
     # snapshot taken mid-write may see a batch's inserts before its written count.
     present = max(0, flusher["trades_written"] - flusher["trades_inserted"])
     damage = ""
-    if journal["lost_records"] or journal["lost_unknown_records"]:
+    lost, unknown = journal.get("lost_records", 0), journal.get("lost_unknown_records", 0)
+    if lost or unknown:
         damage = (
-            f"; damaged records lost {journal['lost_records']} ({journal['lost_trades']} trades)"
-            f" + {journal['lost_unknown_records']} of unknown size, segments kept in"
-            " journal/damaged/"
+            f"; damaged records lost {lost} ({journal.get('lost_trades', 0)} trades)"
+            f" + {unknown} of unknown size, segments kept in journal/damaged/"
         )
     lines += [
         "",
