@@ -58,6 +58,7 @@ from histdata.httpserver import (
     open_unix_listener,
 )
 from histdata.storage import Storage
+from histdata.storage.candles import candle_mismatches
 from histdata.storage.continuity import id_holes
 from histdata.storage.reads import ReadOptions, iter_candle_rows, iter_trade_rows, symbol_extent
 from histdata.symbols import SymbolRegistry
@@ -375,6 +376,11 @@ class QueryApp:
         covered = await self._storage.covered(symbol, chosen, start, end)
         gaps = await self._storage.gaps(symbol, chosen, start, end)
         breaks = await id_holes(self._storage, symbol, start, end) if stream == "trades" else []
+        disagree = (
+            await candle_mismatches(self._storage, symbol, start, end)
+            if stream == "candles"
+            else []
+        )
 
         def spans(items: list[tuple[datetime, datetime]]) -> list[dict[str, str]]:
             return [{"start": format_time(a), "end": format_time(b)} for a, b in items]
@@ -399,6 +405,13 @@ class QueryApp:
                         "reason": h.reason,
                     }
                     for h in breaks
+                ],
+                "mismatches": [
+                    {
+                        "time": format_time(m.time),
+                        "fields": {k: [str(a), str(b)] for k, (a, b) in m.fields.items()},
+                    }
+                    for m in disagree
                 ],
             },
         )

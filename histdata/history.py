@@ -11,6 +11,8 @@ hole is the part of the timeline no source observed. For one symbol over ``[star
    Then the trade ids are audited (:func:`~histdata.storage.continuity.audit_trade_ids`):
    every break in Kraken's id sequence is fetched again from REST by the times of the trades
    around it, whatever coverage says, and a break REST does not fill is marked unfillable.
+   Every minute whose derived candle disagrees with Kraken's has its trades fetched again and
+   is derived anew (:func:`~histdata.storage.candles.refetch_minutes`).
 2. **Candles, recent.** REST ``OHLC`` serves only the 720 most recent 1-minute candles plus the
    live one. Final candles inside candle holes are stored (source REST) and their minutes
    recorded as covered; the live candle is never complete, never covered, never a resume
@@ -35,6 +37,7 @@ import structlog
 from histdata.backfill import fetch_trades
 from histdata.kraken.rest import KrakenRest
 from histdata.model import datetime_to_ns, ns_to_datetime
+from histdata.storage.candles import refetch_minutes
 from histdata.storage.continuity import audit_trade_ids, mark_unfillable
 from histdata.storage.database import CoverageSpan, Storage
 from histdata.storage.history import (
@@ -67,6 +70,7 @@ class RepairResult:
     trades_present: int = 0
     id_holes: int = 0  # trade-id breaks fetched again from REST
     id_holes_left: int = 0  # of those, still missing ids (marked unfillable)
+    mismatches_refetched: int = 0  # minutes whose candles disagreed, fetched again
     candle_holes: int = 0
     rest_candles: int = 0  # REST candles inserted or updated
     derived_candles: int = 0  # minutes derived from trades
@@ -109,6 +113,10 @@ async def repair_symbol(
         present += fetched.present
     id_fetched, id_left, id_inserted = await _refill_id_holes(storage, rest, symbol, settle_s)
     inserted += id_inserted
+    refetched, mismatch_inserted = await _refetch_mismatches(
+        storage, rest, symbol, start, end, settle_s
+    )
+    inserted += mismatch_inserted
     candle_end = min(end, ns_to_datetime(time.time_ns()))
     candle_holes = (await coverage_report(storage, symbol, "candles", start, candle_end)).repairable
     rest_written = 0
@@ -150,6 +158,7 @@ async def repair_symbol(
         present,
         id_fetched,
         id_left,
+        refetched,
         len(candle_holes),
         rest_written,
         derived,
@@ -210,6 +219,33 @@ async def _refill_id_holes(
             storage, symbol, hole, "Kraken's REST Trades served no trade with these ids"
         )
     return len(holes), len(unfillable), inserted
+
+
+async def _refetch_mismatches(
+    storage: Storage,
+    rest: KrakenRest,
+    symbol: str,
+    start: datetime,
+    end: datetime,
+    settle_s: float,
+) -> tuple[int, int]:
+    """Fetch again the trades of every minute whose candle disagrees with Kraken's, then
+    derive those minutes anew: a trade we lacked makes both agree and clears the mismatch;
+    one that stays is a real difference and stays reported. Returns (minutes, inserted)."""
+    minutes = inserted = 0
+    for low, high in await refetch_minutes(storage, symbol, start, end):
+        fetched = await fetch_trades(
+            storage,
+            rest,
+            symbol,
+            since_ns=datetime_to_ns(low) - _ID_HOLE_MARGIN_NS,
+            until_ns=datetime_to_ns(high) + _ID_HOLE_MARGIN_NS,
+            settle_s=settle_s,
+        )
+        inserted += fetched.inserted
+        minutes += int((high - low) / _MINUTE)
+        await derive_candles(storage, symbol, low, high)
+    return minutes, inserted
 
 
 async def _fill_from_ohlc(

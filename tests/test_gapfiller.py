@@ -18,8 +18,9 @@ from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Candle, Trade, ns_to_datetime
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import CoverageSpan, Storage, Stream
+from histdata.storage.candles import candle_mismatches
 from histdata.storage.continuity import id_holes
-from histdata.storage.history import coverage_report, floor_to
+from histdata.storage.history import coverage_report, derive_candles, floor_to
 from histdata.supervisor.backoff import Backoff
 from histdata.symbols import SymbolRegistry
 
@@ -175,6 +176,35 @@ class TestIdRepair:
         assert hole.status == "unfillable"
         again = await repair_symbol(storage, rest, "BTC/USD", start, wanted[-1].time)
         assert again.id_holes == 0
+
+
+class TestMismatchRepair:
+    async def test_a_minute_that_disagrees_with_kraken_is_fetched_again(
+        self, sim: Any, rest: KrakenRest, storage: Storage
+    ) -> None:
+        """A trade lost from an observed minute makes our candle disagree with Kraken's; the
+        repair fetches that minute's trades again and the mismatch is gone."""
+        truth = sim.market.trades("BTC/USD")
+        start = floor_to(truth[0].time, MIN) + MIN
+        end = start + 10 * MIN
+        wanted = [t for t in truth if start <= t.time < end]
+        minute = floor_to(wanted[len(wanted) // 2].time, MIN)
+        # Lose one trade in the middle of that minute, as an unseen drop would.
+        in_minute = [t for t in wanted if minute <= t.time < minute + MIN]
+        lost = in_minute[len(in_minute) // 2]
+        await storage.write_trades(
+            [t for t in wanted if t is not lost],
+            source="live",
+            coverage=[("BTC/USD", CoverageSpan("trades", "live", start, end))],
+        )
+        kraken = [c for c in sim.market.candles("BTC/USD") if start <= c.time and c.end <= end]
+        await storage.write_candles(kraken)
+        await derive_candles(storage, "BTC/USD", start, end)
+        (mismatch,) = await candle_mismatches(storage, "BTC/USD", start, end)
+        assert mismatch.time == minute
+        result = await repair_symbol(storage, rest, "BTC/USD", start, end)
+        assert result.mismatches_refetched == 1
+        assert await candle_mismatches(storage, "BTC/USD", start, end) == []
 
 
 class TestGapFiller:

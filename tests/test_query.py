@@ -223,12 +223,16 @@ class TestOtherEndpoints:
         assert entry["trades"]["first"] == "2024-03-04T00:00:00Z"
 
     async def test_coverage_reports_covered_ranges_and_gaps(self, app: QueryApp) -> None:
-        """/v1/coverage returns covered spans and their complement."""
+        """/v1/coverage returns covered spans, their complement and the trade-id holes."""
         status, _, body = await get(app, "/v1/coverage", symbol="BTC/USD", stream="trades", **RANGE)
         doc = orjson.loads(body)
         assert status == 200
         assert doc["covered"] == [{"start": "2024-03-04T00:00:00Z", "end": "2024-03-04T01:00:00Z"}]
         assert doc["gaps"] == [{"start": "2024-03-04T01:00:00Z", "end": "2024-03-05T00:00:00Z"}]
+        # Trade 1 of the fixture has no id, so Kraken's id 1001 is missing between 1000 and 1002.
+        (hole,) = doc["id_holes"]
+        assert (hole["first_id"], hole["last_id"], hole["status"]) == (1001, 1001, "open")
+        assert doc["mismatches"] == []
 
     async def test_healthz_and_metrics(self, app: QueryApp, storage: Storage) -> None:
         """/healthz is the status JSON (503 when unhealthy); /metrics is Prometheus text."""

@@ -29,6 +29,7 @@ from histdata.commands.common import interval_arg, open_command_storage, setup, 
 from histdata.config import Config
 from histdata.history import RepairResult, repair_symbol
 from histdata.kraken import RateLimiter, open_kraken_rest
+from histdata.storage.candles import CandleMismatch, candle_mismatches
 from histdata.storage.continuity import IdHole, id_holes
 from histdata.storage.database import Stream
 from histdata.storage.history import CoverageReport, coverage_report
@@ -75,8 +76,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def render_report(report: CoverageReport, breaks: Sequence[IdHole] = ()) -> str:
-    """The text block for one stream's report (``breaks``: its trade-id holes)."""
+def render_report(
+    report: CoverageReport,
+    breaks: Sequence[IdHole] = (),
+    mismatches: Sequence[CandleMismatch] = (),
+) -> str:
+    """The text block for one stream's report (``breaks``: its trade-id holes;
+    ``mismatches``: minutes whose derived candle disagrees with Kraken's)."""
     head = (
         f"{report.symbol} {report.stream} {format_time(report.start)} .. {format_time(report.end)}"
     )
@@ -86,6 +92,11 @@ def render_report(report: CoverageReport, breaks: Sequence[IdHole] = ()) -> str:
     lines.extend(f"  {hole.describe()}" for hole in breaks[:50])
     if len(breaks) > 50:
         lines.append(f"  … {len(breaks) - 50} more trade-id holes")
+    for mismatch in mismatches[:20]:
+        fields = ", ".join(f"{k} ours={a} kraken={b}" for k, (a, b) in mismatch.fields.items())
+        lines.append(f"  candle mismatch {format_time(mismatch.time)}: {fields}")
+    if len(mismatches) > 20:
+        lines.append(f"  … {len(mismatches) - 20} more candle mismatches")
     for hole in report.holes:
         note = f" ({hole.reason})" if hole.reason else ""
         lines.append(f"  {format_time(hole.start)} .. {format_time(hole.end)}  {hole.kind}{note}")
@@ -108,7 +119,8 @@ def _render_repair(result: RepairResult) -> str:
     text = (
         f"repaired {result.symbol}: {result.trade_holes} trade holes, {result.trades_inserted}"
         f" trades inserted; {result.id_holes} trade-id holes fetched again"
-        f" ({result.id_holes_left} still missing); {result.candle_holes} candle holes,"
+        f" ({result.id_holes_left} still missing); {result.mismatches_refetched} mismatched"
+        f" minutes fetched again; {result.candle_holes} candle holes,"
         f" {result.rest_candles} REST"
         f" candles, {result.derived_candles} derived from trades, {result.compared} compared"
     )
@@ -146,8 +158,13 @@ async def _run(
                 storage, args.symbol, stream, start, end, interval=interval
             )
             breaks = await id_holes(storage, args.symbol, start, end) if stream == "trades" else []
+            disagree = (
+                await candle_mismatches(storage, args.symbol, start, end)
+                if stream == "candles"
+                else []
+            )
             holes = holes or bool(report.holes) or bool(breaks)
-            out.append(render_report(report, breaks))
+            out.append(render_report(report, breaks, disagree))
     return out, holes
 
 
