@@ -50,7 +50,7 @@ _DELETE_BATCH = 5_000
 # Stream name → the physical tables it lives in (whitelist: only these names reach SQL).
 _TABLES: dict[str, tuple[str, ...]] = {
     "trades": ("trades",),
-    "candles": ("candles_1m", "candles_rollup"),
+    "candles": ("candles_1m", "candles_rollup", "candles_kraken"),
 }
 _SEGMENT_BY = {"trades": "symbol_id", "candles_1m": "symbol_id", "candles_rollup": "symbol_id"}
 
@@ -131,6 +131,13 @@ async def apply_retention(
                     if removed < _DELETE_BATCH:
                         break
         await storage.run(_trim_coverage, stream, cutoff)
+        if stream == "candles":
+            # The findings about minutes that are gone go with them (a small plain table).
+            await storage.run(
+                lambda conn: conn.execute(
+                    "DELETE FROM candle_mismatches WHERE time < %s", (cutoff,)
+                )
+            )
         results.append(RetentionResult(stream=stream, cutoff=cutoff, rows=rows, chunks=chunks))
     return results
 
