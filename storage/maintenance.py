@@ -71,6 +71,10 @@ def _cutoff(conn: Connection, days: int) -> datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
+def _trim_mismatches(conn: Connection, cutoff: datetime) -> None:
+    conn.execute("DELETE FROM candle_mismatches WHERE time < %s", (cutoff,))
+
+
 def _drop_chunks(conn: Connection, table: str, cutoff: datetime) -> int:
     rows = conn.execute(
         "SELECT drop_chunks(%s::regclass, older_than => %s::timestamptz)", (table, cutoff)
@@ -133,11 +137,7 @@ async def apply_retention(
         await storage.run(_trim_coverage, stream, cutoff)
         if stream == "candles":
             # The findings about minutes that are gone go with them (a small plain table).
-            await storage.run(
-                lambda conn: conn.execute(
-                    "DELETE FROM candle_mismatches WHERE time < %s", (cutoff,)
-                )
-            )
+            await storage.run(_trim_mismatches, cutoff)
         results.append(RetentionResult(stream=stream, cutoff=cutoff, rows=rows, chunks=chunks))
     return results
 
