@@ -625,6 +625,10 @@ class Storage:
                     " trades = EXCLUDED.trades, source = EXCLUDED.source, final = EXCLUDED.final,"
                     " updated_at = now()"
                     " WHERE (NOT c.final OR (EXCLUDED.final AND c.source = EXCLUDED.source))"
+                    # An in-progress candle only grows: an older version (a journal replayed
+                    # beside direct writes) never replaces a newer one of the same source.
+                    " AND (EXCLUDED.final OR c.source <> EXCLUDED.source"
+                    " OR EXCLUDED.trades >= c.trades)"
                     " AND (c.open, c.high, c.low, c.close, c.volume, c.vwap, c.trades, c.source,"
                     " c.final) IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low,"
                     " EXCLUDED.close, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.trades,"

@@ -291,3 +291,16 @@ class TestSymbolRegistration:
                 "SELECT s.symbol FROM trades t JOIN symbols s ON s.id = t.symbol_id"
             ).fetchall()
         assert rows == [("ETH/USD",)]
+
+
+class TestCandleVersions:
+    async def test_an_older_in_progress_version_never_replaces_a_newer_one(
+        self, storage: Storage
+    ) -> None:
+        """A replayed in-progress candle with fewer trades leaves the newer version stored."""
+        newer = candle(0, trades=9, final=False, close=Decimal("101"))
+        older = candle(0, trades=4, final=False, close=Decimal("99"))
+        await storage.write_candles([newer])
+        await storage.write_candles([older])
+        (stored,) = await storage.read_candles("BTC/USD", T0, END)
+        assert (stored.trades, stored.close) == (9, Decimal("101"))
