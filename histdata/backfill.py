@@ -24,13 +24,14 @@ import trio
 from histdata.kraken.rest import KrakenRest
 from histdata.model import NS_PER_S, ns_to_datetime
 from histdata.storage.database import CoverageSpan, Storage
-from histdata.storage.history import drop_cross_source_duplicates
+from histdata.storage.history import DeriveResult, derive_candles, drop_cross_source_duplicates
 
 __all__ = [
     "FetchProgress",
     "FetchResult",
     "backfill_cursor_name",
     "backfill_trades",
+    "derive_backfilled",
     "fetch_trades",
 ]
 
@@ -199,7 +200,7 @@ async def backfill_trades(
         As :func:`fetch_trades`.
     """
     symbol = storage.registry.canonical(symbol)
-    return await fetch_trades(
+    result = await fetch_trades(
         storage,
         rest,
         symbol,
@@ -208,3 +209,19 @@ async def backfill_trades(
         cursor_name=backfill_cursor_name(symbol, since_ns, until_ns),
         on_page=on_page,
     )
+    await derive_backfilled(storage, symbol, since_ns, until_ns)
+    return result
+
+
+async def derive_backfilled(
+    storage: Storage, symbol: str, since_ns: int, until_ns: int | None
+) -> DeriveResult:
+    """Derive the 1-minute candles (and so every rollup) of a backfilled range from its
+    trades, wherever they now cover whole minutes: history older than Kraken's 720-minute
+    OHLC window is backtestable as soon as its trades are stored.
+
+    Raises:
+        DatabaseUnavailable: the database is down (the trades stay; a repair derives later).
+    """
+    end = ns_to_datetime(until_ns if until_ns is not None else time.time_ns())
+    return await derive_candles(storage, symbol, ns_to_datetime(since_ns), end)

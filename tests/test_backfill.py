@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -102,6 +103,22 @@ class TestBackfill:
         assert report.holes == []
         got = await stored(storage, truth)
         assert [key(t) for t in got] == [key(t) for t in truth if since <= t.time_ns < until]
+
+    async def test_backfilled_minutes_have_candles_equal_to_the_truth(
+        self, sim: Any, rest: KrakenRest, storage: Storage
+    ) -> None:
+        """Every whole minute a backfill covers gets its candle, equal to the simulator's."""
+        truth = sim.market.trades("BTC/USD")
+        since, until = truth[10].time_ns, truth[-10].time_ns
+        await backfill_trades(storage, rest, "BTC/USD", since_ns=since, until_ns=until)
+        first = ns_to_datetime(since).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        last = ns_to_datetime(until).replace(second=0, microsecond=0)
+        expected = [c for c in sim.market.candles("BTC/USD") if first <= c.time < last]
+        got = await storage.read_candles("BTC/USD", first, last)
+        assert expected
+        assert [(c.time, c.open, c.high, c.low, c.close, c.volume, c.trades) for c in got] == [
+            (c.time, c.open, c.high, c.low, c.close, c.volume, c.trades) for c in expected
+        ]
 
     async def test_progress_has_an_eta_and_reaches_the_end(
         self, sim: Any, rest: KrakenRest, storage: Storage

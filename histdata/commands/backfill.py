@@ -18,7 +18,13 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from histdata.backfill import FetchProgress, FetchResult, backfill_cursor_name, fetch_trades
+from histdata.backfill import (
+    FetchProgress,
+    FetchResult,
+    backfill_cursor_name,
+    derive_backfilled,
+    fetch_trades,
+)
 from histdata.commands.common import open_command_storage, setup, symbol_argument, time_arg
 from histdata.config import Config
 from histdata.kraken import RateLimiter, open_kraken_rest
@@ -110,6 +116,7 @@ async def _run(
                     cursor_name=cursor_name,
                     on_page=on_page,
                 )
+            await derive_backfilled(storage, symbol, first_ns, until_ns)
     return _Outcome(symbol, skipped_to, result)
 
 
