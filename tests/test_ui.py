@@ -433,6 +433,23 @@ class TestInBrowser:
         unrecoverable = UNRECOVERABLE[0] + (UNRECOVERABLE[1] - UNRECOVERABLE[0]) / 2
         assert png_pixel(png, *x_of(lane, unrecoverable)) == css_colour("unrecoverable")
 
+    async def test_chart_shows_the_selected_range(self, planted: Storage, tmp_path: Path) -> None:
+        """A selected range (here from the URL, as a drag leaves it) is charted with its
+        candles only: 01:30 to 03:30 holds 30 minutes each side of the hole, 60 candles."""
+        async with ui_child(planted) as url:
+            page = (
+                f"{url}/?symbol=BTC/USD&start=2024-03-04T00:00:00Z&end=2024-03-04T06:00:00Z"
+                "&chart_start=2024-03-04T01:30:00Z&chart_end=2024-03-04T03:30:00Z"
+            )
+            dom = (await chromium(tmp_path / "profile", "--dump-dom", page)).decode()
+        parsed = _Ranges()
+        parsed.feed(dom)
+        assert parsed.body.get("data-state") == "ready", dom[:2000]
+        assert parsed.chart["data-start"] == "2024-03-04T01:30:00Z"
+        assert parsed.chart["data-end"] == "2024-03-04T03:30:00Z"
+        assert parsed.chart["data-candles"] == "60"
+        assert dom.count('class="selection"') == len(parsed.lanes)
+
 
 def test_map_json_is_what_the_page_reads() -> None:
     """The page reads the JSON keys /api/map writes (a rename on one side fails here)."""
