@@ -28,7 +28,8 @@ import trio
 
 from histdata import ui
 from histdata.config import load_config, parse_loopback_listen
-from histdata.errors import ConfigError
+from histdata.errors import ConfigError, DatabaseUnavailable
+from histdata.httpserver import Request
 from histdata.model import NS_PER_S, Trade
 from histdata.storage import CoverageSpan, Storage
 from histdata.storage.history import derive_candles, mark_unrecoverable
@@ -284,6 +285,21 @@ class TestListener:
             post = await client.post("/api/map")
         assert set(answers.values()) == {404}, answers
         assert post.status_code == 405
+
+    async def test_database_outage_is_a_503(self) -> None:
+        """With no database (the service's getter raises), reads answer 503 and the page
+        itself is still served."""
+
+        def no_storage() -> Storage:
+            raise DatabaseUnavailable("database is down")
+
+        app = ui.UIApp(no_storage, SymbolRegistry.shipped())
+        headers = {"host": "127.0.0.1:8780"}
+        map_query = {"symbol": [SYMBOL], "start": ["2024-03-04"], "end": ["2024-03-05"]}
+        mapped = await app.handle(Request("GET", "/api/map", map_query, headers))
+        candles = await app.handle(Request("GET", "/v1/candles", map_query, headers))
+        page = await app.handle(Request("GET", "/", {}, headers))
+        assert (mapped.status, candles.status, page.status) == (503, 503, 200)
 
     async def test_foreign_host_header_is_refused(self, storage: Storage) -> None:
         """A request addressed to another name (DNS rebinding from a web page) gets 403."""

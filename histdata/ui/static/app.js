@@ -268,6 +268,7 @@ async function main() {
   document.getElementById('start').value = iso(view.start);
   document.getElementById('end').value = iso(view.end);
   const query = new URLSearchParams({ symbol: view.symbol, start: iso(view.start), end: iso(view.end) });
+  show(`Reading the coverage of ${view.symbol} (trade-id checks take about a second per million trades)…`);
   const map = await getJSON(`/api/map?${query}`);
   drawMap(map);
   show(`${map.symbol}, ${map.start} – ${map.end}; empty stretches shown at ${map.resolution_s / 60} min resolution.`);
