@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import struct
+import subprocess
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,10 +22,13 @@ from decimal import Decimal
 from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
+import trio_websocket
 
 from histdata import ui
 from histdata.config import load_config, parse_loopback_listen
@@ -407,6 +411,104 @@ async def chromium(profile: Path, *args: str) -> bytes:
     return done.stdout
 
 
+class DevTools:
+    """One page of a headless Chromium driven over the DevTools protocol (a WebSocket), for
+    what a dump or a screenshot cannot do: press, move and release the mouse."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+        self._ids = itertools.count(1)
+
+    async def call(self, method: str, **params: object) -> dict[str, Any]:
+        """Send one command and return its result (events in between are skipped)."""
+        sent = next(self._ids)
+        command = {"id": sent, "method": method, "params": params}
+        await self._ws.send_message(orjson.dumps(command).decode())  # text frames only
+        while True:
+            message = orjson.loads(await self._ws.get_message())
+            if message.get("id") == sent:
+                assert "error" not in message, message
+                result: dict[str, Any] = message["result"]
+                return result
+
+    async def value(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page."""
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str) -> Any:
+        """Poll until ``expression`` is truthy in the page; its value."""
+        with trio.fail_after(30):
+            # The page has no event to wait on from here: poll it.
+            while not (found := await self.value(expression)):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        return found
+
+    async def drag(self, start: tuple[int, int], end: tuple[int, int]) -> None:
+        """Press the left button at ``start``, move to ``end`` and release it there."""
+        common = {"button": "left", "clickCount": 1}
+        await self.call(
+            "Input.dispatchMouseEvent", type="mousePressed", x=start[0], y=start[1], **common
+        )
+        await self.call(
+            "Input.dispatchMouseEvent", type="mouseMoved", x=end[0], y=end[1], button="left"
+        )
+        await self.call(
+            "Input.dispatchMouseEvent", type="mouseReleased", x=end[0], y=end[1], **common
+        )
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some():
+        pass
+
+
+@asynccontextmanager
+async def devtools(profile: Path, url: str) -> AsyncIterator[DevTools]:
+    """Headless Chromium on ``url`` with remote debugging on a free port, until we leave."""
+    assert CHROMIUM is not None
+    process = await trio.lowlevel.open_process(
+        [
+            CHROMIUM,
+            *(f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")),
+            f"--user-data-dir={profile}",
+            f"--window-size={WINDOW[0]},{WINDOW[1]}",
+            "--remote-debugging-port=0",
+            url,
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        stderr = process.stderr
+        seen = b""
+        with trio.fail_after(30):
+            while (found := re.search(rb"DevTools listening on ws://([^/]+)/", seen)) is None:
+                chunk = await stderr.receive_some()
+                assert chunk, seen.decode(errors="replace")
+                seen += chunk
+        address = found.group(1).decode()
+        async with httpx.AsyncClient() as client:
+            targets = (await client.get(f"http://{address}/json/list")).json()
+        [target] = [t for t in targets if t["type"] == "page"]
+        host, port = address.rsplit(":", 1)
+        path = target["webSocketDebuggerUrl"].split(address, 1)[1]
+        async with (
+            await trio.open_tcp_stream(host, int(port)) as stream,
+            trio.open_nursery() as nursery,
+        ):
+            # Chromium logs a lot; a full pipe would stop it, so keep reading.
+            nursery.start_soon(_drain, stderr)
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, address, path)
+            yield DevTools(ws)
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        process.terminate()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
 def x_of(lane: dict[str, str], t: datetime) -> tuple[int, int]:
     """Screen ``(x, y)`` of time ``t`` in the middle of ``lane``, from its recorded box and
     the time range it draws."""
@@ -465,6 +567,48 @@ class TestInBrowser:
         assert parsed.chart["data-end"] == "2024-03-04T03:30:00Z"
         assert parsed.chart["data-candles"] == "60"
         assert dom.count('class="selection"') == len(parsed.lanes)
+
+    async def test_dragging_and_clicking_chart_the_range(
+        self, planted: Storage, tmp_path: Path
+    ) -> None:
+        """Dragging across the map charts the dragged range; clicking the hole charts it
+        with half an hour either side (01:30 to 03:30: 60 candles)."""
+        async with (
+            ui_child(planted) as url,
+            devtools(tmp_path / "profile", f"{url}/?symbol=BTC/USD") as page,
+        ):
+            state = "document.body.dataset.state"
+            assert await page.wait_for(f"{state} !== 'loading' && {state}") == "ready"
+            lane = {
+                name: await page.value(f"document.querySelector('[data-lane=trades]').{attr}")
+                for name, attr in (
+                    ("data-box", "dataset.box"),
+                    ("data-start", "dataset.start"),
+                    ("data-end", "dataset.end"),
+                )
+            }
+            await page.drag(x_of(lane, T0 + 0.5 * H), x_of(lane, T0 + 1.5 * H))
+            dragged = await page.wait_for(
+                "document.getElementById('chart-title').dataset.start !== "
+                "'2024-03-04T00:00:00Z' && document.getElementById('chart-title').dataset.start"
+            )
+            dragged_end = await page.value("document.getElementById('chart-title').dataset.end")
+            at_hole = x_of(lane, HOLE[0] + (HOLE[1] - HOLE[0]) / 2)
+            await page.drag(at_hole, at_hole)
+            clicked = orjson.loads(
+                await page.wait_for(
+                    "document.getElementById('chart-title').dataset.start === "
+                    "'2024-03-04T01:30:00Z'"
+                    " && JSON.stringify(document.getElementById('chart-title').dataset)"
+                )
+            )
+            search = await page.value("location.search")
+        # A pixel is 20 s of the six hours, so the dragged edges land within a minute.
+        assert abs(datetime.fromisoformat(dragged) - (T0 + 0.5 * H)) <= timedelta(minutes=1)
+        assert abs(datetime.fromisoformat(dragged_end) - (T0 + 1.5 * H)) <= timedelta(minutes=1)
+        assert clicked["end"] == "2024-03-04T03:30:00Z"
+        assert clicked["candles"] == "60"
+        assert "chart_start=2024-03-04T01%3A30%3A00Z" in search
 
 
 def test_map_json_is_what_the_page_reads() -> None:

@@ -247,21 +247,26 @@ async function main() {
   for (const entry of symbols) {
     select.append(new Option(entry.symbol, entry.symbol));
   }
+  // A symbol with nothing stored can still be mapped over a given range (all hole), so a
+  // wanted symbol that is not in the list is asked for as it is; /api/map says if unknown.
   const wanted = params.get('symbol');
   const entry = symbols.find((s) => [s.symbol, s.altname, s.rest_key, s.wsname].includes(wanted))
-    || symbols[0];
-  if (!entry) {
+    || (wanted ? null : symbols[0]);
+  view.symbol = entry ? entry.symbol : wanted;
+  if (!view.symbol) {
     show('Nothing is stored yet.');
     document.body.dataset.state = 'ready';
     return;
   }
-  select.value = entry.symbol;
-  view.symbol = entry.symbol;
-  const extent = extentOf(entry);
+  if (!entry) {
+    select.append(new Option(view.symbol, view.symbol));
+  }
+  select.value = view.symbol;
+  const extent = entry && extentOf(entry);
   view.start = params.get('start') ? parseTime(params.get('start')) : extent && extent[0];
   view.end = params.get('end') ? parseTime(params.get('end')) : extent && extent[1];
-  if (view.start === null || view.end === null) {
-    show(`Nothing is stored for ${entry.symbol} yet; give a range to see its holes.`);
+  if (view.start == null || view.end == null) {
+    show(`Nothing is stored for ${view.symbol}; give a range to see its holes.`);
     document.body.dataset.state = 'ready';
     return;
   }
@@ -270,8 +275,10 @@ async function main() {
   const query = new URLSearchParams({ symbol: view.symbol, start: iso(view.start), end: iso(view.end) });
   show(`Reading the coverage of ${view.symbol} (trade-id checks take about a second per million trades)…`);
   const map = await getJSON(`/api/map?${query}`);
+  view.symbol = map.symbol;
   drawMap(map);
-  show(`${map.symbol}, ${map.start} – ${map.end}; empty stretches shown at ${map.resolution_s / 60} min resolution.`);
+  show(`${map.symbol}, ${map.start} – ${map.end} (UTC); empty stretches shown at`
+    + ` ${map.resolution_s / 60} min resolution.`);
   const chartStart = params.get('chart_start') ? parseTime(params.get('chart_start')) : view.start;
   const chartEnd = params.get('chart_end') ? parseTime(params.get('chart_end')) : view.end;
   await drawChart(chartStart, chartEnd);
