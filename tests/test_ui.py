@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import zlib
@@ -29,6 +28,7 @@ import orjson
 import pytest
 import trio
 import trio_websocket
+from test_metrics import free_port  # type: ignore[import-not-found]
 
 from histdata import ui
 from histdata.config import load_config, parse_loopback_listen
@@ -112,12 +112,6 @@ async def planted(storage: Storage) -> Storage:
     await mark_unrecoverable(storage, SYMBOL, "trades", *UNRECOVERABLE, "older than REST serves")
     await derive_candles(storage, SYMBOL, T0, END)
     return storage
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @asynccontextmanager
