@@ -30,7 +30,7 @@ from histdata.actors.hub import LiveHub
 from histdata.actors.query import BadParameter, QueryApp, check_range
 from histdata.config import parse_loopback_listen
 from histdata.errors import ConfigError, DatabaseUnavailable, UnknownSymbol
-from histdata.httpserver import Request, Response, open_tcp_listener, serve_http
+from histdata.httpserver import HTTPServer, Request, Response, open_tcp_listener
 from histdata.storage import Storage
 from histdata.storage.reads import ReadOptions
 from histdata.supervisor import current_child_stopping
@@ -49,6 +49,11 @@ STATIC_FILES: Mapping[str, str] = {
     "LICENSE-lightweight-charts.txt": "text/plain; charset=utf-8",
 }
 _FORWARDED = ("/v1/symbols", "/v1/candles")
+# A browser opens about six connections per origin; a few people looking at once need no
+# more than this, and the descriptors the query socket reserves for live capture must not
+# go to a loop that opens connections to this port instead (beyond it, the oldest idle one
+# is evicted, as on the socket).
+_MAX_CONNECTIONS = 32
 _MAP_PARAMETERS = ("symbol", "start", "end")
 # Inline styles are allowed because lightweight-charts sets some in markup it builds;
 # scripts, fetches and frames are this origin's own only.
@@ -211,7 +216,8 @@ async def run(
     listener = await open_tcp_listener(host, port)
     bound = listener.socket.getsockname()
     async with listener, trio.open_nursery() as nursery:
-        await nursery.start(serve_http, app.handle, [listener])
+        server = HTTPServer(app.handle, max_connections=_MAX_CONNECTIONS)
+        await nursery.start(server.serve, [listener])
         task_status.started((str(bound[0]), int(bound[1])))
         await stopping.wait()
         nursery.cancel_scope.cancel()
