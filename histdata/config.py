@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import tomllib
@@ -47,8 +48,10 @@ __all__ = [
     "QueryConfig",
     "RollupConfig",
     "ServiceConfig",
+    "UIConfig",
     "load_config",
     "parse_listen",
+    "parse_loopback_listen",
 ]
 
 ENV_PREFIX = "HISTDATA_"
@@ -83,8 +86,8 @@ def _path() -> dict[str, Any]:
     return {"path": True}
 
 
-def _listen() -> dict[str, Any]:
-    return {"listen": True}
+def _listen(*, loopback: bool = False) -> dict[str, Any]:
+    return {"listen": True, "loopback": loopback}
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -99,6 +102,28 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: port {port!r} is not a number from 0 to 65535")
     return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def parse_loopback_listen(text: str) -> tuple[str, int]:
+    """:func:`parse_listen` for a listener that must stay on this machine: the host is a
+    loopback address (``127.0.0.0/8``, ``::1``). A name such as ``localhost`` is refused, as
+    what it resolves to is up to ``/etc/hosts``.
+
+    Raises:
+        ValueError: not ``host:port``, or the host is not loopback (``0.0.0.0`` included).
+    """
+    host, port = parse_listen(text)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"{text!r}: {host!r} is not a loopback address; use 127.0.0.1 or [::1]"
+            " (the API it serves has no authentication; reach it from elsewhere through"
+            " an SSH tunnel)"
+        )
+    return host, port
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +249,15 @@ class ImportConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UIConfig:
+    """``[ui]``: ``listen = "127.0.0.1:8780"`` serves the coverage map and the read-only API
+    its page needs over TCP (empty: off). Loopback addresses only: that API has no
+    authentication, so whoever reaches the port reads the data."""
+
+    listen: str = field(default="", metadata=_listen(loopback=True))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration; ``source`` says which file it came from."""
 
@@ -238,6 +272,7 @@ class Config:
     query: QueryConfig = QueryConfig()
     metrics: MetricsConfig = MetricsConfig()
     import_: ImportConfig = ImportConfig()  # [import]; the name is a Python keyword
+    ui: UIConfig = UIConfig()
     source: str = "defaults"
     warnings: tuple[str, ...] = ()  # one line each: HISTDATA_* variables that were ignored
 
@@ -451,7 +486,7 @@ def _check(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
         raise ConfigError(f"config {where}: {value!r} is not allowed; use one of {allowed}")
     if meta.get("listen") and value:
         try:
-            parse_listen(value)
+            (parse_loopback_listen if meta.get("loopback") else parse_listen)(value)
         except ValueError as exc:
             raise ConfigError(f"config {where}: {exc}") from exc
     if "min" in meta:
