@@ -73,6 +73,7 @@ from histdata.supervisor import (
 from histdata.symbols import SymbolRegistry
 from histdata.telemetry import Latencies, TelemetrySources, prometheus_text, status_snapshot
 from histdata.timeutil import parse_time
+from histdata.ui import server as ui_server
 
 __all__ = ["Service", "StorageActor"]
 
@@ -307,6 +308,16 @@ class Service:
                 ChildSpec(
                     "metrics",
                     partial(metrics_listener.run, self.config.metrics.listen, self.metrics),
+                    shutdown_timeout_s=small,
+                )
+            )
+        if self.config.ui.listen:
+            specs.append(
+                ChildSpec(
+                    "ui",
+                    partial(
+                        ui_server.run, self.config.ui.listen, self.storage_actor.get, self.registry
+                    ),
                     shutdown_timeout_s=small,
                 )
             )

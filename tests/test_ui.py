@@ -3,11 +3,13 @@
 The dataset is planted through histdata's own Storage API: six hours of BTC/USD trades every
 ten seconds, with a hole (not observed) from 02:00 to 03:00, an unrecoverable hole from 04:00
 to 04:30, a quiet stretch (observed, no trades) from 01:00 to 01:20, and the trade ids the
-missed trades took, so each hole is also a trade-id hole. Candles are derived from the trades.
+missed trades took, so each hole is also a trade-id hole. Candles are derived from the trades,
+and a Kraken candle of 05:00 that counts 99 trades disagrees with ours.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import shutil
@@ -34,7 +36,7 @@ from histdata import ui
 from histdata.config import load_config, parse_loopback_listen
 from histdata.errors import ConfigError, DatabaseUnavailable
 from histdata.httpserver import Request
-from histdata.model import NS_PER_S, Trade
+from histdata.model import NS_PER_S, CandleSource, Trade
 from histdata.storage import CoverageSpan, Storage
 from histdata.storage.history import derive_candles, mark_unrecoverable
 from histdata.supervisor import ChildSpec, Supervisor
@@ -49,6 +51,7 @@ END = T0 + 6 * H
 HOLE = (T0 + 2 * H, T0 + 3 * H)
 UNRECOVERABLE = (T0 + 4 * H, T0 + 4.5 * H)
 QUIET = (T0 + H, T0 + H + timedelta(minutes=20))
+MISMATCH = T0 + 5 * H  # Kraken's candle of this minute counts more trades than we stored
 COVERED = [(T0, HOLE[0]), (HOLE[1], UNRECOVERABLE[0]), (UNRECOVERABLE[1], END)]
 STEP_S = 10
 STATIC = Path(ui.__file__).parent / "static"
@@ -111,6 +114,8 @@ async def planted(storage: Storage) -> Storage:
     )
     await mark_unrecoverable(storage, SYMBOL, "trades", *UNRECOVERABLE, "older than REST serves")
     await derive_candles(storage, SYMBOL, T0, END)
+    [ours] = await storage.read_candles(SYMBOL, MISMATCH, MISMATCH + timedelta(minutes=1))
+    await storage.write_candles([dataclasses.replace(ours, trades=99, source=CandleSource.REST)])
     return storage
 
 
@@ -171,6 +176,7 @@ class TestMapData:
                 "hole",
                 "unrecoverable",
                 "id-hole",
+                "mismatch",
             )
         }
         assert trades["hole"] == [HOLE]
@@ -189,6 +195,9 @@ class TestMapData:
         assert reasons == ["older than REST serves"]
         candle_holes = [(r.start, r.end) for r in found.streams[1].ranges if r.kind == "hole"]
         assert candle_holes == [HOLE, UNRECOVERABLE]
+        [mismatch] = [r for r in found.streams[1].ranges if r.kind == "mismatch"]
+        assert (mismatch.start, mismatch.end) == (MISMATCH, MISMATCH + timedelta(minutes=1))
+        assert "trades 6≠99" in mismatch.detail
 
 
 class TestListener:
@@ -534,7 +543,11 @@ class TestInBrowser:
         ]
         kinds = {r["data-kind"] for r in parsed.ranges}
         assert ("2024-03-04T02:00:00Z", "2024-03-04T03:00:00Z") in holes
-        assert kinds == {"observed", "empty", "hole", "unrecoverable", "id-hole"}
+        assert kinds == {"observed", "empty", "hole", "unrecoverable", "id-hole", "mismatch"}
+        mismatches = [
+            (r["data-start"], r["data-end"]) for r in parsed.ranges if r["data-kind"] == "mismatch"
+        ]
+        assert mismatches == [("2024-03-04T05:00:00Z", "2024-03-04T05:01:00Z")]
         assert int(parsed.chart["data-candles"]) > 0  # the chart drew the range's candles
         png = shot.read_bytes()
         middle = HOLE[0] + (HOLE[1] - HOLE[0]) / 2

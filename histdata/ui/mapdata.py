@@ -7,14 +7,16 @@ Each range has one kind, in the words the page shows:
 - ``hole``: not observed, a gap the gap filler will try to repair;
 - ``unrecoverable``: not observed, and marked as a hole Kraken can no longer serve;
 - ``id-hole`` (trades only): a break in Kraken's consecutive trade ids, drawn between the
-  trades either side of it whatever coverage claims.
+  trades either side of it whatever coverage claims;
+- ``mismatch`` (candles only): minutes where Kraken's candle and the one derived from our
+  trades disagree, consecutive minutes merged.
 
 ``observed``, ``empty``, ``hole`` and ``unrecoverable`` tile the range without overlap;
-``id-hole`` ranges lie on top of them. Everything comes from the storage's own reports
-(:func:`~histdata.storage.history.coverage_report`,
-:func:`~histdata.storage.continuity.id_holes`), read-only, so the map says exactly what
-``histdata gaps`` and ``/v1/coverage`` say. Candle mismatches (a Kraken candle against one
-derived from trades) are not drawn: no storage function keeps them yet.
+``id-hole`` and ``mismatch`` ranges lie on top of them. Everything comes from the storage's
+own reports (:func:`~histdata.storage.history.coverage_report`,
+:func:`~histdata.storage.continuity.id_holes`,
+:func:`~histdata.storage.candles.candle_mismatches`), read-only, so the map says exactly what
+``histdata gaps`` and ``/v1/coverage`` say.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from histdata.storage import Storage
+from histdata.storage.candles import CandleMismatch, candle_mismatches
 from histdata.storage.continuity import IdHole, id_holes
 from histdata.storage.database import Stream
 from histdata.storage.history import HoleKind, coverage_report, subtract
@@ -32,7 +35,7 @@ from histdata.timeutil import format_time
 
 __all__ = ["STREAMS", "CoverageMap", "MapKind", "MapRange", "StreamMap", "coverage_map"]
 
-MapKind = Literal["observed", "empty", "hole", "unrecoverable", "id-hole"]
+MapKind = Literal["observed", "empty", "hole", "unrecoverable", "id-hole", "mismatch"]
 STREAMS: tuple[Stream, ...] = ("trades", "candles")
 _MINUTE = timedelta(minutes=1)
 
@@ -58,7 +61,8 @@ class MapRange:
 
 @dataclass(frozen=True, slots=True)
 class StreamMap:
-    """The ranges of one stream, oldest first (``id-hole`` ranges after the tiling ones)."""
+    """The ranges of one stream, oldest first (``id-hole`` and ``mismatch`` ranges after the
+    tiling ones)."""
 
     stream: Stream
     ranges: tuple[MapRange, ...]
@@ -133,6 +137,8 @@ async def coverage_map(
         ranges.sort(key=lambda r: r.start)
         if stream == "trades":
             ranges += _id_hole_ranges(await id_holes(storage, symbol, start, end), start, end)
+        else:
+            ranges += _mismatch_ranges(await candle_mismatches(storage, symbol, start, end))
         streams.append(StreamMap(stream, tuple(ranges)))
     return CoverageMap(symbol, start, end, resolution, tuple(streams))
 
@@ -145,4 +151,17 @@ def _id_hole_ranges(holes: Sequence[IdHole], start: datetime, end: datetime) -> 
         low, high = max(hole.after, start), min(hole.before, end)
         if low <= high:
             out.append(MapRange("id-hole", low, high, hole.describe()))
+    return out
+
+
+def _mismatch_ranges(mismatches: Sequence[CandleMismatch]) -> list[MapRange]:
+    """Mismatched minutes as ranges, consecutive minutes merged; the detail names the first
+    minute's differing fields as ``field ours≠Kraken's``."""
+    out: list[MapRange] = []
+    for m in mismatches:
+        if out and out[-1].end == m.time:
+            out[-1] = MapRange("mismatch", out[-1].start, m.time + _MINUTE, out[-1].detail)
+            continue
+        detail = ", ".join(f"{name} {ours}≠{theirs}" for name, (ours, theirs) in m.fields.items())
+        out.append(MapRange("mismatch", m.time, m.time + _MINUTE, detail))
     return out

@@ -7,11 +7,14 @@
 // x position in a screenshot.
 'use strict';
 
+// A lane draws either the kinds that tile its stream, or only one kind drawn over them.
 const LANES = [
-  { stream: 'trades', label: 'trades', ids: false },
-  { stream: 'trades', label: 'trade ids', ids: true },
-  { stream: 'candles', label: 'candles', ids: false },
+  { stream: 'trades', lane: 'trades', label: 'trades', only: null },
+  { stream: 'trades', lane: 'trade-ids', label: 'trade ids', only: 'id-hole' },
+  { stream: 'candles', lane: 'candles', label: 'candles', only: null },
+  { stream: 'candles', lane: 'candle-mismatches', label: 'mismatches', only: 'mismatch' },
 ];
+const OVER = new Set(LANES.map((spec) => spec.only).filter((kind) => kind));
 // Candle intervals the chart picks from (minutes): the finest with at most MAX_CANDLES.
 const INTERVALS = [1, 5, 15, 30, 60, 240, 720, 1440, 10080];
 const MAX_CANDLES = 1500;
@@ -87,17 +90,17 @@ function drawMap(map) {
   root.replaceChildren();
   for (const spec of LANES) {
     const row = document.createElement('div');
-    row.className = spec.ids ? 'row ids' : 'row';
+    row.className = spec.only ? 'row thin' : 'row';
     const label = document.createElement('div');
     label.className = 'label';
     label.textContent = spec.label;
     const lane = document.createElement('div');
     lane.className = 'lane';
-    lane.dataset.lane = spec.ids ? 'trade-ids' : spec.stream;
+    lane.dataset.lane = spec.lane;
     lane.dataset.start = map.start;
     lane.dataset.end = map.end;
     for (const range of map.streams[spec.stream].ranges) {
-      if ((range.kind === 'id-hole') === spec.ids) {
+      if (spec.only ? range.kind === spec.only : !OVER.has(range.kind)) {
         lane.append(rangeElement(range));
       }
     }
