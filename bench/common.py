@@ -213,6 +213,7 @@ class SimProcess:
         rest_limit: float = 0.0,
         rest_burst: int = 20,
         paused: bool = True,
+        pairs: int = 0,
     ) -> None:
         command = [
             sys.executable,
@@ -229,6 +230,8 @@ class SimProcess:
             str(rest_limit),
             "--rest-burst",
             str(rest_burst),
+            "--pairs",
+            str(pairs),
         ]
         if paused:
             command.append("--paused")
@@ -337,6 +340,7 @@ async def _serve_sim(args: argparse.Namespace) -> None:
         history_s=args.history_s,
         rest_rate_per_s=args.rest_limit or None,
         rest_burst=args.rest_burst,
+        pairs=args.pairs,
     )
     async with open_simulator(config) as sim:
         if args.paused:
@@ -373,6 +377,7 @@ def _main() -> None:
     sim.add_argument("--rest-limit", type=float, default=0.0, help="requests/s, 0 for none")
     sim.add_argument("--rest-burst", type=int, default=20)
     sim.add_argument("--paused", action="store_true", help="start with trading paused")
+    sim.add_argument("--pairs", type=int, default=0, help="generated pairs beside --symbols")
     args = parser.parse_args()
     import trio
 
