@@ -175,7 +175,14 @@ def main() -> None:
                 "Drain rate: trades replayed from the journal per second while live trades"
                 " kept arriving at the same rate and went straight to the database.",
             ],
-            summary={k: str(v) for k, v in figures.items()},
+            summary={
+                f"journal drain after {figures['outage_s']:.0f} s outage at"
+                f" {figures['rate']:,}/s": f"{figures['drain_rate']:,} trades/s"
+                f" ({figures['drain_s']} s)",
+                "lost / duplicated after the outage": (
+                    f"{figures['lost']} / {figures['duplicated']}"
+                ),
+            },
         ),
         as_json=args.json,
     )
