@@ -24,7 +24,7 @@ asked). ``decimals="exact"`` (the default) makes decimal columns Arrow ``decimal
 ``ArrowDtype``, polars ``Decimal``), ``decimals="float"`` makes them ``float64`` — a choice
 the caller makes knowingly. pandas frames are indexed by ``time`` (``datetime64[ns, UTC]``).
 ``exact=True/False`` is the old spelling of ``decimals=`` and warns (``DeprecationWarning``).
-:meth:`Client.candle_batches` and :meth:`Client.trade_batches` yield the wire's record
+:meth:`Client.open_candle_stream` and :meth:`Client.open_trade_stream` read the wire's record
 batches as they arrive, for ranges larger than memory.
 
 Errors: :class:`ServiceNotRunning` when nothing listens on the socket, :class:`BadRequest`
@@ -38,7 +38,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -240,10 +240,6 @@ class Client:
         with self._arrow(path, params) as reader:
             return reader.read_all()
 
-    def _batches(self, path: str, params: dict[str, str]) -> Generator[Any, None, None]:
-        with self._arrow(path, params) as reader:
-            yield from reader
-
     @staticmethod
     def _convert(table: Any, frame: FrameKind | None, decimals: Decimals) -> Any:
         return to_rows(table, decimals) if frame is None else to_frame(table, frame, decimals)
@@ -295,22 +291,26 @@ class Client:
         table = self._table("/v1/trades", self._trade_params(symbol, start, end))
         return self._convert(table, frame, chosen)
 
-    def candle_batches(
+    def open_candle_stream(
         self, symbol: str, interval: str | int, start: TimeLike, end: TimeLike
-    ) -> Generator[Any, None, None]:
-        """The candles of :meth:`candles` as the wire's Arrow record batches, as they arrive.
+    ) -> AbstractContextManager[Any]:
+        """The candles of :meth:`candles` as a ``pyarrow.RecordBatchStreamReader`` over the
+        response as it arrives: its ``schema`` (with ``symbol`` and ``interval`` metadata)
+        is known at once, and iterating it yields the server's record batches.
 
-        Decimals are exact text (type them with :func:`histdata.frames.typed`). Memory holds
-        one batch, so any range can be read. Raises :class:`ClientError` subclasses.
+        Decimals are the wire's exact text (cast them with :func:`histdata.frames.typed`).
+        Memory holds one batch, so any range can be read. Use it as a context manager; it
+        raises :class:`ClientError` subclasses on entry, or while iterating when the body
+        is cut short.
         """
-        return self._batches("/v1/candles", self._candle_params(symbol, interval, start, end))
+        return self._arrow("/v1/candles", self._candle_params(symbol, interval, start, end))
 
-    def trade_batches(
+    def open_trade_stream(
         self, symbol: str, start: TimeLike, end: TimeLike
-    ) -> Generator[Any, None, None]:
-        """The trades of :meth:`trades` as the wire's Arrow record batches (as
-        :meth:`candle_batches`)."""
-        return self._batches("/v1/trades", self._trade_params(symbol, start, end))
+    ) -> AbstractContextManager[Any]:
+        """The trades of :meth:`trades` as a record batch stream (as
+        :meth:`open_candle_stream`; metadata ``symbol``)."""
+        return self._arrow("/v1/trades", self._trade_params(symbol, start, end))
 
     @staticmethod
     def _candle_params(

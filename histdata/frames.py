@@ -32,7 +32,6 @@ __all__ = [
     "DECIMAL_PRECISION",
     "Decimals",
     "FrameKind",
-    "decimal_scale",
     "to_frame",
     "to_rows",
     "typed",
@@ -47,16 +46,16 @@ DECIMAL_PRECISION = 38
 _NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
-def decimal_scale(column: Any) -> int:
-    """The most digits after the decimal point in a column of decimal text (0 when empty)."""
-    fraction = pc.replace_substring_regex(column, pattern=r"^[^.]*\.?", replacement="")
-    return int(pc.max(pc.utf8_length(fraction)).as_py() or 0)
-
-
-def _integer_digits(column: Any) -> int:
-    """The most digits before the decimal point in a column of decimal text (at least 1)."""
-    whole = pc.replace_substring_regex(column, pattern=r"^-|\..*$", replacement="")
-    return max(1, int(pc.max(pc.utf8_length(whole)).as_py() or 0))
+def _digits(column: Any) -> tuple[int, int]:
+    """The most digits before (at least 1) and after the decimal point in a column of decimal
+    text. String lengths and one search per value: a regular expression took 10 times longer."""
+    length = pc.utf8_length(column)
+    point = pc.find_substring(column, ".")
+    has_point = pc.greater_equal(point, 0)
+    whole = pc.if_else(has_point, point, length)
+    whole = pc.subtract(whole, pc.cast(pc.starts_with(column, "-"), pa.int32()))
+    fraction = pc.if_else(has_point, pc.subtract(pc.subtract(length, point), 1), 0)
+    return max(1, pc.max(whole).as_py() or 0), pc.max(fraction).as_py() or 0
 
 
 def typed(data: Any, decimals: Decimals, *, scale: Mapping[str, int] | None = None) -> Any:
@@ -81,9 +80,8 @@ def typed(data: Any, decimals: Decimals, *, scale: Mapping[str, int] | None = No
             elif scale is None:
                 # As few digits as the values need: Arrow widens the precision of a sum or
                 # product, and a column already at 38 could not be added to another.
-                digits = decimal_scale(column)
-                precision = min(DECIMAL_PRECISION, _integer_digits(column) + digits)
-                target = pa.decimal128(precision, digits)
+                whole, fraction = _digits(column)
+                target = pa.decimal128(min(DECIMAL_PRECISION, whole + fraction), fraction)
             else:
                 target = pa.decimal128(DECIMAL_PRECISION, scale[field.name])
             column = pc.cast(column, target)

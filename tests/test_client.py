@@ -264,14 +264,17 @@ class TestFrames:
         with pytest.raises(ValueError, match="'arrow', 'pandas' or 'polars'"):
             await served.call(served.client.candles, "ETH/USD", "1h", START, END, frame="numpy")
 
-    async def test_batches_stream_the_wire_schema(self, served: Served) -> None:
-        """candle_batches() yields the server's chunks (11 rows each here) with decimal text."""
-        batches = await served.call(
-            lambda: list(served.client.candle_batches("ETH/USD", "1m", START, END))
-        )
+    async def test_record_batch_stream_of_the_wire_schema(self, served: Served) -> None:
+        """open_candle_stream() yields the server's chunks (11 rows here) with decimal text."""
+
+        def read() -> tuple[Any, list[Any]]:
+            with served.client.open_candle_stream("ETH/USD", "1m", START, END) as reader:
+                return reader.schema, list(reader)
+
+        schema, batches = await served.call(read)
         assert [b.num_rows for b in batches] == [11] * 10 + [10]
-        assert batches[0].schema.field("close").type == pa.string()
-        assert batches[0].schema.metadata[b"interval"] == b"1m"
+        assert schema.field("close").type == pa.string()
+        assert schema.metadata[b"interval"] == b"1m"
 
 
 class TestErrors:
