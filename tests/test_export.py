@@ -294,3 +294,42 @@ class TestErrors:
         assert failed.returncode == 1
         assert failed.stderr.count(b"\n") == 1
         assert list(await trio.Path(tmp_path).iterdir()) == []
+
+    async def test_a_value_finer_than_the_exact_scale_fails_without_rounding(
+        self, storage: Storage, database_url: str, socket_path: Path, tmp_path: Path
+    ) -> None:
+        """A price with 13 fractional digits is not rounded into decimal128(38, 12): the
+        export exits 1 naming --decimals float, and removes what it had written."""
+        await seed(storage)
+        fine = Trade(
+            "BTC/USD", int(T0.timestamp()) * 10**9 + 7, Decimal("1.0000000000001"), Decimal(1)
+        )
+        await storage.write_trades([fine], source="rest")
+        out = tmp_path / "t.parquet"
+        env: dict[str, Any] = {"database_url": database_url, "socket_path": socket_path}
+        failed = await histdata([*TRADES, "-o", str(out)], data_dir=tmp_path, **env)
+        assert failed.returncode == 1
+        assert b"--decimals float" in failed.stderr
+        assert list(await trio.Path(tmp_path).iterdir()) == []
+        floats = await histdata(
+            [*TRADES, "--decimals", "float", "-o", str(out)], data_dir=tmp_path, **env
+        )
+        assert floats.returncode == 0, floats.stderr
+        assert pq.read_table(out).num_rows == 7
+
+    async def test_an_output_that_is_a_directory_fails_cleanly(
+        self, storage: Storage, database_url: str, socket_path: Path, tmp_path: Path
+    ) -> None:
+        """When the finished file cannot take its name, the export exits 1 and leaves no
+        partial file."""
+        await seed(storage)
+        target = trio.Path(tmp_path / "taken")
+        await target.mkdir()
+        failed = await histdata(
+            ["export", "BTC/USD", *RANGE, "-o", str(target)],
+            database_url=database_url,
+            socket_path=socket_path,
+            data_dir=tmp_path,
+        )
+        assert failed.returncode == 1
+        assert [p.name for p in await trio.Path(tmp_path).iterdir()] == ["taken"]

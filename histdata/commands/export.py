@@ -309,12 +309,12 @@ class _Export:
         try:
             yield sink
             sink.close()
-        except BaseException:
+            os.replace(partial, target)
+        except BaseException:  # Ctrl-C included: the partial file goes, the error stays
             with contextlib.suppress(Exception):
                 sink.close()
             partial.unlink(missing_ok=True)
             raise
-        os.replace(partial, target)
         self.path = target
 
     def write_all(self, wire: pa.Schema, batches: Iterable[pa.RecordBatch]) -> None:
