@@ -81,8 +81,10 @@ LAYOUTS = ("plain", "freqtrade")
 # quotient, 16 significant digits and at least the scale of price times volume, which for
 # a price of 1e-7 reaches about 24. With precision 38 that leaves 26 integer digits for
 # prices and volumes and 14 for a VWAP. A value that does not fit is an error, never rounded.
-EXACT_SCALES = {"open": 12, "high": 12, "low": 12, "close": 12, "price": 12, "volume": 12}
-EXACT_SCALES["vwap"] = 24
+EXACT_SCALES = {
+    **dict.fromkeys(("open", "high", "low", "close", "price", "volume"), 12),
+    "vwap": 24,
+}
 # What freqtrade.misc.pair_to_filename replaces by "_".
 _FREQTRADE_UNSAFE = "/ .@$+:"
 _FREQTRADE_CANDLES = pa.schema(
