@@ -2,17 +2,21 @@
 
 The command runs as a real subprocess, through the socket of a served QueryApp or straight
 from the database, as a user runs it. The freqtrade files are read back with freqtrade's own
-data handlers (freqtrade is in the dev extra), the code its backtesting loads data with.
+data handlers (freqtrade is in the dev extra), the code its backtesting loads data with, and
+one test runs ``freqtrade backtesting`` itself on an export.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import sys
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
@@ -32,7 +36,8 @@ from histdata.actors.hub import LiveHub
 from histdata.actors.query import QueryApp
 from histdata.commands.export import freqtrade_name
 from histdata.formats import CANDLE_FIELDS
-from histdata.model import Trade
+from histdata.httpserver import Request, Response, open_tcp_listener, serve_http
+from histdata.model import Candle, CandleSource, Trade
 from histdata.storage import Storage
 from histdata.symbols import SymbolRegistry
 
@@ -58,6 +63,122 @@ async def same_ms_trades(storage: Storage) -> None:
         [Trade("BTC/USD", ns, Decimal("64010"), Decimal(1), seq=k) for k in range(3)],
         source="csv",
     )
+
+
+def wave_candles(minutes: int) -> list[Candle]:
+    """1-minute BTC/USD candles from T0 on a price wave with a period of about 3 hours."""
+    out = []
+    for i in range(minutes):
+        o = Decimal(64000 + round(400 * math.sin(i / 30), 1))
+        c = Decimal(64000 + round(400 * math.sin((i + 1) / 30), 1))
+        out.append(
+            Candle(
+                "BTC/USD",
+                T0 + timedelta(minutes=i),
+                o,
+                max(o, c) + 5,
+                min(o, c) - 5,
+                c,
+                Decimal("1.5"),
+                None,
+                10,
+                source=CandleSource.CSV,
+            )
+        )
+    return out
+
+
+TWO_DAYS_5M = ["export", "BTC/USD", "-i", "5m", "--start", "2024-03-04", "--end", "2024-03-06"]
+BACKTEST = [sys.executable, "-m", "freqtrade", "backtesting", "--strategy", "Cross"]
+BACKTEST += ["--timerange", "20240304-20240306", "--export", "none"]
+# A moving-average cross on 5m candles: trades often on wave_candles.
+STRATEGY = """
+from freqtrade.strategy import IStrategy
+
+
+class Cross(IStrategy):
+    INTERFACE_VERSION = 3
+    timeframe = "5m"
+    minimal_roi = {"0": 0.05}
+    stoploss = -0.05
+    startup_candle_count = 12
+
+    def populate_indicators(self, df, metadata):
+        df["fast"] = df["close"].rolling(3).mean()
+        df["slow"] = df["close"].rolling(12).mean()
+        return df
+
+    def populate_entry_trend(self, df, metadata):
+        up = (df["fast"] > df["slow"]) & (df["fast"].shift(1) <= df["slow"].shift(1))
+        df.loc[up, "enter_long"] = 1
+        return df
+
+    def populate_exit_trend(self, df, metadata):
+        down = (df["fast"] < df["slow"]) & (df["fast"].shift(1) >= df["slow"].shift(1))
+        df.loc[down, "exit_long"] = 1
+        return df
+"""
+# What ccxt's Kraken markets need of Kraken's public Assets and AssetPairs documents.
+KRAKEN_MARKETS = {
+    "Assets": {
+        "XXBT": {"aclass": "currency", "altname": "XBT", "decimals": 10, "display_decimals": 5},
+        "ZUSD": {"aclass": "currency", "altname": "USD", "decimals": 4, "display_decimals": 2},
+    },
+    "AssetPairs": {
+        "XXBTZUSD": {
+            "altname": "XBTUSD",
+            "wsname": "XBT/USD",
+            "aclass_base": "currency",
+            "base": "XXBT",
+            "aclass_quote": "currency",
+            "quote": "ZUSD",
+            "cost_decimals": 5,
+            "pair_decimals": 1,
+            "lot_decimals": 8,
+            "lot_multiplier": 1,
+            "leverage_buy": [],
+            "leverage_sell": [],
+            "fees": [[0, 0.26]],
+            "fees_maker": [[0, 0.16]],
+            "ordermin": "0.0001",
+            "costmin": "0.5",
+            "tick_size": "0.1",
+            "status": "online",
+        }
+    },
+}
+
+
+async def kraken_markets(request: Request) -> Response:
+    """A stand-in for Kraken's public market-list endpoints, for freqtrade's start-up."""
+    found = KRAKEN_MARKETS.get(request.path.rsplit("/", 1)[-1])
+    if found is None:
+        return Response.json(404, {"error": ["EGeneral:Unknown method"]})
+    return Response.json(200, {"error": [], "result": found})
+
+
+def freqtrade_config(port: int) -> dict[str, Any]:
+    """A minimal freqtrade backtest config whose exchange API is the stand-in on ``port``."""
+    local = f"http://127.0.0.1:{port}"
+    return {
+        "max_open_trades": 1,
+        "stake_currency": "USD",
+        "stake_amount": 100,
+        "dry_run": True,
+        "dry_run_wallet": 1000,
+        "timeframe": "5m",
+        "trading_mode": "spot",
+        "exchange": {
+            "name": "kraken",
+            "key": "",
+            "secret": "",
+            "pair_whitelist": ["BTC/USD"],
+            "ccxt_config": {"urls": {"api": {"public": local, "private": local}}},
+        },
+        "pairlists": [{"method": "StaticPairList"}],
+        "entry_pricing": {"price_side": "same"},
+        "exit_pricing": {"price_side": "same"},
+    }
 
 
 class TestPlainLayout:
@@ -250,6 +371,52 @@ class TestFreqtradeLayout:
         same = trades[trades["price"] == 64010.0]
         assert len(same["id"].unique()) == 3
         assert str(trades["date"].dtype).startswith("datetime64")
+
+    async def test_freqtrade_backtests_on_the_export(
+        self, storage: Storage, database_url: str, tmp_path: Path, nursery: trio.Nursery
+    ) -> None:
+        """`freqtrade backtesting` runs on an exported data directory and makes trades.
+
+        freqtrade loads Kraken's market list before any backtest; a local stand-in serves
+        the two documents it asks for (Assets, AssetPairs), so nothing leaves the machine.
+        """
+        await storage.write_candles(wave_candles(2 * 24 * 60))
+        datadir = tmp_path / "user_data" / "data" / "kraken"
+        exported = await histdata(
+            [*TWO_DAYS_5M, "--layout", "freqtrade", "--direct", "-o", str(datadir)],
+            database_url=database_url,
+            socket_path=tmp_path / "none.sock",
+            data_dir=tmp_path,
+        )
+        assert exported.returncode == 0, exported.stderr
+        listener = await open_tcp_listener()
+        port = listener.socket.getsockname()[1]
+        await nursery.start(serve_http, kraken_markets, [listener])
+        await trio.Path(tmp_path / "user_data" / "strategies").mkdir(parents=True)
+        await trio.Path(tmp_path / "user_data" / "strategies" / "Cross.py").write_text(STRATEGY)
+        config = tmp_path / "config.json"
+        await trio.Path(config).write_text(orjson.dumps(freqtrade_config(port)).decode())
+        run = await trio.run_process(
+            [
+                *BACKTEST,
+                "--config",
+                str(config),
+                "--userdir",
+                str(tmp_path / "user_data"),
+                "--datadir",
+                str(datadir),
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        output = (run.stdout + run.stderr).decode()
+        assert run.returncode == 0, output[-3000:]
+        # From the 12 startup candles on, to the last 5m candle of the range.
+        assert "Backtested 2024-03-04 01:00:00 -> 2024-03-05 23:55:00" in output
+        summary = re.search(r"│\s+Cross\s+│\s+(\d+)\s+│", output)
+        assert summary is not None, output[-3000:]
+        assert int(summary.group(1)) > 0
 
 
 class TestErrors:
