@@ -81,11 +81,9 @@ class TestInitSql:
     def test_roles_let_histdata_migrate_and_read_only_without_superuser(
         self, throwaway_admin: str
     ) -> None:
-        """After the init SQL, histdata (no superuser) migrates and gets its read-only role.
-
-        The file is run as the image's entrypoint would, with psql's ``:'var'`` replaced by
-        the quoted password and without ``CREATE EXTENSION timescaledb`` (not installed here).
-        """
+        """After the init SQL, histdata (no superuser) migrates and gets its read-only role."""
+        # Run as the image's entrypoint would, with psql's :'var' replaced by the quoted
+        # password, and without CREATE EXTENSION timescaledb (not installed here).
         text = (DEPLOY / "initdb" / "roles.sql.in").read_text()
         assert "10-histdata-roles.sh" in {p.name for p in (DEPLOY / "initdb").iterdir()}
         script = text.replace("CREATE EXTENSION IF NOT EXISTS timescaledb;", "")
@@ -116,8 +114,7 @@ class TestInitSql:
 
 class TestSystemdUnit:
     def test_documentation_and_config_exist_after_the_install_steps(self) -> None:
-        """Documentation= names files the header's install steps create, and the config
-        those steps install loads, with the paths the unit's directories provide."""
+        """Documentation= and the config name files the header's install steps create."""
         unit = (DEPLOY / "histdata.service").read_text()
         steps = [line[1:].strip() for line in unit.splitlines() if line.startswith("#")]
         docs = next(s for s in steps if s.startswith("install -D") and "/usr/share/doc" in s)

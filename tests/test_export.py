@@ -190,8 +190,7 @@ class TestPlainLayout:
         tmp_path: Path,
         nursery: trio.Nursery,
     ) -> None:
-        """Via the socket each server chunk is one row group; decimals stay exact; same data
-        as the direct path."""
+        """Via the socket each server chunk becomes one row group, with exact decimals."""
         await seed(storage)
         await serve(storage, socket_path, nursery)
         args = ["export", "XBTUSD", "-i", "1m", *RANGE, "--format", "parquet"]
@@ -375,11 +374,9 @@ class TestFreqtradeLayout:
     async def test_freqtrade_backtests_on_the_export(
         self, storage: Storage, database_url: str, tmp_path: Path, nursery: trio.Nursery
     ) -> None:
-        """`freqtrade backtesting` runs on an exported data directory and makes trades.
-
-        freqtrade loads Kraken's market list before any backtest; a local stand-in serves
-        the two documents it asks for (Assets, AssetPairs), so nothing leaves the machine.
-        """
+        """`freqtrade backtesting` runs on an exported data directory and makes trades."""
+        # freqtrade loads Kraken's market list before any backtest; a local stand-in serves
+        # the two documents it asks for (Assets, AssetPairs), so nothing leaves the machine.
         await storage.write_candles(wave_candles(2 * 24 * 60))
         datadir = tmp_path / "user_data" / "data" / "kraken"
         exported = await histdata(
@@ -465,8 +462,7 @@ class TestErrors:
     async def test_a_value_finer_than_the_exact_scale_fails_without_rounding(
         self, storage: Storage, database_url: str, socket_path: Path, tmp_path: Path
     ) -> None:
-        """A price with 13 fractional digits is not rounded into decimal128(38, 12): the
-        export exits 1 naming --decimals float, and removes what it had written."""
+        """A price finer than decimal128(38, 12) fails the export (exit 1, no file): no rounding."""
         await seed(storage)
         fine = Trade(
             "BTC/USD", int(T0.timestamp()) * 10**9 + 7, Decimal("1.0000000000001"), Decimal(1)
@@ -487,8 +483,7 @@ class TestErrors:
     async def test_an_output_that_is_a_directory_fails_cleanly(
         self, storage: Storage, database_url: str, socket_path: Path, tmp_path: Path
     ) -> None:
-        """When the finished file cannot take its name, the export exits 1 and leaves no
-        partial file."""
+        """When the finished file cannot take its name the export exits 1, leaving no file."""
         await seed(storage)
         target = trio.Path(tmp_path / "taken")
         await target.mkdir()
