@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gaps": ("histdata.commands.gaps", "report (and --repair) holes in the stored history"),
     "candles": ("histdata.commands.read", "read candles at any interval"),
     "trades": ("histdata.commands.read", "read trades"),
+    "export": (
+        "histdata.commands.export",
+        "write candles or trades to parquet, feather or csv files (or freqtrade's layout)",
+    ),
     "status": ("histdata.commands.status", "show actors, restarts, channels, lag and drops"),
     "migrate": ("histdata.commands.migrate", "apply the database schema"),
     "sim": ("histdata.sim.command", "run the local Kraken simulator (REST + WebSocket v2)"),

@@ -7,6 +7,8 @@
     with Client("var/histdata.sock") as hd:
         candles = hd.candles("BTC/USD", "1h", "2024-01-01", "2024-02-01")   # list of dicts
         frame = hd.candles("XBTUSD", "1h", "2024-01-01", "2024-02-01", frame="pandas")
+        floats = hd.candles("BTC/USD", "1m", "2024-01-01", "2025-01-01",
+                            frame="pandas", decimals="float")                 # float64 columns
         both = hd.timeframes("BTC/USD", ["1m", "1h"], "2024-01-01", "2024-01-02")
         last = hd.latest_candle("BTC/USD", "1m")
         for event in hd.stream(["BTC/USD"]):                                 # live NDJSON
@@ -15,11 +17,15 @@
 Rows are dicts with the contract's fields in order; prices and volumes are exact
 :class:`~decimal.Decimal` and times aware UTC :class:`~datetime.datetime` (a trade time's
 digits below the microsecond, which ``datetime`` cannot hold, are dropped; the list keeps the
-exact trade order). Data travels as an Arrow IPC stream. ``frame="pandas"`` or ``"polars"``
-returns a DataFrame instead (the library must be installed; this module imports neither
-unless asked); its decimal columns hold ``Decimal`` objects (polars: a ``Decimal`` column
-scaled to the most fractional digits present), or ``float64`` with ``exact=False`` — a choice
-the caller makes knowingly.
+exact trade order). Data travels as an Arrow IPC stream, and frames are built from it in
+Arrow (:mod:`histdata.frames`): ``frame="arrow"`` returns a pyarrow Table, ``"pandas"`` or
+``"polars"`` a DataFrame (the library must be installed; this module imports neither unless
+asked). ``decimals="exact"`` (the default) makes decimal columns Arrow ``decimal128`` (pandas
+``ArrowDtype``, polars ``Decimal``), ``decimals="float"`` makes them ``float64`` — a choice
+the caller makes knowingly. pandas frames are indexed by ``time`` (``datetime64[ns, UTC]``).
+``exact=True/False`` is the old spelling of ``decimals=`` and warns (``DeprecationWarning``).
+:meth:`Client.open_candle_stream` and :meth:`Client.open_trade_stream` read the wire's record
+batches as they arrive, for ranges larger than memory.
 
 Errors: :class:`ServiceNotRunning` when nothing listens on the socket, :class:`BadRequest`
 (400: the message names the parameter), :class:`NotFound` (404: unknown symbol or endpoint),
@@ -29,16 +35,18 @@ subclasses of :class:`ClientError`, which is also raised when a response is cut 
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+import io
+import warnings
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import orjson
 
 from histdata.errors import HistdataError
-from histdata.model import ns_to_datetime
+from histdata.frames import Decimals, FrameKind, to_frame, to_rows
 from histdata.timeutil import parse_interval
 
 __all__ = [
@@ -53,9 +61,6 @@ __all__ = [
 ]
 
 TimeLike = datetime | str | int | float
-FrameKind = Literal["pandas", "polars"]
-_DECIMAL_COLUMNS = {"open", "high", "low", "close", "volume", "vwap", "price"}
-_NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
 class ClientError(HistdataError):
@@ -103,29 +108,41 @@ def _time_param(value: TimeLike) -> str:
     return str(value)
 
 
-def _scale(column: Any) -> int:
-    """The most digits after the decimal point in a column of decimal text."""
-    import pyarrow.compute as pc
+def _decimals(decimals: Decimals | None, exact: bool | None) -> Decimals:
+    """The ``decimals`` choice, from the deprecated ``exact`` flag when that is given."""
+    if exact is None:
+        return decimals or "exact"
+    warnings.warn(
+        "exact= is deprecated; use decimals='exact' or decimals='float'",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    chosen: Decimals = "exact" if exact else "float"
+    if decimals is not None and decimals != chosen:
+        raise ValueError(f"exact={exact} contradicts decimals={decimals!r}; pass decimals only")
+    return chosen
 
-    fraction = pc.replace_substring_regex(column, pattern=r"^[^.]*\.?", replacement="")
-    return int(pc.max(pc.utf8_length(fraction)).as_py() or 0)
 
+class _BodyReader(io.RawIOBase):
+    """A response body as a readable file, pulled chunk by chunk, for pyarrow's IPC reader."""
 
-def _rows(table: Any) -> list[dict[str, Any]]:
-    """Arrow table to dicts: exact decimals, aware UTC times (ns-safe without pandas)."""
-    columns: list[list[Any]] = []
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if name == "time":
-            scale = _NS_PER_UNIT[column.type.unit]
-            # to_pylist() refuses ns times with sub-µs digits unless pandas is installed.
-            raw = column.cast("int64").to_pylist()
-            columns.append([None if v is None else ns_to_datetime(v * scale) for v in raw])
-        elif name in _DECIMAL_COLUMNS:
-            columns.append([None if v is None else Decimal(v) for v in column.to_pylist()])
-        else:
-            columns.append(column.to_pylist())
-    names = table.column_names
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
 def socket_transport(socket_path: str) -> httpx.HTTPTransport:
@@ -198,35 +215,34 @@ class Client:
             return response
         raise self._not_running(refused, path)
 
-    def _table(self, path: str, params: dict[str, str]) -> Any:
+    @contextmanager
+    def _arrow(self, path: str, params: dict[str, str]) -> Iterator[Any]:
+        """An Arrow IPC stream reader on the response body, read as it arrives."""
         import pyarrow as pa
 
-        body = self._get(path, {**params, "format": "arrow"}).content
-        return pa.ipc.open_stream(body).read_all()
+        refused = None
+        try:
+            with self._http.stream("GET", path, params={**params, "format": "arrow"}) as response:
+                self._raise_for(response)
+                # 1 MiB reads: pyarrow asks for each message's parts separately.
+                body = io.BufferedReader(_BodyReader(response.iter_bytes()), 1 << 20)
+                yield pa.ipc.open_stream(body)
+        except httpx.ConnectError as exc:
+            refused = str(exc)  # raised below, for the reason given in _get
+        except httpx.TransportError as exc:
+            raise ClientError(f"request to {path} failed: {exc}", url=path) from exc
+        except OSError as exc:  # pyarrow's error for a body cut short
+            raise ClientError(f"response from {path} was cut short: {exc}", url=path) from exc
+        if refused is not None:
+            raise self._not_running(refused, path)
+
+    def _table(self, path: str, params: dict[str, str]) -> Any:
+        with self._arrow(path, params) as reader:
+            return reader.read_all()
 
     @staticmethod
-    def _convert(table: Any, frame: FrameKind | None, exact: bool) -> Any:
-        if frame is None:
-            return _rows(table)
-        if frame == "polars":
-            import polars as pl  # type: ignore[import-not-found, unused-ignore]
-
-            df = pl.from_arrow(table)
-            decimals = [c for c in df.columns if c in _DECIMAL_COLUMNS]
-            if exact:
-                return df.with_columns(
-                    [pl.col(c).cast(pl.Decimal(scale=_scale(table.column(c)))) for c in decimals]
-                )
-            return df.with_columns([pl.col(c).cast(pl.Float64) for c in decimals])
-        if frame == "pandas":
-            df = table.to_pandas()
-            for column in _DECIMAL_COLUMNS.intersection(df.columns):
-                if exact:
-                    df[column] = [None if v is None else Decimal(v) for v in df[column]]
-                else:
-                    df[column] = df[column].astype("float64")
-            return df.set_index("time")
-        raise ValueError(f"frame must be 'pandas' or 'polars', not {frame!r}")
+    def _convert(table: Any, frame: FrameKind | None, decimals: Decimals) -> Any:
+        return to_rows(table, decimals) if frame is None else to_frame(table, frame, decimals)
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -238,23 +254,24 @@ class Client:
         end: TimeLike,
         *,
         frame: FrameKind | None = None,
-        exact: bool = True,
+        decimals: Decimals | None = None,
+        exact: bool | None = None,
     ) -> Any:
         """Candles of ``symbol`` at ``interval`` whose bucket starts in ``[start, end)``.
 
-        Returns a list of dicts (``time, open, high, low, close, volume, vwap, trades``), or a
-        DataFrame with ``frame``. Raises :class:`ClientError` subclasses as described above.
+        Returns a list of dicts (``time, open, high, low, close, volume, vwap, trades``), or
+        with ``frame`` a pyarrow Table or a DataFrame. ``decimals`` is ``"exact"`` (the
+        default) or ``"float"``; ``exact`` is its deprecated spelling.
+
+        Raises:
+            ClientError: a subclass as described in the module docs.
+            ValueError: ``frame`` or ``decimals`` is not a documented value, or ``exact``
+                contradicts ``decimals``.
+            ImportError: the library of ``frame`` is not installed.
         """
-        table = self._table(
-            "/v1/candles",
-            {
-                "symbol": symbol,
-                "interval": str(interval),
-                "start": _time_param(start),
-                "end": _time_param(end),
-            },
-        )
-        return self._convert(table, frame, exact)
+        chosen = _decimals(decimals, exact)
+        table = self._table("/v1/candles", self._candle_params(symbol, interval, start, end))
+        return self._convert(table, frame, chosen)
 
     def trades(
         self,
@@ -263,14 +280,52 @@ class Client:
         end: TimeLike,
         *,
         frame: FrameKind | None = None,
-        exact: bool = True,
+        decimals: Decimals | None = None,
+        exact: bool | None = None,
     ) -> Any:
-        """Trades of ``[start, end)`` in trade order (``time, price, volume, side, trade_id``)."""
-        table = self._table(
-            "/v1/trades",
-            {"symbol": symbol, "start": _time_param(start), "end": _time_param(end)},
-        )
-        return self._convert(table, frame, exact)
+        """Trades of ``[start, end)`` in trade order (``time, price, volume, side, trade_id``).
+
+        Returns and raises as :meth:`candles` does.
+        """
+        chosen = _decimals(decimals, exact)
+        table = self._table("/v1/trades", self._trade_params(symbol, start, end))
+        return self._convert(table, frame, chosen)
+
+    def open_candle_stream(
+        self, symbol: str, interval: str | int, start: TimeLike, end: TimeLike
+    ) -> AbstractContextManager[Any]:
+        """The candles of :meth:`candles` as a ``pyarrow.RecordBatchStreamReader`` over the
+        response as it arrives: its ``schema`` (with ``symbol`` and ``interval`` metadata)
+        is known at once, and iterating it yields the server's record batches.
+
+        Decimals are the wire's exact text (cast them with :func:`histdata.frames.typed`).
+        Memory holds one batch, so any range can be read. Use it as a context manager; it
+        raises :class:`ClientError` subclasses on entry, or while iterating when the body
+        is cut short.
+        """
+        return self._arrow("/v1/candles", self._candle_params(symbol, interval, start, end))
+
+    def open_trade_stream(
+        self, symbol: str, start: TimeLike, end: TimeLike
+    ) -> AbstractContextManager[Any]:
+        """The trades of :meth:`trades` as a record batch stream (as
+        :meth:`open_candle_stream`; metadata ``symbol``)."""
+        return self._arrow("/v1/trades", self._trade_params(symbol, start, end))
+
+    @staticmethod
+    def _candle_params(
+        symbol: str, interval: str | int, start: TimeLike, end: TimeLike
+    ) -> dict[str, str]:
+        return {
+            "symbol": symbol,
+            "interval": str(interval),
+            "start": _time_param(start),
+            "end": _time_param(end),
+        }
+
+    @staticmethod
+    def _trade_params(symbol: str, start: TimeLike, end: TimeLike) -> dict[str, str]:
+        return {"symbol": symbol, "start": _time_param(start), "end": _time_param(end)}
 
     def timeframes(
         self,
@@ -280,11 +335,13 @@ class Client:
         end: TimeLike,
         *,
         frame: FrameKind | None = None,
-        exact: bool = True,
+        decimals: Decimals | None = None,
+        exact: bool | None = None,
     ) -> dict[str, Any]:
         """Candles at several intervals over the same range: ``{interval: rows or frame}``."""
+        chosen = _decimals(decimals, exact)
         return {
-            str(interval): self.candles(symbol, interval, start, end, frame=frame, exact=exact)
+            str(interval): self.candles(symbol, interval, start, end, frame=frame, decimals=chosen)
             for interval in intervals
         }
 

@@ -35,14 +35,18 @@ __all__ = [
     "Encoder",
     "Format",
     "TradeRow",
+    "batch_rows",
     "candle_encoder",
     "candle_event",
     "candle_row",
+    "candle_schema",
     "decimal_text",
     "format_time_ns",
+    "record_batch",
     "trade_encoder",
     "trade_event",
     "trade_row",
+    "trade_schema",
 ]
 
 Format = Literal["json", "csv", "arrow"]
@@ -73,6 +77,39 @@ _TRADE_SCHEMA = pa.schema(
         ("trade_id", pa.int64()),
     ]
 )
+
+
+def candle_schema(symbol: str, interval_min: int) -> pa.Schema:
+    """The Arrow schema of candles, with ``symbol`` and ``interval`` as metadata."""
+    meta = {b"symbol": symbol.encode(), b"interval": format_interval(interval_min).encode()}
+    return _CANDLE_SCHEMA.with_metadata(meta)
+
+
+def trade_schema(symbol: str) -> pa.Schema:
+    """The Arrow schema of trades, with ``symbol`` as metadata."""
+    return _TRADE_SCHEMA.with_metadata({b"symbol": symbol.encode()})
+
+
+def record_batch(schema: pa.Schema, rows: Sequence[Any]) -> pa.RecordBatch:
+    """Text rows (:data:`CandleRow` or :data:`TradeRow`, as ``schema`` says) as one Arrow
+    record batch of that schema."""
+    columns = list(zip(*rows, strict=True)) or [()] * (len(schema) + 1)
+    # Rows carry the time twice (integer, then ISO text); Arrow takes the integer.
+    arrays = [pa.array(columns[0], pa.int64()).cast(schema.field("time").type)]
+    for field, values in zip(list(schema)[1:], columns[2:], strict=True):
+        arrays.append(pa.array(values, field.type))
+    return pa.record_batch(arrays, schema=schema)
+
+
+def batch_rows(batch: pa.RecordBatch) -> list[Any]:
+    """An Arrow batch of :func:`record_batch`'s schema back as text rows, so the JSON and CSV
+    encoders can write what arrived as Arrow."""
+    time = batch.column(0)
+    to_ns = {"us": 1_000, "ns": 1}[time.type.unit]
+    raw = time.cast(pa.int64()).to_pylist()
+    ns = [v * to_ns for v in raw]
+    rest = [column.to_pylist() for column in batch.columns[1:]]
+    return [(r, format_time_ns(n), *values) for r, n, *values in zip(raw, ns, *rest, strict=True)]
 
 
 class Encoder(Protocol):
@@ -207,9 +244,8 @@ class _Csv:
 class _Arrow:
     content_type = CONTENT_TYPES["arrow"]
 
-    def __init__(self, schema: pa.Schema, kind: Literal["candle", "trade"]) -> None:
+    def __init__(self, schema: pa.Schema) -> None:
         self._schema = schema
-        self._kind = kind
         self._sink = io.BytesIO()
         self._writer = pa.ipc.new_stream(self._sink, schema)
 
@@ -225,22 +261,7 @@ class _Arrow:
     def rows(self, rows: Sequence[Any]) -> bytes:
         if not rows:
             return b""
-        columns = list(zip(*rows, strict=True))
-        if self._kind == "candle":
-            arrays = [
-                pa.array(columns[0], pa.int64()).cast(self._schema.field("time").type),
-                *(pa.array(columns[i], pa.string()) for i in range(2, 8)),
-                pa.array(columns[8], pa.int64()),
-            ]
-        else:
-            arrays = [
-                pa.array(columns[0], pa.int64()).cast(self._schema.field("time").type),
-                pa.array(columns[2], pa.string()),
-                pa.array(columns[3], pa.string()),
-                pa.array(columns[4], pa.string()),
-                pa.array(columns[5], pa.int64()),
-            ]
-        self._writer.write_batch(pa.record_batch(arrays, schema=self._schema))
+        self._writer.write_batch(record_batch(self._schema, rows))
         return self._take()
 
     def end(self) -> bytes:
@@ -253,13 +274,13 @@ def candle_encoder(fmt: Format, symbol: str, interval_min: int) -> Encoder:
 
     The Arrow schema carries ``symbol`` and ``interval`` as metadata.
     """
-    interval = format_interval(interval_min)
     if fmt == "json":
-        return _Json({"symbol": symbol, "interval": interval}, "candles", "candle")
+        return _Json(
+            {"symbol": symbol, "interval": format_interval(interval_min)}, "candles", "candle"
+        )
     if fmt == "csv":
         return _Csv("candle")
-    meta = {b"symbol": symbol.encode(), b"interval": interval.encode()}
-    return _Arrow(_CANDLE_SCHEMA.with_metadata(meta), "candle")
+    return _Arrow(candle_schema(symbol, interval_min))
 
 
 def trade_encoder(fmt: Format, symbol: str) -> Encoder:
@@ -268,7 +289,7 @@ def trade_encoder(fmt: Format, symbol: str) -> Encoder:
         return _Json({"symbol": symbol}, "trades", "trade")
     if fmt == "csv":
         return _Csv("trade")
-    return _Arrow(_TRADE_SCHEMA.with_metadata({b"symbol": symbol.encode()}), "trade")
+    return _Arrow(trade_schema(symbol))
 
 
 def trade_event(trade: Trade) -> bytes:

@@ -10,6 +10,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
 import pytest
 import trio
 from test_flusher import Outage, wait_for  # type: ignore[import-not-found]
@@ -25,6 +29,7 @@ from histdata.client import (
     ServiceUnavailable,
     StreamDropped,
 )
+from histdata.formats import CANDLE_FIELDS
 from histdata.model import Candle, CandleSource, Side, Trade
 from histdata.storage import CoverageSpan, Storage
 from histdata.symbols import SymbolRegistry
@@ -174,17 +179,102 @@ class TestReads:
         assert coverage["gaps"][0]["start"] == "2024-03-04T01:00:00Z"
         assert (await served.call(served.client.health))["healthy"] is True
 
-    @pytest.mark.parametrize("kind", ["pandas", "polars"])
-    async def test_frames_when_installed(self, served: Served, kind: str) -> None:
-        """frame= returns that library's DataFrame, exact Decimals by default, floats on request."""
-        pytest.importorskip(kind)
-        exact = await served.call(served.client.candles, "ETH/USD", "1h", START, END, frame=kind)
-        floats = await served.call(
-            served.client.candles, "ETH/USD", "1h", START, END, frame=kind, exact=False
+
+class TestFrames:
+    async def test_arrow_table_has_exact_decimal_columns(self, served: Served) -> None:
+        """frame="arrow" is a pyarrow Table whose decimals are decimal128 at the data's scale."""
+        table = await served.call(served.client.candles, "ETH/USD", "1m", START, END, frame="arrow")
+        assert isinstance(table, pa.Table)
+        assert table.column_names == list(CANDLE_FIELDS)
+        assert table.schema.field("volume").type == pa.decimal128(9, 8)
+        assert table.schema.field("close").type == pa.decimal128(6, 2)
+        assert table.column("volume")[0].as_py() == Decimal("0.00000001")
+        assert table.column("vwap")[0].as_py() is None
+
+    async def test_pandas_exact_frame_uses_arrow_decimals_and_a_utc_index(
+        self, served: Served
+    ) -> None:
+        """The default pandas frame has ArrowDtype decimals (not objects) and a ns UTC index."""
+        df = await served.call(served.client.candles, "ETH/USD", "1h", START, END, frame="pandas")
+        assert str(df.index.dtype) == "datetime64[ns, UTC]"
+        assert df.index[1] == pd.Timestamp("2024-03-04T01:00:00Z")
+        assert df.dtypes["close"] == pd.ArrowDtype(pa.decimal128(6, 2))
+        assert df["close"].iloc[0] == Decimal("3059.10")
+        assert (df["close"] - df["open"]).iloc[1] == Decimal("119.09")  # exact arithmetic
+        assert df.dtypes["trades"] == np.int64
+
+    async def test_pandas_float_frame_is_vectorisable(self, served: Served) -> None:
+        """decimals="float" gives float64 columns, a missing vwap as NaN."""
+        df = await served.call(
+            served.client.candles, "ETH/USD", "1m", START, END, frame="pandas", decimals="float"
         )
-        assert len(exact) == len(floats) == 2
-        assert next(iter(exact["close"])) == Decimal("3059.10")
-        assert next(iter(floats["close"])) == pytest.approx(3059.1)
+        assert {str(df.dtypes[c]) for c in ("open", "high", "low", "close", "volume", "vwap")} == {
+            "float64"
+        }
+        assert df["close"].iloc[-1] == pytest.approx(3119.10)
+        assert np.isnan(df["vwap"].iloc[0])
+        assert len(df) == 120
+
+    async def test_pandas_trades_keep_nanoseconds_and_null_ids(self, served: Served) -> None:
+        """A trade frame keeps sub-µs times in its index and a missing trade_id as <NA>."""
+        df = await served.call(
+            served.client.trades, "ETH/USD", T0, T0 + timedelta(hours=1), frame="pandas"
+        )
+        assert df.index[1].value == T0_NS + 1_000_000_007
+        assert str(df.dtypes["trade_id"]) == "Int64"
+        assert df["trade_id"].isna().tolist() == [False, True, False, False]
+        assert df.dtypes["price"] == pd.ArrowDtype(pa.decimal128(12, 8))
+
+    async def test_polars_frames_exact_and_float(self, served: Served) -> None:
+        """polars frames have Decimal columns by default and Float64 ones with "float"."""
+        exact = await served.call(
+            served.client.candles, "ETH/USD", "1h", START, END, frame="polars"
+        )
+        floats = await served.call(
+            served.client.candles, "ETH/USD", "1h", START, END, frame="polars", decimals="float"
+        )
+        assert isinstance(exact, pl.DataFrame)
+        assert exact.schema["close"] == pl.Decimal(6, 2)
+        assert exact["close"][0] == Decimal("3059.10")
+        assert floats.schema["close"] == pl.Float64
+        assert floats["close"][0] == pytest.approx(3059.1)
+        assert exact.schema["time"] == pl.Datetime("us", "UTC")
+
+    async def test_rows_can_be_floats_too(self, served: Served) -> None:
+        """decimals="float" applies to plain rows as well."""
+        rows = await served.call(served.client.trades, "ETH/USD", START, END, decimals="float")
+        assert rows[0]["price"] == pytest.approx(3000.12345678)
+        assert isinstance(rows[0]["price"], float)
+
+    async def test_exact_flag_still_works_with_a_deprecation_warning(self, served: Served) -> None:
+        """exact=False still yields floats, and warns that decimals= replaces it."""
+        with pytest.warns(DeprecationWarning, match="decimals="):
+            df = await served.call(
+                served.client.candles, "ETH/USD", "1h", START, END, frame="pandas", exact=False
+            )
+        assert str(df.dtypes["close"]) == "float64"
+        with (
+            pytest.warns(DeprecationWarning, match="deprecated"),
+            pytest.raises(ValueError, match="contradicts"),
+        ):
+            served.client.candles("ETH/USD", "1h", START, END, exact=True, decimals="float")
+
+    async def test_unknown_frame_is_refused(self, served: Served) -> None:
+        """An unknown frame name is a ValueError naming the choices."""
+        with pytest.raises(ValueError, match="'arrow', 'pandas' or 'polars'"):
+            await served.call(served.client.candles, "ETH/USD", "1h", START, END, frame="numpy")
+
+    async def test_record_batch_stream_of_the_wire_schema(self, served: Served) -> None:
+        """open_candle_stream() yields the server's chunks (11 rows here) with decimal text."""
+
+        def read() -> tuple[Any, list[Any]]:
+            with served.client.open_candle_stream("ETH/USD", "1m", START, END) as reader:
+                return reader.schema, list(reader)
+
+        schema, batches = await served.call(read)
+        assert [b.num_rows for b in batches] == [11] * 10 + [10]
+        assert schema.field("close").type == pa.string()
+        assert schema.metadata[b"interval"] == b"1m"
 
 
 class TestErrors:

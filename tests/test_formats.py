@@ -10,13 +10,17 @@ import orjson
 import pyarrow as pa
 
 from histdata.formats import (
+    batch_rows,
     candle_encoder,
     candle_event,
     candle_row,
+    candle_schema,
     decimal_text,
     format_time_ns,
+    record_batch,
     trade_encoder,
     trade_row,
+    trade_schema,
 )
 from histdata.model import Candle, Side, Trade
 
@@ -83,6 +87,21 @@ class TestEncoders:
         assert table.column("price").to_pylist() == ["0.00001234"] * 2
         assert table.column("time").cast(pa.int64())[0].as_py() == trade.time_ns
         assert table.schema.field("time").type == pa.timestamp("ns", tz="UTC")
+
+    def test_text_rows_survive_a_trip_through_arrow(self) -> None:
+        """Rows made into an Arrow batch and back are the same rows (times to the ns)."""
+        trade = Trade("BTC/USD", 1_704_067_200_123_456_789, Decimal("1.5"), Decimal(2))
+        trade_rows = [
+            trade_row(trade),
+            trade_row(
+                Trade(
+                    "BTC/USD", 1_704_067_201 * 10**9, Decimal(1), Decimal(1), Side.SELL, trade_id=9
+                )
+            ),
+        ]
+        assert batch_rows(record_batch(trade_schema("BTC/USD"), trade_rows)) == trade_rows
+        assert batch_rows(record_batch(candle_schema("BTC/USD", 5), [ROW, ROW])) == [ROW, ROW]
+        assert record_batch(candle_schema("BTC/USD", 5), []).num_rows == 0
 
     def test_candle_event_is_one_ndjson_line(self) -> None:
         """A live candle update is one JSON line that says whether it is final."""
