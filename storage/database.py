@@ -31,6 +31,7 @@ import trio
 from histdata.errors import DatabaseUnavailable, StorageNotOpen
 from histdata.model import Candle, CandleSource, Side, Trade, datetime_to_ns
 from histdata.storage.migrations import migrate
+from histdata.storage.symbol_table import load_into, stored_infos
 from histdata.symbols import SymbolInfo, SymbolRegistry
 
 __all__ = [
@@ -212,7 +213,13 @@ class Storage:
         own = self._registering.get(id(conn), {}).get(info.symbol)
         if own is not None:
             return own
-        row = conn.execute("SELECT id FROM symbols WHERE symbol = %s", (info.symbol,)).fetchone()
+        # An alias is a name a refresh corrected (histdata.storage.symbol_table): a process
+        # that still knows the old name must find the same row, never register a second one.
+        row = conn.execute(
+            "SELECT id FROM symbols WHERE symbol = %s OR %s = ANY(aliases) ORDER BY symbol = %s"
+            " DESC LIMIT 1",
+            (info.symbol, info.symbol, info.symbol),
+        ).fetchone()
         if row is None:
             return None
         # Not registered by this transaction (that would be in `own`), so it is committed.
@@ -229,13 +236,13 @@ class Storage:
         if known is not None:
             return known
         info = self.registry.resolve(symbol)
+        # A row another writer inserted meanwhile is taken as it is: names and precision are
+        # the refresh's business (histdata.storage.symbol_table), never a writer's.
         row = conn.execute(
             "INSERT INTO symbols (symbol, rest_key, altname, wsname, price_decimals,"
-            " volume_decimals) VALUES (%s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (symbol) DO UPDATE SET rest_key = EXCLUDED.rest_key,"
-            " altname = EXCLUDED.altname, wsname = EXCLUDED.wsname,"
-            " price_decimals = EXCLUDED.price_decimals, volume_decimals = EXCLUDED.volume_decimals"
-            " RETURNING id",
+            " volume_decimals, status, provisional, aliases)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (symbol) DO UPDATE SET symbol = EXCLUDED.symbol RETURNING id",
             (
                 info.symbol,
                 info.rest_key,
@@ -243,6 +250,9 @@ class Storage:
                 info.wsname,
                 info.price_decimals,
                 info.volume_decimals,
+                info.status,
+                info.provisional,
+                list(info.aliases),
             ),
         ).fetchone()
         assert row is not None  # RETURNING always yields the row
@@ -251,15 +261,16 @@ class Storage:
             registering[info.symbol] = int(row[0])
         return int(row[0])
 
+    def forget_symbol_ids(self, symbols: Iterable[str]) -> None:
+        """Drop cached ids of ``symbols`` (v2 names that a committed rename retired)."""
+        for symbol in symbols:
+            self._symbol_ids.pop(symbol, None)
+
     async def stored_symbols(self) -> list[SymbolInfo]:
         """Symbols that have a row in the database, in name order."""
 
         def query(conn: Connection) -> list[SymbolInfo]:
-            rows = conn.execute(
-                "SELECT symbol, rest_key, altname, wsname, price_decimals, volume_decimals"
-                " FROM symbols ORDER BY symbol"
-            ).fetchall()
-            return [SymbolInfo(*row) for row in rows]
+            return stored_infos(conn)
 
         return await self.run(query)
 
@@ -798,6 +809,10 @@ async def open_storage(
 ) -> AsyncIterator[Storage]:
     """Open a connection pool on ``conninfo``, migrate the schema, and yield :class:`Storage`.
 
+    Without ``registry`` the registry is loaded from the ``symbols`` table (the shipped
+    pairs while it has never held an AssetPairs answer; see
+    :mod:`histdata.storage.symbol_table`); a given one is used as it is.
+
     Raises:
         DatabaseUnavailable: the database did not accept a connection within
             ``connect_timeout_s``.
@@ -831,8 +846,12 @@ async def open_storage(
     except psycopg_pool.PoolTimeout as exc:
         await trio.to_thread.run_sync(pool.close)
         raise DatabaseUnavailable(f"database did not accept connections: {exc}") from exc
-    storage = Storage(pool, registry or SymbolRegistry.shipped(), timescale=timescale)
+    storage = Storage(
+        pool, registry if registry is not None else SymbolRegistry([]), timescale=timescale
+    )
     try:
+        if registry is None:
+            await storage.run(load_into, storage.registry)
         yield storage
     finally:
         with trio.CancelScope(shield=True):
