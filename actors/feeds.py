@@ -68,6 +68,7 @@ class FeedGroup:
         self.feeds: list[Feed] = []
         self._retired: list[Feed] = []
         self._changed = trio.Event()
+        self._lot = trio.lowlevel.ParkingLot()  # wait_changed callers
         self.resubscriptions = 0
         self.supervisor: Supervisor | None = None
         self.set_symbols(symbols)
@@ -98,7 +99,14 @@ class FeedGroup:
             )
         self.symbols = wanted
         self._changed.set()
+        self._lot.unpark_all()
         return True
+
+    async def wait_changed(self, since: Sequence[str]) -> None:
+        """Return once the subscribed symbols are no longer ``since`` (a checkpoint)."""
+        while self.symbols == tuple(since):
+            await self._lot.park()
+        await trio.lowlevel.checkpoint()
 
     def statistics(self) -> FeedStatistics:
         """The connections' statistics combined.

@@ -386,14 +386,27 @@ class Service:
             await self._log_catch_ups(task_status=task_status)
             return
         storage = await self._storage_when_open(task_status)
-        self.gapfiller = GapFiller(
-            storage,
-            self._rest(),
-            self.feed.symbols,
-            interval_s=gapfill.interval_s,
-            lookback=timedelta(days=gapfill.lookback_days),
-        )
-        await self.gapfiller.run(self.catch_up)
+        # A gap filler repairs a fixed list of symbols: when a refresh changes what the feeds
+        # record, a new one takes over (repairs are idempotent; queued catch-ups stay queued).
+        while True:
+            symbols = self.feed.symbols
+            self.gapfiller = GapFiller(
+                storage,
+                self._rest(),
+                symbols,
+                interval_s=gapfill.interval_s,
+                lookback=timedelta(days=gapfill.lookback_days),
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._cancel_on_change, symbols, nursery.cancel_scope)
+                await self.gapfiller.run(self.catch_up)
+                nursery.cancel_scope.cancel()
+            if self.feed.symbols == symbols:
+                return  # it stopped because the service is stopping
+
+    async def _cancel_on_change(self, symbols: tuple[str, ...], scope: trio.CancelScope) -> None:
+        await self.feed.wait_changed(symbols)
+        scope.cancel()
 
     async def _run_backfiller(self, *, task_status: trio.TaskStatus[None]) -> None:
         since = self.config.backfill.since

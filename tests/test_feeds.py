@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -67,7 +66,9 @@ async def simulator() -> AsyncIterator[Simulator]:
         yield sim
 
 
-def make_config(tmp_path: Path, sim: Simulator, symbols: tuple[str, ...]) -> Config:
+def make_config(
+    tmp_path: Path, sim: Simulator, symbols: tuple[str, ...], *, gapfill: bool = False
+) -> Config:
     return Config(
         service=ServiceConfig(data_dir=str(tmp_path / "var"), shutdown_timeout_s=8.0),
         database=DatabaseConfig(pool_max=4, connect_timeout_s=1.0),
@@ -80,7 +81,7 @@ def make_config(tmp_path: Path, sim: Simulator, symbols: tuple[str, ...]) -> Con
             ws_stale_after_s=3.0,
         ),
         live=LiveConfig(batch_size=200, batch_age_s=0.1, flush_retry_s=0.2),
-        gapfill=GapfillConfig(enabled=False),
+        gapfill=GapfillConfig(enabled=gapfill),
         query=QueryConfig(socket=str(tmp_path / "var" / "q.sock")),
     )
 
@@ -141,9 +142,9 @@ class TestEveryPair:
         self, tmp_path: Path, database_url: str
     ) -> None:
         """'*/USD' records the three USD pairs on two connections; a refresh that selects
-        more reconnects over three and records the new pairs too."""
+        more reconnects over three and records (and gap-fills) the new pairs too."""
         async with simulator() as sim:
-            config = make_config(tmp_path, sim, ("*/USD",))
+            config = make_config(tmp_path, sim, ("*/USD",), gapfill=True)
             async with running(config, database_url) as service:
                 assert service.feed.symbols == USD
                 await until(lambda: service.feed.statistics().connected)
@@ -154,6 +155,12 @@ class TestEveryPair:
                 assert len(service.feed.feeds) == 3
                 await until(lambda: service.feed.statistics().connected)
                 await wait_stored(database_url, PAIRS)
-                stats: Any = service.pairs.statistics()
+                await until(
+                    lambda: (
+                        service.gapfiller is not None
+                        and set(service.gapfiller.symbols) == set(PAIRS)
+                    )
+                )
+                stats = service.pairs.statistics()
                 assert stats.subscribed == 5
                 assert stats.refreshes >= 2
