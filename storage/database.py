@@ -77,6 +77,8 @@ _RECONNECT_TIMEOUT_S = 5.0
 _SAME_TRADE_WINDOW = timedelta(seconds=1)
 # Changed minutes closer than this share one rollup dirty range (see Storage._mark_dirty).
 _DIRTY_MERGE_GAP = timedelta(hours=6)
+# pg_advisory_xact_lock(int4, int4) class of the per-symbol coverage merge ("hist").
+_COVERAGE_LOCK = 0x68697374
 # copy_new_trades hands psycopg its rows in slices of this size rather than one large buffer.
 _COPY_WRITE_BYTES = 1 << 20
 Buffer = bytes | bytearray | memoryview
@@ -346,8 +348,7 @@ class Storage:
                     (_SOURCE_CODE[source], _SAME_TRADE_WINDOW, _SAME_TRADE_WINDOW),
                 )
                 inserted = max(cur.rowcount, 0)
-        for symbol, span in coverage:
-            self._add_coverage(conn, symbol, span)
+        self._add_coverages(conn, coverage)
         if cursor is not None:
             self._set_cursor(conn, *cursor)
         return WriteResult(inserted=inserted, present=len(trades) - inserted)
@@ -445,8 +446,7 @@ class Storage:
                     " ON CONFLICT DO NOTHING"
                 )
                 inserted = max(cur.rowcount, 0)
-        for covered_symbol, span in coverage:
-            self._add_coverage(conn, covered_symbol, span)
+        self._add_coverages(conn, coverage)
         return WriteResult(inserted=inserted, present=rows - inserted)
 
     async def read_trades(
@@ -628,8 +628,7 @@ class Storage:
             inserted = sum(1 for row in changed if row[2])
             updated = len(changed) - inserted
             self._mark_dirty(conn, ((sid, time) for sid, time, _ in changed))
-        for symbol, span in coverage:
-            self._add_coverage(conn, symbol, span)
+        self._add_coverages(conn, coverage)
         return CandleWriteResult(inserted, updated, len(candles) - inserted - updated)
 
     @staticmethod
@@ -695,27 +694,55 @@ class Storage:
 
     async def add_coverage(self, symbol: str, span: CoverageSpan) -> None:
         """Record that ``span`` of ``symbol`` was observed, merging with touching ranges."""
-        await self.run(self._add_coverage, symbol, span)
+        await self.run(self._add_coverages, [(symbol, span)])
 
-    def _add_coverage(self, conn: Connection, symbol: str, span: CoverageSpan) -> None:
-        if span.end <= span.start:
+    def _add_coverages(
+        self, conn: Connection, coverage: Sequence[tuple[str, CoverageSpan]]
+    ) -> None:
+        """Add spans of any number of symbols, each merged with the ranges it overlaps or
+        touches, in three statements however many symbols there are.
+
+        A live coverage mark names every subscribed symbol: with hundreds of them, two
+        statements per span made coverage most of a write's time. The per-symbol locks that
+        serialise merges are taken in id order, so two writers covering many symbols (the
+        live flusher and its journal replay) queue instead of deadlocking.
+        """
+        spans = [(self.symbol_id(conn, sym), sp) for sym, sp in coverage if sp.end > sp.start]
+        if not spans:
             return
-        sid = self.symbol_id(conn, symbol)
-        # Serialise merges per symbol so two writers cannot both insert overlapping ranges.
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x68697374, sid))
-        merged = conn.execute(
-            "DELETE FROM coverage WHERE symbol_id = %s AND stream = %s AND source = %s"
-            " AND (during && tstzrange(%s, %s) OR during -|- tstzrange(%s, %s))"
-            " RETURNING lower(during), upper(during)",
-            (sid, span.stream, span.source, span.start, span.end, span.start, span.end),
-        ).fetchall()
-        low = min([span.start, *(row[0] for row in merged)])
-        high = max([span.end, *(row[1] for row in merged)])
         conn.execute(
-            "INSERT INTO coverage (symbol_id, stream, source, during)"
-            " VALUES (%s, %s, %s, tstzrange(%s, %s))",
-            (sid, span.stream, span.source, low, high),
+            "SELECT pg_advisory_xact_lock(%s, sid)"
+            " FROM (SELECT sid FROM unnest(%s::int4[]) AS sid ORDER BY sid) AS ordered",
+            (_COVERAGE_LOCK, sorted({sid for sid, _ in spans})),
         )
+        added = [(sid, sp.stream, sp.source, sp.start, sp.end) for sid, sp in spans]
+        merged = conn.execute(
+            "DELETE FROM coverage c USING unnest(%s::int2[], %s::text[], %s::text[],"
+            " %s::timestamptz[], %s::timestamptz[]) AS n(sid, stream, source, low, high)"
+            " WHERE c.symbol_id = n.sid AND c.stream = n.stream AND c.source = n.source"
+            " AND (c.during && tstzrange(n.low, n.high) OR c.during -|- tstzrange(n.low, n.high))"
+            " RETURNING c.symbol_id, c.stream, c.source, lower(c.during), upper(c.during)",
+            [list(column) for column in zip(*added, strict=True)],
+        ).fetchall()
+        ranges: dict[tuple[int, str, str], list[tuple[datetime, datetime]]] = {}
+        for sid, stream, source, low, high in [*added, *merged]:
+            ranges.setdefault((sid, stream, source), []).append((low, high))
+        rows: list[tuple[int, str, str, datetime, datetime]] = []
+        for (sid, stream, source), found in ranges.items():
+            found.sort()
+            low, high = found[0]
+            for next_low, next_high in found[1:]:
+                if next_low > high:  # neither overlapping nor touching: a range of its own
+                    rows.append((sid, stream, source, low, high))
+                    low = next_low
+                high = max(high, next_high)
+            rows.append((sid, stream, source, low, high))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO coverage (symbol_id, stream, source, during)"
+                " VALUES (%s, %s, %s, tstzrange(%s, %s))",
+                rows,
+            )
 
     async def covered(
         self, symbol: str, stream: Stream, start: datetime, end: datetime
