@@ -173,9 +173,8 @@ class StorageActor:
             statement_timeout_s=db.statement_timeout_s,
             connect_timeout_s=db.connect_timeout_s,
         ) as storage:
-            # Registered in their own committed transactions before any write uses them.
-            for symbol in self._symbols():
-                await storage.register_symbol(symbol)
+            # Registered in their own committed transaction before any write uses them.
+            await storage.register_symbols(self._symbols())
             self.storage = storage
             self.down_since = None
             self.last_error = None

@@ -363,6 +363,21 @@ class Storage:
         """
         return await self.run(self.symbol_id, symbol)
 
+    async def register_symbols(self, symbols: Iterable[str]) -> dict[str, int]:
+        """The database ids of ``symbols`` (any spelling, keyed as given), registering missing
+        ones, all in one transaction: the service registers every subscribed pair at start,
+        hundreds of them, and one transaction each took seconds under live load.
+
+        Raises:
+            UnknownSymbol: the registry does not know a spelling (nothing is registered).
+        """
+        names = list(symbols)
+
+        def register(conn: Connection) -> dict[str, int]:
+            return {name: self.symbol_id(conn, name) for name in names}
+
+        return await self.run(register)
+
     async def copy_new_trades(
         self,
         symbol: str,

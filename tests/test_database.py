@@ -132,6 +132,21 @@ class TestTradeWrites:
             await storage.write_trades([trade(0, symbol="NOPE/USD")], source="live")
 
 
+class TestSymbolRows:
+    async def test_many_registered_at_once(self, storage: Storage) -> None:
+        """Several pairs get their rows (and distinct ids) in one call, any spelling."""
+        ids = await storage.register_symbols(["BTC/USD", "XETHZUSD", "XRP/EUR"])
+        assert sorted(ids) == ["BTC/USD", "XETHZUSD", "XRP/EUR"]
+        assert len(set(ids.values())) == 3
+        assert await storage.register_symbol("ETH/USD") == ids["XETHZUSD"]
+
+    async def test_an_unknown_one_registers_none(self, storage: Storage) -> None:
+        """One unknown pair among them raises and leaves no row behind."""
+        with pytest.raises(UnknownSymbol):
+            await storage.register_symbols(["BTC/USD", "NOPE/USD"])
+        assert await storage.stored_symbols() == []
+
+
 class TestCandleWrites:
     async def test_in_progress_candle_is_upserted(self, storage: Storage) -> None:
         """Successive versions of a live minute replace each other; the final one stays."""
