@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +224,8 @@ class SymbolRegistry:
     def __init__(self, infos: Iterable[SymbolInfo]) -> None:
         self._by_symbol: dict[str, SymbolInfo] = {}
         self._by_spelling: dict[str, SymbolInfo] = {}
+        # Serialises changes: for_file_name's read-modify-write runs in import threads.
+        self._changing = threading.Lock()
         self.replace(infos)
 
     @classmethod
@@ -263,6 +266,10 @@ class SymbolRegistry:
 
     def replace(self, infos: Iterable[SymbolInfo]) -> None:
         """Make the registry know exactly ``infos`` (the same v2 name twice: the last wins)."""
+        with self._changing:
+            self._replace(infos)
+
+    def _replace(self, infos: Iterable[SymbolInfo]) -> None:
         by_symbol: dict[str, SymbolInfo] = {}
         for info in infos:
             by_symbol[info.symbol] = info
@@ -321,10 +328,11 @@ class SymbolRegistry:
                 f"unknown pair {name!r}: no quote currency Kraken lists ends it;"
                 f" {self.nearest(name)}"
             )
-        known = self._by_symbol.get(derived.symbol)
-        if known is not None:  # another spelling of a pair we know (XXBTZUSD for BTC/USD)
-            return known
-        self.replace([*self._by_symbol.values(), derived])
+        with self._changing:
+            known = self._by_symbol.get(derived.symbol)
+            if known is not None:  # another spelling of a known pair (XXBTZUSD for BTC/USD)
+                return known
+            self._replace([*self._by_symbol.values(), derived])
         return derived
 
     def expand(self, patterns: Iterable[str]) -> tuple[str, ...]:
