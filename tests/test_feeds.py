@@ -67,15 +67,21 @@ async def simulator() -> AsyncIterator[Simulator]:
 
 
 def make_config(
-    tmp_path: Path, sim: Simulator, symbols: tuple[str, ...], *, gapfill: bool = False
+    tmp_path: Path,
+    sim: Simulator,
+    symbols: tuple[str, ...],
+    *,
+    gapfill: bool = False,
+    rest_url: str | None = None,
 ) -> Config:
     return Config(
         service=ServiceConfig(data_dir=str(tmp_path / "var"), shutdown_timeout_s=8.0),
         database=DatabaseConfig(pool_max=4, connect_timeout_s=1.0),
         kraken=KrakenConfig(
-            rest_url=sim.rest_url,
+            rest_url=rest_url or sim.rest_url,
             ws_url=sim.ws_url,
             symbols=symbols,
+            request_timeout_s=2.0,
             symbols_per_connection=2,
             rest_rate_per_s=50.0,
             ws_stale_after_s=3.0,
@@ -164,3 +170,17 @@ class TestEveryPair:
                 stats = service.pairs.statistics()
                 assert stats.subscribed == 5
                 assert stats.refreshes >= 2
+
+    async def test_kraken_unreachable_uses_the_stored_pairs(
+        self, tmp_path: Path, database_url: str
+    ) -> None:
+        """A service started while AssetPairs cannot be fetched subscribes the pairs an
+        earlier run stored, not just the shipped ones."""
+        async with simulator() as sim:
+            async with running(make_config(tmp_path, sim, ("*",)), database_url) as service:
+                await until(lambda: service.pairs.statistics().refreshes == 1)
+            offline = make_config(tmp_path, sim, ("*",), rest_url="http://127.0.0.1:9")
+            async with running(offline, database_url) as service:
+                assert set(service.feed.symbols) == set(PAIRS)
+                assert service.pairs.statistics().failures == 1
+                await until(lambda: service.feed.statistics().connected)
