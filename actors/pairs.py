@@ -148,12 +148,12 @@ class PairsRefresher:
         if listed is None:
             return None
         self._pending = listed
+        self._synced = False  # run() stores it as soon as storage is open
         storage = self._storage()
         if storage is None:
             self.registry.replace([*self.registry, *listed])
             self._apply()
             return None
-        self._synced = False
         return await self._sync(storage)
 
     async def _fetch(self) -> SymbolRegistry | None:
