@@ -10,8 +10,9 @@ session, and why:
   one starts. Kraken's guidance is to reconnect at once after a random drop but to wait
   longer when it keeps failing, and Cloudflare bans an IP that makes more than about 150
   connection attempts in 10 minutes: the first retry after a session that delivered data is
-  immediate, further ones back off (jittered, exponential), and a sliding window never lets
-  more than ``max_connects`` attempts start within ``connect_window_s``.
+  immediate, further ones back off (jittered, exponential), and a sliding window
+  (:class:`ConnectBudget`, shared by every feed of the service, since the limit is per IP)
+  never lets more than ``max_connects`` attempts start within ``connect_window_s``.
 - **Subscriptions.** Kraken does not restore subscriptions, so every session subscribes
   afresh. Failed per-symbol acks are kept in ``failed_subscriptions`` (shown by
   ``histdata status``): heartbeats keep flowing for a failed symbol, so this is the only place
@@ -61,7 +62,14 @@ from histdata.storage import Stream
 from histdata.supervisor import Backoff, Channel, current_child_stopping
 from histdata.symbols import SymbolRegistry
 
-__all__ = ["CatchUpQueue", "CatchUpSink", "Feed", "FeedStatistics", "LivePublisher"]
+__all__ = [
+    "CatchUpQueue",
+    "CatchUpSink",
+    "ConnectBudget",
+    "Feed",
+    "FeedStatistics",
+    "LivePublisher",
+]
 
 _log = structlog.get_logger("histdata.actors.feed", actor="feed")
 _LOG_FIRST_REJECTIONS = 5
@@ -117,6 +125,34 @@ class CatchUpQueue:
         return symbol
 
 
+class ConnectBudget:
+    """A sliding window of WebSocket connection attempts: at most ``max_connects`` start
+    within any ``window_s`` seconds; :meth:`acquire` waits for room.
+
+    Cloudflare bans an IP that makes more than about 150 attempts in 10 minutes, so every
+    connection of one service draws on one budget.
+    """
+
+    def __init__(self, max_connects: int = 140, window_s: float = 600.0) -> None:
+        self.max_connects = max_connects
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    async def acquire(self) -> None:
+        """Wait until an attempt may start, and count it."""
+        while True:
+            now = trio.current_time()
+            while self._times and self._times[0] <= now - self.window_s:
+                self._times.popleft()
+            if len(self._times) < self.max_connects:
+                self._times.append(now)
+                await trio.lowlevel.checkpoint()
+                return
+            wait = self._times[0] + self.window_s - now
+            _log.warning("connection budget used up; waiting", wait_s=round(wait, 1))
+            await trio.sleep(wait)
+
+
 @dataclass(frozen=True, slots=True)
 class FeedStatistics:
     """Counters and state of the feed actor.
@@ -142,6 +178,7 @@ class FeedStatistics:
     last_trade_at: dict[str, float]
     trades_by_symbol: dict[str, int]  # trades received per symbol, snapshots included
     system_status: str | None
+    connections: int = 1  # WebSocket connections the symbols are spread over
 
 
 class Feed:
@@ -168,6 +205,7 @@ class Feed:
         backoff: Backoff | None = None,
         max_connects: int = 140,
         connect_window_s: float = 600.0,
+        connect_budget: ConnectBudget | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
@@ -186,10 +224,8 @@ class Feed:
         # failing (maintenance, long outage); the delays reach 5 s on the fourth attempt.
         self._backoff = backoff if backoff is not None else Backoff(0.5, 60.0)
         # 150 attempts per 10 minutes per IP is Cloudflare's ban threshold; stay below it.
-        self.max_connects = max_connects
-        self.connect_window_s = connect_window_s
+        self._budget = connect_budget or ConnectBudget(max_connects, connect_window_s)
         self._clock = clock
-        self._attempt_times: deque[float] = deque()
         self._connected = False
         self._down_since: float | None = clock()  # it starts without a connection
         self._sessions = 0
@@ -279,16 +315,7 @@ class Feed:
                 await trio.sleep(delay)
 
     async def _wait_for_connect_budget(self) -> None:
-        now = trio.current_time()
-        window = self._attempt_times
-        while window and window[0] <= now - self.connect_window_s:
-            window.popleft()
-        if len(window) >= self.max_connects:
-            wait = window[0] + self.connect_window_s - now
-            _log.warning("connection budget used up; waiting", wait_s=round(wait, 1))
-            await trio.sleep(wait)
-            window.popleft()
-        window.append(trio.current_time())
+        await self._budget.acquire()
         self._attempts += 1
 
     async def _session(self) -> bool:

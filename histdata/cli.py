@@ -54,6 +54,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write candles or trades to parquet, feather or csv files (or freqtrade's layout)",
     ),
     "status": ("histdata.commands.status", "show actors, restarts, channels, lag and drops"),
+    "symbols": (
+        "histdata.commands.symbols",
+        "list what is stored per symbol (--refresh: AssetPairs)",
+    ),
     "migrate": ("histdata.commands.migrate", "apply the database schema"),
     "sim": ("histdata.sim.command", "run the local Kraken simulator (REST + WebSocket v2)"),
 }

@@ -164,7 +164,12 @@ class KrakenConfig:
 
     rest_url: str = "https://api.kraken.com"
     ws_url: str = "wss://ws.kraken.com/v2"
+    # Any spelling of a pair, or an fnmatch pattern on v2 names: "*" every online pair.
     symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD")
+    # Kraken documents no cap for public channels; 200 is its documented level3 cap (see
+    # docs/kraken-limits.md). One connection per this many symbols.
+    symbols_per_connection: int = field(default=200, metadata=_positive())
+    asset_pairs_refresh_s: float = field(default=3600.0, metadata=_positive())
     rest_rate_per_s: float = field(default=1.0, metadata=_positive())
     rest_burst: int = field(default=5, metadata=_positive())
     request_timeout_s: float = field(default=30.0, metadata=_positive())

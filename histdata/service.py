@@ -6,6 +6,8 @@
      ├─ storage      the connection pool (migrations at start); closes last
      ├─ live (rest_for_one)
      │    flusher ◀── batches ── buffer ◀── live.trades / live.candles ── feed
+     │                                              feeds (one_for_one): feed-0, feed-1 …
+     ├─ pairs        AssetPairs into the symbols table, the feeds' subscriptions to match
      ├─ rollup, gapfiller, backfiller, maintenance   (each waits for storage; see _plug_in)
      └─ query        the read API, /healthz and /metrics on the Unix socket
 
@@ -14,6 +16,14 @@ reverse-order shutdown stops the feed first, lets the buffer drain into the flus
 flusher write (or journal) everything before storage closes. Under ``rest_for_one`` a crashed
 flusher also restarts the buffer and the feed; the channels belong to the service, not the
 actors, so nothing queued is lost by any restart.
+
+**Symbols.** Before the tree starts, :class:`~histdata.actors.pairs.PairsRefresher` fetches
+Kraken's AssetPairs (else loads the ``symbols`` table, else keeps the shipped pairs) and
+expands ``[kraken] symbols`` (``"*"``, ``"*/USD"``…) into the feed group's subscriptions,
+``[kraken] symbols_per_connection`` per WebSocket connection
+(:class:`~histdata.actors.feeds.FeedGroup`); it stores the answer once storage opens and
+refreshes every ``[kraken] asset_pairs_refresh_s``, reconnecting the feeds when the set of
+pairs changed.
 
 **Without a database.** The storage child reports started at once and opens the pool (and
 migrates) in the background, retrying with backoff for as long as the database stays away:
@@ -34,6 +44,7 @@ service that is correctly riding out an outage. ``READY=1`` is sent once the tre
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -45,12 +56,14 @@ import trio
 from histdata import metrics_listener
 from histdata.actors.backfiller import Backfiller
 from histdata.actors.buffer import Batch, Buffer, LiveItem, live_weight
-from histdata.actors.feed import CatchUpQueue, Feed
+from histdata.actors.feed import CatchUpQueue, ConnectBudget, Feed
+from histdata.actors.feeds import FeedGroup
 from histdata.actors.flusher import Flusher
 from histdata.actors.gapfiller import GapFiller
 from histdata.actors.hub import LiveHub
 from histdata.actors.journal import Journal
 from histdata.actors.maintenance import MaintenanceActor
+from histdata.actors.pairs import PairsRefresher
 from histdata.actors.query import QueryApp
 from histdata.actors.rollup import RollupActor
 from histdata.config import Config
@@ -93,10 +106,17 @@ class StorageActor:
     :class:`DatabaseUnavailable` while storage is not open; :meth:`ready` waits for it.
     """
 
-    def __init__(self, conninfo: str, config: Config, registry: SymbolRegistry) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        config: Config,
+        registry: SymbolRegistry,
+        symbols: Callable[[], Sequence[str]],
+    ) -> None:
         self._conninfo = conninfo
         self._config = config
         self._registry = registry
+        self._symbols = symbols
         self.storage: Storage | None = None
         self._opened = trio.Event()
         self.attempts = 0
@@ -154,9 +174,8 @@ class StorageActor:
             statement_timeout_s=db.statement_timeout_s,
             connect_timeout_s=db.connect_timeout_s,
         ) as storage:
-            # Registered in their own committed transactions before any write uses them.
-            for symbol in self._config.kraken.symbols:
-                await storage.register_symbol(symbol)
+            # Registered in their own committed transaction before any write uses them.
+            await storage.register_symbols(self._symbols())
             self.storage = storage
             self.down_since = None
             self.last_error = None
@@ -184,6 +203,7 @@ class Service:
         self.config = config
         self.registry = registry or SymbolRegistry.shipped()
         self.started_at = time.time()
+        self._conninfo = conninfo
         live = config.live
         data_dir = config.service.data_path
         self.journal = Journal(data_dir / "journal", max_bytes=live.journal_max_mb * 1024 * 1024)
@@ -212,7 +232,9 @@ class Service:
         self.gapfiller: GapFiller | None = None
         self.backfiller: Backfiller | None = None
         self.maintenance: MaintenanceActor | None = None
-        self.storage_actor = StorageActor(conninfo, config, self.registry)
+        self.storage_actor = StorageActor(
+            conninfo, config, self.registry, lambda: self.feed.symbols
+        )
         timeout = config.service.shutdown_timeout_s
         self.latencies = Latencies()
         self.flusher = Flusher(
@@ -235,17 +257,40 @@ class Service:
             stop_send_budget_s=0.1 * timeout,
         )
         kraken = config.kraken
-        self.feed = Feed(
-            kraken.ws_url,
-            kraken.symbols,
+        budget = ConnectBudget()  # Cloudflare's attempt limit is per IP: one for all feeds
+
+        def make_feed() -> Feed:
+            return Feed(
+                kraken.ws_url,
+                (),
+                self.registry,
+                self.trades,
+                self.candles,
+                catch_up=self.catch_up,
+                loss=self.loss,
+                publish=self.hub,
+                stale_after_s=kraken.ws_stale_after_s,
+                ping_interval_s=kraken.ws_ping_interval_s,
+                connect_budget=budget,
+            )
+
+        self.feed = FeedGroup(
+            make_feed,
             self.registry,
-            self.trades,
-            self.candles,
-            catch_up=self.catch_up,
-            loss=self.loss,
-            publish=self.hub,
-            stale_after_s=kraken.ws_stale_after_s,
-            ping_interval_s=kraken.ws_ping_interval_s,
+            per_connection=kraken.symbols_per_connection,
+            shutdown_timeout_s=0.1 * timeout,
+        )
+        self.pairs = PairsRefresher(
+            self._rest,
+            lambda: self.storage_actor.storage,
+            self.storage_actor.ready,
+            self.registry,
+            self.feed,
+            kraken.symbols,
+            interval_s=kraken.asset_pairs_refresh_s,
+            # Start-up waits this long at most for AssetPairs before falling back to the
+            # stored pairs: the live path must not be held up by a slow Kraken.
+            fetch_timeout_s=min(kraken.request_timeout_s, 10.0),
         )
         self.live = Supervisor(
             "live",
@@ -261,6 +306,7 @@ class Service:
             [
                 ChildSpec("storage", self.storage_actor.run, shutdown_timeout_s=0.1 * timeout),
                 self.live.child_spec(),
+                ChildSpec("pairs", self.pairs.run, shutdown_timeout_s=0.05 * timeout),
                 *self._plug_in(timeout),
             ],
             strategy=Strategy.ONE_FOR_ONE,
@@ -350,14 +396,27 @@ class Service:
             await self._log_catch_ups(task_status=task_status)
             return
         storage = await self._storage_when_open(task_status)
-        self.gapfiller = GapFiller(
-            storage,
-            self._rest(),
-            self.feed.symbols,
-            interval_s=gapfill.interval_s,
-            lookback=timedelta(days=gapfill.lookback_days),
-        )
-        await self.gapfiller.run(self.catch_up)
+        # A gap filler repairs a fixed list of symbols: when a refresh changes what the feeds
+        # record, a new one takes over (repairs are idempotent; queued catch-ups stay queued).
+        while True:
+            symbols = self.feed.symbols
+            self.gapfiller = GapFiller(
+                storage,
+                self._rest(),
+                symbols,
+                interval_s=gapfill.interval_s,
+                lookback=timedelta(days=gapfill.lookback_days),
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._cancel_on_change, symbols, nursery.cancel_scope)
+                await self.gapfiller.run(self.catch_up)
+                nursery.cancel_scope.cancel()
+            if self.feed.symbols == symbols:
+                return  # it stopped because the service is stopping
+
+    async def _cancel_on_change(self, symbols: tuple[str, ...], scope: trio.CancelScope) -> None:
+        await self.feed.wait_changed(symbols)
+        scope.cancel()
 
     async def _run_backfiller(self, *, task_status: trio.TaskStatus[None]) -> None:
         since = self.config.backfill.since
@@ -402,7 +461,7 @@ class Service:
             task_status.started()
 
     def _extra_statistics(self) -> dict[str, Any]:
-        found: dict[str, Any] = {"hub": self.hub.statistics()}
+        found: dict[str, Any] = {"hub": self.hub.statistics(), "pairs": self.pairs.statistics()}
         for name in ("rollup", "gapfiller", "backfiller", "maintenance"):
             actor = getattr(self, name)
             if actor is not None:
@@ -507,16 +566,39 @@ class Service:
             trio.open_nursery() as nursery,
         ):
             self.rest = rest
+            await self.pairs.start(self._stored_registry)
             if handle_signals:
                 await nursery.start(watch_signals, self.shutdown)
             await nursery.start(self._run_root, nursery.cancel_scope)
             systemd.ready()
-            systemd.status(f"recording {', '.join(self.feed.symbols)}")
-            _log.info("service started", symbols=self.feed.symbols)
+            symbols, connections = self.feed.symbols, len(self.feed.feeds)
+            systemd.status(f"recording {len(symbols)} pairs over {connections} connections")
+            _log.info(
+                "service started",
+                symbols=len(symbols),
+                connections=connections,
+                first=symbols[:10],
+            )
             nursery.start_soon(self._watchdog)
             task_status.started()
         await self.journal.aclose()
         _log.info("service stopped", journal_bytes=self.journal.bytes)
+
+    async def _stored_registry(self) -> SymbolRegistry | None:
+        """The registry in the ``symbols`` table, or None when the database is away (at
+        start, while Kraken is unreachable; the storage child keeps retrying meanwhile)."""
+        db = self.config.database
+        try:
+            async with open_storage(
+                self._conninfo,
+                pool_min=1,
+                pool_max=1,
+                statement_timeout_s=db.statement_timeout_s,
+                connect_timeout_s=db.connect_timeout_s,
+            ) as storage:
+                return storage.registry
+        except DatabaseUnavailable:
+            return None
 
     async def _run_root(
         self, helpers: trio.CancelScope, *, task_status: trio.TaskStatus[None]

@@ -31,6 +31,7 @@ from prometheus_client.core import (
 from histdata import __version__
 from histdata.actors.buffer import Buffer
 from histdata.actors.feed import Feed, FeedStatistics
+from histdata.actors.feeds import FeedGroup
 from histdata.actors.flusher import Flusher, FlusherStatistics
 from histdata.actors.hub import HubStatistics
 from histdata.actors.journal import Journal, JournalStatistics
@@ -128,7 +129,7 @@ class TelemetrySources:
     """
 
     supervisor: Supervisor
-    feed: Feed
+    feed: Feed | FeedGroup  # several connections are a FeedGroup
     buffer: Buffer
     flusher: Flusher
     journal: Journal

@@ -2,7 +2,9 @@
 
 Layers: ``migrations`` applies the versioned files in ``sql/``; ``conninfo`` turns
 configuration into a libpq connection string (``embedded`` starts a private server when no
-URL is configured); ``database`` is the async Storage API over a sync connection pool.
+URL is configured); ``database`` is the async Storage API over a sync connection pool;
+``symbol_table`` stores AssetPairs answers and loads the registry from them; the other
+modules (``history``, ``reads``, ``inventory`` …) query through :meth:`Storage.run`.
 """
 
 from __future__ import annotations

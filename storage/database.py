@@ -38,6 +38,7 @@ from histdata.errors import DatabaseUnavailable, StorageNotOpen
 from histdata.model import Candle, CandleSource, Side, Trade, datetime_to_ns
 from histdata.storage.candles import DIVERT_SQL, store_aside
 from histdata.storage.migrations import migrate
+from histdata.storage.symbol_table import load_into, stored_infos
 from histdata.symbols import SymbolInfo, SymbolRegistry
 
 __all__ = [
@@ -83,6 +84,8 @@ _RECONNECT_TIMEOUT_S = 5.0
 _SAME_TRADE_WINDOW = timedelta(seconds=1)
 # Changed minutes closer than this share one rollup dirty range (see Storage._mark_dirty).
 _DIRTY_MERGE_GAP = timedelta(hours=6)
+# pg_advisory_xact_lock(int4, int4) class of the per-symbol coverage merge ("hist").
+_COVERAGE_LOCK = 0x68697374
 # copy_new_trades hands psycopg its rows in slices of this size rather than one large buffer.
 _COPY_WRITE_BYTES = 1 << 20
 Buffer = bytes | bytearray | memoryview
@@ -219,7 +222,13 @@ class Storage:
         own = self._registering.get(id(conn), {}).get(info.symbol)
         if own is not None:
             return own
-        row = conn.execute("SELECT id FROM symbols WHERE symbol = %s", (info.symbol,)).fetchone()
+        # An alias is a name a refresh corrected (histdata.storage.symbol_table): a process
+        # that still knows the old name must find the same row, never register a second one.
+        row = conn.execute(
+            "SELECT id FROM symbols WHERE symbol = %s OR %s = ANY(aliases) ORDER BY symbol = %s"
+            " DESC LIMIT 1",
+            (info.symbol, info.symbol, info.symbol),
+        ).fetchone()
         if row is None:
             return None
         # Not registered by this transaction (that would be in `own`), so it is committed.
@@ -236,13 +245,13 @@ class Storage:
         if known is not None:
             return known
         info = self.registry.resolve(symbol)
+        # A row another writer inserted meanwhile is taken as it is: names and precision are
+        # the refresh's business (histdata.storage.symbol_table), never a writer's.
         row = conn.execute(
             "INSERT INTO symbols (symbol, rest_key, altname, wsname, price_decimals,"
-            " volume_decimals) VALUES (%s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (symbol) DO UPDATE SET rest_key = EXCLUDED.rest_key,"
-            " altname = EXCLUDED.altname, wsname = EXCLUDED.wsname,"
-            " price_decimals = EXCLUDED.price_decimals, volume_decimals = EXCLUDED.volume_decimals"
-            " RETURNING id",
+            " volume_decimals, status, provisional, aliases)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (symbol) DO UPDATE SET symbol = EXCLUDED.symbol RETURNING id",
             (
                 info.symbol,
                 info.rest_key,
@@ -250,6 +259,9 @@ class Storage:
                 info.wsname,
                 info.price_decimals,
                 info.volume_decimals,
+                info.status,
+                info.provisional,
+                list(info.aliases),
             ),
         ).fetchone()
         assert row is not None  # RETURNING always yields the row
@@ -258,15 +270,16 @@ class Storage:
             registering[info.symbol] = int(row[0])
         return int(row[0])
 
+    def forget_symbol_ids(self, symbols: Iterable[str]) -> None:
+        """Drop cached ids of ``symbols`` (v2 names that a committed rename retired)."""
+        for symbol in symbols:
+            self._symbol_ids.pop(symbol, None)
+
     async def stored_symbols(self) -> list[SymbolInfo]:
         """Symbols that have a row in the database, in name order."""
 
         def query(conn: Connection) -> list[SymbolInfo]:
-            rows = conn.execute(
-                "SELECT symbol, rest_key, altname, wsname, price_decimals, volume_decimals"
-                " FROM symbols ORDER BY symbol"
-            ).fetchall()
-            return [SymbolInfo(*row) for row in rows]
+            return stored_infos(conn)
 
         return await self.run(query)
 
@@ -342,8 +355,7 @@ class Storage:
                     (_SOURCE_CODE[source], _SAME_TRADE_WINDOW, _SAME_TRADE_WINDOW),
                 )
                 inserted = max(cur.rowcount, 0)
-        for symbol, span in coverage:
-            self._add_coverage(conn, symbol, span)
+        self._add_coverages(conn, coverage)
         if cursor is not None:
             self._set_cursor(conn, *cursor)
         return WriteResult(inserted=inserted, present=len(trades) - inserted)
@@ -357,6 +369,21 @@ class Storage:
             UnknownSymbol: the registry does not know the spelling.
         """
         return await self.run(self.symbol_id, symbol)
+
+    async def register_symbols(self, symbols: Iterable[str]) -> dict[str, int]:
+        """The database ids of ``symbols`` (any spelling, keyed as given), registering missing
+        ones, all in one transaction: the service registers every subscribed pair at start,
+        hundreds of them, and one transaction each took seconds under live load.
+
+        Raises:
+            UnknownSymbol: the registry does not know a spelling (nothing is registered).
+        """
+        names = list(symbols)
+
+        def register(conn: Connection) -> dict[str, int]:
+            return {name: self.symbol_id(conn, name) for name in names}
+
+        return await self.run(register)
 
     async def copy_new_trades(
         self,
@@ -441,8 +468,7 @@ class Storage:
                     " ON CONFLICT DO NOTHING"
                 )
                 inserted = max(cur.rowcount, 0)
-        for covered_symbol, span in coverage:
-            self._add_coverage(conn, covered_symbol, span)
+        self._add_coverages(conn, coverage)
         return WriteResult(inserted=inserted, present=rows - inserted)
 
     async def read_trades(
@@ -639,8 +665,7 @@ class Storage:
             inserted = sum(1 for row in changed if row[2]) + sum(1 for row in aside if row[2])
             updated = len(changed) + len(aside) - inserted
             self._mark_dirty(conn, ((sid, time) for sid, time, _ in changed))
-        for symbol, span in coverage:
-            self._add_coverage(conn, symbol, span)
+        self._add_coverages(conn, coverage)
         return CandleWriteResult(inserted, updated, len(candles) - inserted - updated)
 
     @staticmethod
@@ -706,27 +731,55 @@ class Storage:
 
     async def add_coverage(self, symbol: str, span: CoverageSpan) -> None:
         """Record that ``span`` of ``symbol`` was observed, merging with touching ranges."""
-        await self.run(self._add_coverage, symbol, span)
+        await self.run(self._add_coverages, [(symbol, span)])
 
-    def _add_coverage(self, conn: Connection, symbol: str, span: CoverageSpan) -> None:
-        if span.end <= span.start:
+    def _add_coverages(
+        self, conn: Connection, coverage: Sequence[tuple[str, CoverageSpan]]
+    ) -> None:
+        """Add spans of any number of symbols, each merged with the ranges it overlaps or
+        touches, in three statements however many symbols there are.
+
+        A live coverage mark names every subscribed symbol: with hundreds of them, two
+        statements per span made coverage most of a write's time. The per-symbol locks that
+        serialise merges are taken in id order, so two writers covering many symbols (the
+        live flusher and its journal replay) queue instead of deadlocking.
+        """
+        spans = [(self.symbol_id(conn, sym), sp) for sym, sp in coverage if sp.end > sp.start]
+        if not spans:
             return
-        sid = self.symbol_id(conn, symbol)
-        # Serialise merges per symbol so two writers cannot both insert overlapping ranges.
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x68697374, sid))
-        merged = conn.execute(
-            "DELETE FROM coverage WHERE symbol_id = %s AND stream = %s AND source = %s"
-            " AND (during && tstzrange(%s, %s) OR during -|- tstzrange(%s, %s))"
-            " RETURNING lower(during), upper(during)",
-            (sid, span.stream, span.source, span.start, span.end, span.start, span.end),
-        ).fetchall()
-        low = min([span.start, *(row[0] for row in merged)])
-        high = max([span.end, *(row[1] for row in merged)])
         conn.execute(
-            "INSERT INTO coverage (symbol_id, stream, source, during)"
-            " VALUES (%s, %s, %s, tstzrange(%s, %s))",
-            (sid, span.stream, span.source, low, high),
+            "SELECT pg_advisory_xact_lock(%s, sid)"
+            " FROM (SELECT sid FROM unnest(%s::int4[]) AS sid ORDER BY sid) AS ordered",
+            (_COVERAGE_LOCK, sorted({sid for sid, _ in spans})),
         )
+        added = [(sid, sp.stream, sp.source, sp.start, sp.end) for sid, sp in spans]
+        merged = conn.execute(
+            "DELETE FROM coverage c USING unnest(%s::int2[], %s::text[], %s::text[],"
+            " %s::timestamptz[], %s::timestamptz[]) AS n(sid, stream, source, low, high)"
+            " WHERE c.symbol_id = n.sid AND c.stream = n.stream AND c.source = n.source"
+            " AND (c.during && tstzrange(n.low, n.high) OR c.during -|- tstzrange(n.low, n.high))"
+            " RETURNING c.symbol_id, c.stream, c.source, lower(c.during), upper(c.during)",
+            [list(column) for column in zip(*added, strict=True)],
+        ).fetchall()
+        ranges: dict[tuple[int, str, str], list[tuple[datetime, datetime]]] = {}
+        for sid, stream, source, low, high in [*added, *merged]:
+            ranges.setdefault((sid, stream, source), []).append((low, high))
+        rows: list[tuple[int, str, str, datetime, datetime]] = []
+        for (sid, stream, source), found in ranges.items():
+            found.sort()
+            low, high = found[0]
+            for next_low, next_high in found[1:]:
+                if next_low > high:  # neither overlapping nor touching: a range of its own
+                    rows.append((sid, stream, source, low, high))
+                    low = next_low
+                high = max(high, next_high)
+            rows.append((sid, stream, source, low, high))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO coverage (symbol_id, stream, source, during)"
+                " VALUES (%s, %s, %s, tstzrange(%s, %s))",
+                rows,
+            )
 
     async def covered(
         self, symbol: str, stream: Stream, start: datetime, end: datetime
@@ -820,6 +873,10 @@ async def open_storage(
 ) -> AsyncIterator[Storage]:
     """Open a connection pool on ``conninfo``, migrate the schema, and yield :class:`Storage`.
 
+    Without ``registry`` the registry is loaded from the ``symbols`` table (the shipped
+    pairs while it has never held an AssetPairs answer; see
+    :mod:`histdata.storage.symbol_table`); a given one is used as it is.
+
     Raises:
         DatabaseUnavailable: the database did not accept a connection within
             ``connect_timeout_s``.
@@ -853,8 +910,12 @@ async def open_storage(
     except psycopg_pool.PoolTimeout as exc:
         await trio.to_thread.run_sync(pool.close)
         raise DatabaseUnavailable(f"database did not accept connections: {exc}") from exc
-    storage = Storage(pool, registry or SymbolRegistry.shipped(), timescale=timescale)
+    storage = Storage(
+        pool, registry if registry is not None else SymbolRegistry([]), timescale=timescale
+    )
     try:
+        if registry is None:
+            await storage.run(load_into, storage.registry)
         yield storage
     finally:
         with trio.CancelScope(shield=True):

@@ -7,6 +7,7 @@ runs in a thread of its own, because every command calls ``trio.run`` itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +35,8 @@ from histdata.commands.status import render
 from histdata.model import NS_PER_S, Trade
 from histdata.runlock import hold_run_lock
 from histdata.sim import SimConfig, Simulator, open_simulator
-from histdata.storage import open_storage
+from histdata.storage import CoverageSpan, open_storage
+from histdata.storage.history import mark_unrecoverable
 from histdata.timeutil import format_time
 
 T = TypeVar("T")
@@ -544,8 +547,11 @@ class TestExitStatus:
         monkeypatch.setenv("HISTDATA_KRAKEN_SYMBOLS", "NOPE/USD")
         result = cli(*argv)
         assert result.status == 2, result.err
-        assert result.err.count("\n") == 1
-        assert "NOPE/USD" in result.err
+        # `run` asks Kraken's AssetPairs first (the pair might be new); where Kraken cannot be
+        # reached the service logs that before the error line.
+        errors = [line for line in result.err.splitlines() if not line.startswith("{")]
+        assert len(errors) == 1
+        assert "NOPE/USD" in errors[0]
 
     def test_second_run_says_already_running(
         self, cli: Callable[..., Outcome], tmp_path: Path
@@ -671,3 +677,96 @@ class TestStatusText:
         text = render(_snapshot({}, trades_written=1038, trades_inserted=916))
         assert "trades stored 916 new, 122 already present (of 1038 written" in text
         assert text.splitlines()[-1] == "drops: quarantined batches 2"
+
+    def test_connections_are_counted(self) -> None:
+        """A feed over several connections says how many; a single one says nothing extra."""
+        snapshot = _snapshot({})
+        snapshot["feed"]["connections"] = 3
+        assert "feed: DISCONNECTED (3 connections), sessions" in render(snapshot)
+        snapshot["feed"]["connections"] = 1
+        assert "feed: DISCONNECTED, sessions" in render(snapshot)
+
+
+def store_listing_fixture(database_url: str) -> None:
+    """Ten BTC/USD trades a minute apart, observed except for [3m, 5m), of which [3m, 4m) is
+    marked unrecoverable."""
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    trades = [
+        Trade(SYMBOL, (int(start.timestamp()) + 60 * i) * NS_PER_S, Decimal(1), Decimal(1))
+        for i in range(10)
+    ]
+    spans = [(start, start + timedelta(minutes=3)), (start + timedelta(minutes=5), FAR[1])]
+
+    async def write() -> None:
+        async with open_storage(database_url, pool_max=1) as storage:
+            await storage.write_trades(
+                trades,
+                source="csv",
+                coverage=[(SYMBOL, CoverageSpan("trades", "csv", a, b)) for a, b in spans],
+            )
+            await mark_unrecoverable(
+                storage,
+                SYMBOL,
+                "trades",
+                start + timedelta(minutes=3),
+                start + timedelta(minutes=4),
+                "test",
+            )
+
+    trio.run(write)
+
+
+class TestSymbols:
+    def test_lists_rows_coverage_holes_and_marks(
+        self, cli: Callable[..., Outcome], database_url: str
+    ) -> None:
+        """One line per stored stream: span, rows, observed share, holes, unrecoverable."""
+        store_listing_fixture(database_url)
+        result = cli("symbols")
+        assert result.status == 0, result.err
+        lines = result.out.splitlines()
+        assert lines[0].split() == [
+            *("SYMBOL", "STREAM", "FIRST", "LAST", "ROWS", "COVERAGE", "HOLES", "UNRECOVERABLE"),
+        ]
+        assert lines[1].split() == [
+            *("BTC/USD", "trades", "2024-01-01T00:00:00Z", "2024-01-01T00:09:00Z", "10"),
+            *("77.78%", "1", "1", "(0:01:00)"),
+        ]
+        assert lines[-1].startswith("1 symbol with data; 11 more known pairs with nothing stored")
+
+    def test_json(self, cli: Callable[..., Outcome], database_url: str) -> None:
+        """--json gives the same figures as numbers."""
+        store_listing_fixture(database_url)
+        result = cli("symbols", "--json")
+        assert result.status == 0, result.err
+        body = json.loads(result.out)
+        (stream,) = body["streams"]
+        assert (stream["symbol"], stream["rows"], stream["holes"]) == (SYMBOL, 10, 1)
+        assert stream["coverage"] == pytest.approx(7 / 9, abs=1e-6)
+        assert stream["unrecoverable_s"] == 60.0
+        assert body["refresh"] is None
+
+    def test_refresh_stores_asset_pairs(
+        self, cli: Callable[..., Outcome], sim_thread: SimThread, database_url: str
+    ) -> None:
+        """--refresh loads the simulator's AssetPairs; later listings know only those pairs."""
+        result = cli("symbols", "--refresh")
+        assert result.status == 0, result.err
+        assert result.out.splitlines()[0].startswith("AssetPairs: 1 pairs listed, 1 new")
+        again = cli("symbols")
+        assert again.out.splitlines()[-1] == (
+            "0 symbols with data; 1 more known pairs with nothing stored (online 1)"
+        )
+
+    def test_refresh_without_kraken_is_one_line(
+        self, cli: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With Kraken unreachable, --refresh exits 1 with one line naming the URL."""
+        monkeypatch.setenv("HISTDATA_KRAKEN_REST_URL", "http://127.0.0.1:9")
+        monkeypatch.setenv("HISTDATA_KRAKEN_REQUEST_TIMEOUT_S", "2")
+        result = cli("symbols", "--refresh")
+        assert result.status == 1
+        errors = [line for line in result.err.splitlines() if line.startswith("histdata")]
+        assert len(errors) == 1
+        assert errors[0].startswith("histdata symbols: cannot refresh AssetPairs from http://127")
+        assert "ConnectError" in errors[0]

@@ -132,6 +132,21 @@ class TestTradeWrites:
             await storage.write_trades([trade(0, symbol="NOPE/USD")], source="live")
 
 
+class TestSymbolRows:
+    async def test_many_registered_at_once(self, storage: Storage) -> None:
+        """Several pairs get their rows (and distinct ids) in one call, any spelling."""
+        ids = await storage.register_symbols(["BTC/USD", "XETHZUSD", "XRP/EUR"])
+        assert sorted(ids) == ["BTC/USD", "XETHZUSD", "XRP/EUR"]
+        assert len(set(ids.values())) == 3
+        assert await storage.register_symbol("ETH/USD") == ids["XETHZUSD"]
+
+    async def test_an_unknown_one_registers_none(self, storage: Storage) -> None:
+        """One unknown pair among them raises and leaves no row behind."""
+        with pytest.raises(UnknownSymbol):
+            await storage.register_symbols(["BTC/USD", "NOPE/USD"])
+        assert await storage.stored_symbols() == []
+
+
 class TestCandleWrites:
     async def test_in_progress_candle_is_upserted(self, storage: Storage) -> None:
         """Successive versions of a live minute replace each other; the final one stays."""
@@ -206,6 +221,38 @@ class TestCoverage:
         )
         assert await storage.get_cursor("backfill:BTC/USD") == "1709294402500000000"
         assert await storage.covered("BTC/USD", "trades", T0, END) == [(span.start, span.end)]
+
+    async def test_one_write_covers_many_symbols_merging_each(self, storage: Storage) -> None:
+        """A mark over several symbols merges each symbol's spans with its own ranges only:
+        touching ones join, separate ones stay apart, other symbols are untouched."""
+        hour = timedelta(hours=1)
+
+        def span(start: int, end: int) -> CoverageSpan:
+            return CoverageSpan("trades", "live", T0 + start * hour, T0 + end * hour)
+
+        await storage.add_coverage("BTC/USD", span(0, 1))
+        await storage.add_coverage("ETH/USD", span(2, 3))
+        await storage.write_trades(
+            [],
+            source="live",
+            coverage=[
+                ("ETH/USD", span(5, 6)),
+                ("BTC/USD", span(1, 2)),
+                ("ETH/USD", span(3, 4)),
+                ("XRP/EUR", span(0, 1)),
+                ("BTC/USD", span(2, 3)),
+            ],
+        )
+        end = T0 + 10 * hour
+        assert await storage.covered("BTC/USD", "trades", T0, end) == [(T0, T0 + 3 * hour)]
+        assert await storage.covered("ETH/USD", "trades", T0, end) == [
+            (T0 + 2 * hour, T0 + 4 * hour),
+            (T0 + 5 * hour, T0 + 6 * hour),
+        ]
+        assert await storage.covered("XRP/EUR", "trades", T0, end) == [(T0, T0 + hour)]
+        assert await storage.covered("XRP/EUR", "candles", T0, end) == []
+        rows = await storage.run(lambda c: c.execute("SELECT count(*) FROM coverage").fetchone())
+        assert rows == (4,)  # stored merged: BTC one range, ETH two, XRP one
 
 
 class TestCursors:

@@ -136,10 +136,14 @@ def render(snapshot: dict[str, Any]) -> str:
         )
     feed = snapshot["feed"]
     closes = ", ".join(f"{k} {v}" for k, v in sorted(feed["closes"].items())) or "none"
+    connections = feed.get("connections", 1)
+    # One state for all connections: "connected" only while every one is.
+    state = "connected" if feed["connected"] else "DISCONNECTED"
+    over = f" ({connections} connections)" if connections != 1 else ""
     lines += [
         "",
-        f"feed: {'connected' if feed['connected'] else 'DISCONNECTED'}, sessions"
-        f" {feed['sessions']}, closes: {closes}; last message {_age(feed['last_message_age_s'])}",
+        f"feed: {state}{over}, sessions {feed['sessions']}, closes: {closes}; last message"
+        f" {_age(feed['last_message_age_s'])}",
     ]
     _symbols(feed, lines)
     if feed["rejections"]:

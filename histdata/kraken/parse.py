@@ -646,7 +646,7 @@ def parse_asset_pairs(result: object) -> SymbolRegistry:
     """Build the symbol registry from the ``result`` of REST ``/public/AssetPairs``.
 
     Dark-pool and wsname-less entries are skipped (see
-    :meth:`SymbolRegistry.from_asset_pairs`); the shipped pairs stay underneath.
+    :meth:`SymbolRegistry.from_asset_pairs`); the registry holds exactly the listed pairs.
 
     Raises:
         RejectedInput: ``bad_body`` when ``result`` is not an object.

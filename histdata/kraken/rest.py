@@ -258,7 +258,7 @@ class KrakenRest:
         return await self._call("Time", {}, parse)
 
     async def asset_pairs(self) -> SymbolRegistry:
-        """A registry built from ``/public/AssetPairs`` (shipped pairs kept underneath).
+        """A registry of exactly the pairs ``/public/AssetPairs`` lists, with their status.
 
         Raises:
             KrakenError: after retries.
