@@ -341,8 +341,7 @@ def _copy_new_candles(
         if cur.rowcount != rows:
             raise ValueError(f"COPY stored {cur.rowcount} candles, expected {rows}")
     conn.execute(_DIRTY, {"sid": sid, "lo": start, "hi": end})
-    for covered_symbol, span in coverage:
-        storage._add_coverage(conn, covered_symbol, span)
+    storage._add_coverages(conn, coverage)
     # Imported here: storage.database imports this module.
     from histdata.storage.database import CandleWriteResult
 

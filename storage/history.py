@@ -453,7 +453,7 @@ def _derive_chunk(
 ) -> DerivedMinutes:
     sid = storage.symbol_id(conn, symbol)
     done = derive_minutes(conn, sid, start, end)
-    storage._add_coverage(conn, symbol, CoverageSpan("candles", "derived", start, end))
+    storage._add_coverages(conn, [(symbol, CoverageSpan("candles", "derived", start, end))])
     return done
 
 

@@ -61,9 +61,11 @@ def split_name(name: str, registry: SymbolRegistry) -> NameInfo:
     if minutes is not None and minutes < 1:
         raise RejectedInput("bad_name", f"interval {minutes} minutes is not positive", where=name)
     try:
-        symbol = registry.canonical(match["alt"])
+        # Known pairs by any spelling; else a name derived by Kraken's naming rules, marked
+        # provisional until AssetPairs confirms it (histdata.symbols).
+        symbol = registry.for_file_name(match["alt"]).symbol
     except UnknownSymbol as exc:
-        raise RejectedInput("bad_name", f"unknown pair {match['alt']!r}", where=name) from exc
+        raise RejectedInput("bad_name", str(exc), where=name) from exc
     return NameInfo(symbol, minutes)
 
 
