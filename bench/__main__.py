@@ -42,6 +42,7 @@ BENCHES = {
     "live": "bench.live_bench",
     "backfill": "bench.backfill_bench",
     "reads": "bench.read_bench",
+    "allpairs": "bench.allpairs_bench",
     "drain": "bench.drain_bench",
     "continuity": "bench.continuity_bench",
 }

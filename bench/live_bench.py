@@ -175,8 +175,14 @@ def run_step(
     drain_timeout_s: float,
     profile: Path | None,
     logs: Path | None,
+    pairs: int = 0,
+    record: str | None = None,
 ) -> Step:
-    """Measure one rate step from a fresh database, simulator and service."""
+    """Measure one rate step from a fresh database, simulator and service.
+
+    ``pairs`` generated pairs trade beside ``symbols`` (the simulator's own rates for them);
+    ``record`` is ``[kraken] symbols`` (default: the named symbols).
+    """
     with scratch_database(admin_dsn, DB) as dsn, tempfile.TemporaryDirectory() as tmp:
         migrate(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -185,7 +191,7 @@ def run_step(
             )
         work = Path(tmp)
         socket = work / "q.sock"
-        with SimProcess(symbols, rate_per_symbol=rate / len(symbols)) as sim:
+        with SimProcess(symbols, rate_per_symbol=rate / len(symbols), pairs=pairs) as sim:
             env = {
                 **os.environ,
                 "HISTDATA_CONFIG": "/dev/null",
@@ -194,7 +200,7 @@ def run_step(
                 "HISTDATA_QUERY_SOCKET": str(socket),
                 "HISTDATA_KRAKEN_WS_URL": sim.ws_url,
                 "HISTDATA_KRAKEN_REST_URL": sim.rest_url,
-                "HISTDATA_KRAKEN_SYMBOLS": ",".join(symbols),
+                "HISTDATA_KRAKEN_SYMBOLS": record if record is not None else ",".join(symbols),
                 "HISTDATA_GAPFILL_ENABLED": "false",
                 "HISTDATA_SERVICE_LOG_LEVEL": "warning",
             }
@@ -211,7 +217,14 @@ def run_step(
                 service = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
             try:
                 return _measure(
-                    dsn, sim, service, rate, symbols, socket, duration_s, drain_timeout_s
+                    dsn,
+                    sim,
+                    service,
+                    rate,
+                    len(symbols) + pairs,
+                    socket,
+                    duration_s,
+                    drain_timeout_s,
                 )
             finally:
                 service.send_signal(signal.SIGTERM)
@@ -230,12 +243,12 @@ def _measure(
     sim: SimProcess,
     service: subprocess.Popen[bytes],
     rate: int,
-    symbols: list[str],
+    recorded: int,
     socket: Path,
     duration_s: float,
     drain_timeout_s: float,
 ) -> Step:
-    sim.wait_subscribed(len(symbols))
+    sim.wait_subscribed(recorded)
     cpu0 = (_cpu(service.pid), _cpu(sim.process.pid))
     pg0 = _backend_cpu(dsn)
     sim.resume()
