@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 import trio
@@ -24,7 +25,12 @@ import trio
 from histdata.kraken.rest import KrakenRest
 from histdata.model import NS_PER_S, ns_to_datetime
 from histdata.storage.database import CoverageSpan, Storage
-from histdata.storage.history import DeriveResult, derive_candles, drop_cross_source_duplicates
+from histdata.storage.history import (
+    DeriveResult,
+    derive_candles,
+    drop_cross_source_duplicates,
+    trade_span,
+)
 
 __all__ = [
     "FetchProgress",
@@ -224,4 +230,10 @@ async def derive_backfilled(
         DatabaseUnavailable: the database is down (the trades stay; a repair derives later).
     """
     end = ns_to_datetime(until_ns if until_ns is not None else time.time_ns())
-    return await derive_candles(storage, symbol, ns_to_datetime(since_ns), end)
+    span = await trade_span(storage, symbol, ns_to_datetime(since_ns), end)
+    if span is None:
+        return DeriveResult(0, 0, 0, 0, [], [])
+    # Whole minutes around the trades: derivation itself keeps to what coverage covers whole.
+    low = span[0].replace(second=0, microsecond=0)
+    high = span[1].replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return await derive_candles(storage, symbol, max(low, ns_to_datetime(since_ns)), min(high, end))

@@ -45,6 +45,7 @@ __all__ = [
     "derive_observed",
     "drop_cross_source_duplicates",
     "mark_unrecoverable",
+    "trade_span",
     "unrecoverable_marks",
 ]
 
@@ -355,6 +356,29 @@ def _occupied(
 # One transaction derives at most this much: its dirty range and its reconciliation stay
 # small, and an interrupted repair of years keeps what it finished.
 _DERIVE_CHUNK = timedelta(days=1)
+
+
+async def trade_span(storage: Storage, symbol: str, start: datetime, end: datetime) -> Range | None:
+    """``[first, last]`` stored trade times of ``symbol`` in ``[start, end)``, or None.
+
+    Two index probes: the ends of a backfilled range, so derivation reads only where trades
+    are, not the decades before a pair's listing that a backfill ``since 0`` covers.
+    """
+
+    def query(conn: Connection) -> Range | None:
+        sid = storage.known_symbol_id(conn, symbol)
+        if sid is None:
+            return None
+        row = conn.execute(
+            "SELECT (SELECT time FROM trades WHERE symbol_id = %(s)s AND time >= %(a)s"
+            "  AND time < %(b)s ORDER BY time LIMIT 1),"
+            " (SELECT time FROM trades WHERE symbol_id = %(s)s AND time >= %(a)s"
+            "  AND time < %(b)s ORDER BY time DESC LIMIT 1)",
+            {"s": sid, "a": start, "b": end},
+        ).fetchone()
+        return None if row is None or row[0] is None else (row[0], row[1])
+
+    return await storage.run(query)
 
 
 async def derive_candles(
