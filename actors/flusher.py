@@ -27,6 +27,7 @@ On stop the flusher drains its input channel, writes what it can within
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ class Flusher:
         self._quarantined = 0
         self._failures = 0
         self._last_progress_at: float | None = None
+        self._busy_since: float | None = None  # when the batch in hand was taken
+        self._started_at = time.time()
         self._last_error: str | None = None
 
     def statistics(self) -> FlusherStatistics:
@@ -136,28 +139,57 @@ class Flusher:
         """
         if not self._handling and self._batches.statistics().depth == 0:
             return True
-        last = self._last_progress_at
-        return last is not None and time.time() - last < stall_s
+        # A flusher that just took its first batch has made no progress yet but is not stuck.
+        since = max(t for t in (self._last_progress_at, self._busy_since, self._started_at) if t)
+        return time.time() - since < stall_s
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write batches until asked to stop, then drain (see the module docs)."""
         stopping = current_child_stopping()
+        try:
+            await self._run(stopping, task_status)
+        finally:
+            # Cancelled at the stop deadline (a write stalled): what is still queued goes to
+            # the journal without waiting (page cache; a kill keeps it, fsynced at next sync).
+            self._journal_queued_nowait()
+        await self.journal.sync()
+        _log.info("flusher stopped", journal_bytes=self.journal.bytes)
+
+    async def _run(self, stopping: trio.Event, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._replayer)
             nursery.start_soon(self._syncer)
             task_status.started()
-            with trio.CancelScope() as receiving:
-                nursery.start_soon(_cancel_when, stopping, receiving)
-                async for batch in self._batches:
-                    await self._handle(batch)
+            # A stop ends the wait for the next batch, never a write in progress: that one
+            # finishes, or the stop deadline cancels it and it is journaled (see _handle).
+            while (batch := await self._next_batch(stopping)) is not None:
+                await self._handle(batch)
             # Stop requested: everything upstream has stopped and flushed into our channel.
             with trio.move_on_after(self._stop_budget_s) as budget:
                 await self._drain(direct=True)
             if budget.cancelled_caught:
                 await self._drain(direct=False)
             nursery.cancel_scope.cancel()
-        await self.journal.sync()
-        _log.info("flusher stopped", journal_bytes=self.journal.bytes)
+
+    def _journal_queued_nowait(self) -> None:
+        while True:
+            try:
+                batch = self._batches.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            if self.journal.append_nowait(batch):
+                self._batches_journaled += 1
+                self._trades_journaled += len(batch.trades)
+
+    async def _next_batch(self, stopping: trio.Event) -> Batch | None:
+        """The next batch, or None once ``stopping`` is set (or the channel closed)."""
+        got: Batch | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            with contextlib.suppress(trio.EndOfChannel):
+                got = await self._batches.receive()
+            nursery.cancel_scope.cancel()
+        return got
 
     async def _drain(self, *, direct: bool) -> None:
         while True:
@@ -174,6 +206,7 @@ class Flusher:
 
     async def _handle(self, batch: Batch) -> None:
         self._handling = True
+        self._busy_since = time.time()
         try:
             if not self._database_up:
                 await self._journal(batch)
@@ -185,8 +218,17 @@ class Flusher:
                 await self._journal(batch)
             except Exception as exc:
                 await self._quarantine(batch, exc)
+            except trio.Cancelled:
+                # The stop deadline passed mid-write (a stalled statement; the thread is
+                # abandoned): keep the batch in the journal. If the write did commit after
+                # all, its replay adds nothing.
+                if self.journal.append_nowait(batch):
+                    self._batches_journaled += 1
+                    self._trades_journaled += len(batch.trades)
+                raise
         finally:
             self._handling = False
+            self._busy_since = None
 
     async def _write(self, batch: Batch) -> None:
         storage = self._storage()

@@ -156,8 +156,11 @@ class Storage:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in a worker thread with a pooled connection, in one transaction.
 
-        The transaction commits when ``fn`` returns and rolls back if it raises. This is the
-        hook for the other ``histdata.storage`` modules; code outside storage does not call it.
+        The transaction commits when ``fn`` returns and rolls back if it raises. A caller that
+        is cancelled returns at once while the worker thread finishes on its own, so the
+        transaction may still commit: every write through here is idempotent for that reason.
+        This is the hook for the other ``histdata.storage`` modules; code outside storage does
+        not call it.
 
         Raises:
             StorageNotOpen: storage is closed.
@@ -168,8 +171,13 @@ class Storage:
             raise StorageNotOpen("storage is not open; use `async with open_storage(...)`")
         self._queries += 1
         try:
+            # Abandoned on cancel: a statement stalled by a lock must not hold a stop past its
+            # deadline (the thread keeps its limiter token and connection until the statement
+            # ends, bounded by statement_timeout, and its transaction commits or rolls back).
             return await trio.to_thread.run_sync(
-                partial(self._call, pool, fn, *args), limiter=self._limiter
+                partial(self._call, pool, fn, *args),
+                limiter=self._limiter,
+                abandon_on_cancel=True,
             )
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             self._failures += 1

@@ -402,6 +402,42 @@ class TestStops:
             last = sim.market.trades(SYMBOL)[-1].trade_id
             assert await assert_coverage_honest(sim, database_url, accounted, last) > 0
 
+    async def test_stop_meets_its_deadline_while_a_write_is_stalled(
+        self, tmp_path: Path, database_url: str
+    ) -> None:
+        """A graceful stop while the trades table is locked ends within the shutdown deadline;
+        the batch the stalled write held is journaled, so database plus journal hold every
+        trade received."""
+        async with simulator(2000.0) as sim:
+            config = make_config(tmp_path, sim)
+            deadline = config.service.shutdown_timeout_s
+            service = Service(config, database_url)
+            stopped = trio.Event()
+
+            async def run_service(*, task_status: trio.TaskStatus[None]) -> None:
+                await service.run(handle_signals=False, task_status=task_status)
+                stopped.set()
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run_service)
+                await until(lambda: service.flusher.statistics().trades_written > 1000)
+                nursery.start_soon(
+                    partial(trio.to_thread.run_sync, lock_trades, database_url, 20.0)
+                )
+                await until(lambda: service.flusher.statistics().batches_written > 0)
+                await trio.sleep(1.0)  # a write is now waiting on the lock
+                began = trio.current_time()
+                service.shutdown()
+                with trio.fail_after(deadline + 4.0):
+                    await stopped.wait()
+                elapsed = trio.current_time() - began
+                nursery.cancel_scope.cancel()  # the lock holder
+            assert elapsed < deadline + 4.0
+            assert service.flusher.statistics().trades_journaled > 0
+            accounted = await stored_and_journaled(database_url, tmp_path / "var" / "journal")
+            first, last = min(accounted), max(accounted)
+            assert not truth_between(sim, first, last) - accounted
+
     async def test_sigkill_under_load_then_repair(self, tmp_path: Path, database_url: str) -> None:
         """SIGKILL at 2,000 trades/s: no lost trade lies inside observed coverage; restarted
         with the gap filler, every id from the first to the simulator's last is stored once."""
