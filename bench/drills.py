@@ -36,7 +36,9 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -52,14 +54,16 @@ from bench.drill_common import (
     Proc,
     RssMonitor,
     Sim,
+    Truth,
     actor_restarts,
     channel,
     compare_ids,
     count_trades,
+    coverage,
+    gaps_report,
     id_ranges,
     scratch_database,
     service_env,
-    set_connections,
     sim_truth,
     start_sim,
     status,
@@ -225,90 +229,528 @@ def compare_service(
             )
 
 
-# ----------------------------------------------------------------------------- drill 1
+# ----------------------------------------------------------------------------- live drills
+
+RATE = 1500  # trades/s per symbol: the issue's floor, two symbols
+GAPFILL_INTERVAL_S = 5.0
+REST_RATE = 50.0  # histdata's REST limiter; the simulator allows 60/s
+SIM_REST_LIMIT = 60
 
 
-def drill_db_outage(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
-    rate, outage_s = 5000, 15.0 if opts.quick else 60.0
-    warm_s, after_s = (5.0, 10.0) if opts.quick else (15.0, 30.0)
-    drain_s, gapfill_s = (60.0, 10.0) if opts.quick else (180.0, 15.0)
-    per_symbol = rate / len(SYMBOLS)
-    result = DrillResult("db_outage", f"database unreachable for {outage_s:.0f} s at {rate}/s")
-    with scratch_database(opts.dsn, f"histdata_drill_outage_{os.getpid()}") as url:
-        sim_args = ["--rate", f"{per_symbol:g}", "--symbols", ",".join(SYMBOLS)]
-        sim_args += ["--history-s", "5", "--rest-limit", "0"]
-        sim = start_sim(workdir, *sim_args)
-        rss.track("sim", sim.proc.pid)
-        result.commands.append("histdata sim --rest-port 0 --ws-port 0 " + " ".join(sim_args))
-        env = service_env(url, workdir, sim, SYMBOLS, gapfill_interval_s=f"{gapfill_s:g}")
-        result.commands.append(
-            "histdata run  (HISTDATA_DATABASE_URL=<scratch db>, HISTDATA_KRAKEN_*=<sim>, "
-            f"HISTDATA_KRAKEN_SYMBOLS={','.join(SYMBOLS)}, "
-            f"HISTDATA_GAPFILL_INTERVAL_S={gapfill_s:g})"
+@dataclass
+class Live:
+    """The moving parts of one live drill, handed to its fault."""
+
+    opts: Options
+    result: DrillResult
+    workdir: Path
+    rss: RssMonitor
+    admin_dsn: str
+    url: str
+    sim: Sim
+    service: Service
+
+
+Fault = Callable[[Live], None]
+
+
+def stored_max(url: str) -> dict[str, int]:
+    """The newest stored trade id per symbol."""
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT s.symbol, max(t.trade_id) FROM trades t JOIN symbols s"
+                " ON s.id = t.symbol_id GROUP BY s.symbol"
+            ).fetchall()
+    except psycopg.Error:
+        return {}
+    return {str(sym): int(top) for sym, top in rows if top is not None}
+
+
+def settle(live: Live, truth: Truth, timeout_s: float = 90.0) -> None:
+    """With the simulator paused, wait until the service stored each symbol's last emitted id
+    and its journal is empty (or ``timeout_s`` passed: what is missing then is the finding)."""
+
+    def done() -> bool:
+        live.service.check()
+        top = stored_max(live.url)
+        snap = live.service.poll()
+        return (
+            all(top.get(sym, -1) >= truth.last_id(sym) for sym in SYMBOLS)
+            and snap is not None
+            and journal_trades(snap) == 0
         )
-        service = Service(result, env, workdir, rss)
+
+    started = time.monotonic()
+    ok = wait_until(done, timeout_s, 1.0)
+    live.result.step(
+        "simulator paused at ids "
+        + ", ".join(f"{sym} {truth.last_id(sym)}" for sym in SYMBOLS)
+        + (
+            f"; the service stored both last ids {time.monotonic() - started:.0f} s later"
+            if ok
+            else f"; after {timeout_s:.0f} s the last ids were still not stored"
+        )
+    )
+
+
+def load() -> str:
+    """The load average, for the noisy figures."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def before_repair(live: Live, truth: Truth) -> dict[str, int]:
+    """The coverage promise before any repair: every id missing from the lowest stored one to
+    the simulator's last must lie inside a range ``histdata gaps`` reports. Returns the first
+    stored id per symbol (where the promise begins)."""
+    r = live.result
+    first: dict[str, int] = {}
+    parts: list[str] = []
+    env = live.service.env
+    for sym in SYMBOLS:
+        cov = coverage(live.url, truth, sym)
+        first[sym] = cov.first
+        times = dict(truth.trades[sym])
+        start_ns = times.get(cov.first, truth.trades[sym][0][1]) - NS_PER_S
+        end_ns = truth.trades[sym][-1][1] + NS_PER_S
+        rep = gaps_report(env, sym, start_ns, end_ns)
+        cov.unreported = [(i, t) for i, t in cov.missing if not rep.explains(i, t)]
+        r.unreported += len(cov.unreported)
+        r.notes.append("before repair: " + cov.describe())
+        r.notes.append(
+            f"before repair: `histdata gaps {sym}` over those {(end_ns - start_ns) / NS_PER_S:.0f}"
+            f" s: {len(rep.times)} coverage holes ({rep.hole_seconds():.1f} s), "
+            f"{len(rep.ids)} trade-id holes"
+            + (": " + "; ".join(rep.lines[:6]) if rep.lines else "")
+        )
+        parts.append(f"{sym} missing {len(cov.missing):,}, unreported {len(cov.unreported):,}")
+        if cov.unreported:
+            ids = [i for i, _ in cov.unreported]
+            r.findings.append(
+                f"{sym}: before repair {len(ids):,} missing trades lie in time that"
+                f" `histdata gaps` does not report (silent holes): ids {id_ranges(ids)}, times"
+                f" {_iso_range(cov.unreported)}; gaps printed: "
+                + ("; ".join(rep.lines[:8]) or "no gaps")
+            )
+    r.before = "; ".join(parts)
+    r.step("before repair (gap filler off): " + r.before)
+    return first
+
+
+def _iso_range(trades: list[tuple[int, int]]) -> str:
+    low, high = min(t for _, t in trades), max(t for _, t in trades)
+    fmt = "%H:%M:%S.%f"
+    return (
+        f"{datetime.fromtimestamp(low / NS_PER_S, UTC).strftime(fmt)}.."
+        f"{datetime.fromtimestamp(high / NS_PER_S, UTC).strftime(fmt)} UTC"
+    )
+
+
+def after_repair(live: Live, truth: Truth, first: dict[str, int]) -> None:
+    """After the gap filler's round: every id from first to last stored exactly once."""
+    r = live.result
+    r.emitted = r.stored = r.lost = r.duplicated = r.rest_repaired = 0
+    for sym in SYMBOLS:
+        cov = coverage(live.url, truth, sym, first=first[sym])
+        r.emitted += cov.last - cov.first + 1
+        r.stored += sum(cov.sources.values()) - cov.duplicated
+        r.lost += len(cov.missing)
+        r.duplicated += cov.duplicated
+        r.rest_repaired += cov.sources.get("r", 0)
+        r.notes.append("after repair: " + cov.describe())
+        if cov.missing:
+            r.findings.append(
+                f"{sym}: after the gap filler's rounds {len(cov.missing):,} ids of"
+                f" {cov.first}..{cov.last} are still not stored:"
+                f" {id_ranges([i for i, _ in cov.missing])}"
+            )
+        if cov.duplicated:
+            r.findings.append(f"{sym}: {cov.duplicated} duplicate rows")
+
+
+def status_notes(live: Live, label: str) -> None:
+    """The service's own account: drops, journal damage, health reasons."""
+    snap = live.service.poll()
+    if snap is None:
+        live.result.notes.append(f"{label}: status did not answer")
+        return
+    keep: dict[str, Any] = {
+        k: snap[k] for k in ("healthy", "unhealthy_reasons", "drops") if k in snap
+    }
+    j = snap.get("journal", {})
+    keep["journal"] = {k: v for k, v in j.items() if not isinstance(v, dict | list)}
+    live.result.notes.append(f"{label}: status " + json.dumps(keep, separators=(",", ":")))
+
+
+def run_live(
+    opts: Options,
+    workdir: Path,
+    rss: RssMonitor,
+    *,
+    name: str,
+    title: str,
+    fault: Fault,
+    sim_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    admin_dsn: str | None = None,
+    warm_s: float = 20.0,
+    after_s: float = 15.0,
+    repair_s: float = 30.0,
+) -> DrillResult:
+    """One live drill at 2 × RATE trades/s: the fault with the gap filler off, the coverage
+    check against the simulator paused at its last id, then a restart with the gap filler on
+    and the exactly-once check from the first stored id to the last emitted one."""
+    result = DrillResult(name, title)
+    result.load = load()
+    admin = admin_dsn or opts.dsn
+    with scratch_database(admin, f"histdata_drill_{name}_{os.getpid()}") as url:
+        args = ["--rate", str(RATE), "--symbols", ",".join(SYMBOLS), "--history-s", "30"]
+        args += ["--rest-limit", str(SIM_REST_LIMIT), *sim_args]
+        sim = start_sim(workdir, *args)
+        rss.track("sim", sim.proc.pid)
+        result.commands.append("histdata sim --rest-port 0 --ws-port 0 " + " ".join(args))
+        extra = dict(env or {})
+        before_env = service_env(url, workdir, sim, SYMBOLS, gapfill_enabled="false", **extra)
+        shown = " ".join(f"HISTDATA_{k.upper()}={v}" for k, v in extra.items())
+        result.commands.append(f"HISTDATA_GAPFILL_ENABLED=false {shown} histdata run".strip())
+        service = Service(result, before_env, workdir, rss)
+        live = Live(opts, result, workdir, rss, admin, url, sim, service)
         try:
             service.start()
-            result.step(f"service recording {len(SYMBOLS)} symbols at {per_symbol:g} trades/s each")
+            result.step(f"recording {len(SYMBOLS)} symbols at {RATE} trades/s each, gap filler off")
             watch(service, warm_s, f"after {warm_s:.0f} s warm-up")
-            set_connections(opts.dsn, url, False)
-            result.step(
-                f"database offline (ALLOW_CONNECTIONS false + pg_terminate_backend) for "
-                f"{outage_s:.0f} s"
-            )
-            try:
-                watch(service, outage_s, "end of the outage")
-            finally:
-                set_connections(opts.dsn, url, True)
-            result.step("database back online")
-            watch(service, after_s, f"{after_s:.0f} s after recovery")
-
-            def drained() -> bool:
-                service.check()
-                s = service.poll()
-                return bool(
-                    s is not None
-                    and s["flusher"]["database_up"]
-                    and journal_trades(s) == 0
-                    and channel(s, "live.trades")["depth"] < 10_000
-                )
-
-            started = time.monotonic()
-            ok = wait_until(drained, drain_s, 2.0)
-            result.notes.append(timeline(service, "drain check"))
-            if ok:
-                result.step(
-                    f"journal drained {time.monotonic() - started:.0f} s after the wait began"
-                )
-            else:
-                result.findings.append(
-                    f"the backlog did not drain within {drain_s:.0f} s of the load phase: "
-                    + timeline(service, "at the deadline")
-                )
-                result.step(f"backlog NOT drained after {drain_s:.0f} s")
-            watch(service, 2 * gapfill_s, "after two gap-filler rounds")
-            result.step(f"waited {2 * gapfill_s:.0f} s for the gap filler's repair")
+            fault(live)
+            watch(service, after_s, f"{after_s:.0f} s after the fault")
+            truth = sim.pause()
+            settle(live, truth)
+            status_notes(live, "before repair")
             service.settle_restarts()
-            if service.last is not None:
-                result.notes.append(
-                    "flusher: " + json.dumps(service.last["flusher"], separators=(",", ":"))
-                )
-        finally:
-            if service.proc is not None:
-                service.stop()
-        leftover = leftover_journal(workdir)
-        if leftover:
-            total = sum(len(ids) for ids in leftover.values())
-            result.findings.append(
-                f"{total} trades were still in the journal after a clean SIGTERM (replayed at "
-                "the next start; ids "
-                + ", ".join(f"{s} {min(i)}..{max(i)}" for s, i in leftover.items() if i)
-                + ")"
+            service.stop()
+            first = before_repair(live, truth)
+
+            sim.resume()
+            service.env = service_env(
+                url,
+                workdir,
+                sim,
+                SYMBOLS,
+                gapfill_enabled="true",
+                gapfill_interval_s=f"{GAPFILL_INTERVAL_S:g}",
+                kraken_rest_rate_per_s=f"{REST_RATE:g}",
+                **extra,
             )
-        compare_service(result, url, sim, SYMBOLS, leftover)
-        sim.proc.stop()
+            result.commands.append(
+                f"HISTDATA_GAPFILL_ENABLED=true HISTDATA_GAPFILL_INTERVAL_S={GAPFILL_INTERVAL_S:g}"
+                f" HISTDATA_KRAKEN_REST_RATE_PER_S={REST_RATE:g} {shown} histdata run"
+            )
+            service.start()
+            result.step("restarted with the gap filler on; simulator trading again")
+            watch(service, repair_s, f"{repair_s:.0f} s of repair")
+            truth = sim.pause()
+            settle(live, truth)
+            watch(service, 3 * GAPFILL_INTERVAL_S, "three more gap-filler intervals")
+            status_notes(live, "after repair")
+            snap = service.last
+            if snap is not None and "gapfiller" in snap:
+                result.notes.append(
+                    "gapfiller: " + json.dumps(snap["gapfiller"], separators=(",", ":"))[:600]
+                )
+            service.settle_restarts()
+            service.stop()
+            after_repair(live, truth, first)
+            result.notes.append(
+                "simulator WebSocket: " + json.dumps(truth.ws, separators=(",", ":"))
+            )
+        finally:
+            if service.proc is not None and service.proc.exit_code() is None:
+                service.stop()
+            sim.proc.stop()
     result.peak_rss_mb = rss.peak_mb("run")
+    result.load += " → " + load()
+    result.findings = list(dict.fromkeys(result.findings))
     return result
+
+
+@contextmanager
+def table_locked(url: str) -> Iterator[None]:
+    """``LOCK TABLE trades IN ACCESS EXCLUSIVE MODE`` held by another session: every write
+    of the service waits, the database is up, so the backlog stays in memory."""
+    with psycopg.connect(url) as conn:
+        conn.execute("LOCK TABLE trades IN ACCESS EXCLUSIVE MODE")
+        yield
+        conn.commit()
+
+
+def kill(live: Live, sig: int) -> None:
+    """Send ``sig`` to ``histdata run`` and wait for its exit (SIGTERM: a graceful stop,
+    whose exit status is checked)."""
+    if sig == signal.SIGTERM:
+        live.service.stop()
+        return
+    proc = live.service.proc
+    assert proc is not None
+    proc.signal(sig)
+    proc.wait(10)
+    proc.close()
+
+
+def backlog_then(live: Live, sig: int, lock_s: float = 6.0) -> None:
+    """Stall the writes (a table lock) until a backlog builds, then ``sig`` while it is held
+    in memory; the lock is released once the process is gone."""
+    with table_locked(live.url):
+        time.sleep(lock_s)
+        snap = live.service.poll()
+        depth = channel(snap, "live.trades")["depth"] if snap else -1
+        pending = snap["buffer"]["pending_trades"] if snap else -1
+        name = signal.Signals(sig).name
+        live.result.step(
+            f"{name} after {lock_s:.0f} s of `LOCK TABLE trades IN ACCESS EXCLUSIVE MODE`"
+            f" (live.trades depth {depth}, buffer pending {pending})"
+        )
+        kill(live, sig)
+    live.service.start()
+
+
+def fault_signal(sig: int) -> Fault:
+    """``sig`` twice: once in the plain stream, once with a backlog held in memory."""
+
+    def fault(live: Live) -> None:
+        name = signal.Signals(sig).name
+        kill(live, sig)
+        live.result.step(f"{name} to histdata run under load (no backlog); started again")
+        live.service.start()
+        watch(live.service, 15.0, f"15 s after the first {name}")
+        backlog_then(live, sig)
+        live.result.step("started again")
+
+    return fault
+
+
+def drill_sigkill(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    return run_live(
+        opts,
+        workdir,
+        rss,
+        name="sigkill",
+        title="SIGKILL mid-stream, plain and with a backlog",
+        fault=fault_signal(signal.SIGKILL),
+    )
+
+
+def drill_sigterm(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    return run_live(
+        opts,
+        workdir,
+        rss,
+        name="sigterm",
+        title="SIGTERM (graceful stop) under load, plain and with a backlog",
+        fault=fault_signal(signal.SIGTERM),
+    )
+
+
+PRIVATE_PG = Path("/tmp/drill-pg")
+PRIVATE_PORT = 5499
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def pg_ctl(*args: str) -> None:
+    """``pg_ctl -D /tmp/drill-pg ARGS`` as the postgres user."""
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(PRIVATE_PG), *args],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@contextmanager
+def private_cluster() -> Iterator[str]:
+    """A private PostgreSQL 15 on a Unix socket in /tmp/drill-pg (port 5499), so the drill
+    can stop its server without touching the machine's shared one; removed afterwards."""
+    subprocess.run(["rm", "-rf", str(PRIVATE_PG)], check=True)
+    initdb = (str(PG_BIN / "initdb"), "-D", str(PRIVATE_PG), "-A", "trust", "-U", "postgres")
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", *initdb],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    opts = f"-c listen_addresses='' -k {PRIVATE_PG} -c port={PRIVATE_PORT}"
+    pg_ctl("-o", opts, "-l", str(PRIVATE_PG / "server.log"), "-w", "start")
+    try:
+        yield f"host={PRIVATE_PG} port={PRIVATE_PORT} user=postgres dbname=postgres"
+    finally:
+        with suppress(subprocess.CalledProcessError):
+            pg_ctl("-m", "immediate", "stop")  # already stopped if the drill failed there
+        subprocess.run(["rm", "-rf", str(PRIVATE_PG)], check=False)
+
+
+def wait_drained(live: Live, timeout_s: float) -> float | None:
+    """Seconds until the database is up and the journal empty (None: not within
+    ``timeout_s``)."""
+    started = time.monotonic()
+
+    def drained() -> bool:
+        live.service.check()
+        snap = live.service.poll()
+        return bool(snap and snap["flusher"]["database_up"] and journal_trades(snap) == 0)
+
+    if wait_until(drained, timeout_s, 1.0):
+        return time.monotonic() - started
+    return None
+
+
+def fault_pg_stop(outage_s: float) -> Fault:
+    def fault(live: Live) -> None:
+        pg_ctl("-m", "immediate", "stop")
+        live.result.step(f"`pg_ctl -D {PRIVATE_PG} -m immediate stop`; down for {outage_s:.0f} s")
+        watch(live.service, outage_s, "end of the outage")
+        snap = live.service.last
+        if snap is not None:
+            live.result.notes.append(
+                f"during the outage: healthy {snap.get('healthy')}, reasons"
+                f" {snap.get('unhealthy_reasons')}, journal {journal_trades(snap):,} trades"
+            )
+        opts = f"-c listen_addresses='' -k {PRIVATE_PG} -c port={PRIVATE_PORT}"
+        pg_ctl("-o", opts, "-l", str(PRIVATE_PG / "server.log"), "-w", "start")
+        took = wait_drained(live, 300)
+        live.result.step(
+            "database started again; "
+            + (
+                f"journal drained in {took:.0f} s while live trades kept arriving"
+                if took is not None
+                else "journal NOT drained within 300 s"
+            )
+        )
+        if took is None:
+            live.result.findings.append(
+                "the journal did not drain within 300 s after the database came back: "
+                + timeline(live.service, "at the deadline")
+            )
+        else:
+            appended = live.service.last["journal"]["appended_trades"] if live.service.last else 0
+            live.result.notes.append(
+                f"drain: {appended:,} journaled trades replayed in {took:.0f} s beside"
+                f" {2 * RATE} live trades/s"
+            )
+
+    return fault
+
+
+def drill_pg_stop(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    outage_s = 30.0 if opts.quick else 90.0
+    with private_cluster() as admin:
+        result = run_live(
+            opts,
+            workdir,
+            rss,
+            name="pg_stop",
+            title=f"`pg_ctl stop -m immediate` for {outage_s:.0f} s (private cluster)",
+            fault=fault_pg_stop(outage_s),
+            admin_dsn=admin,
+        )
+    result.commands.insert(
+        0,
+        f"runuser -u postgres -- initdb -D {PRIVATE_PG} -A trust -U postgres; pg_ctl -D"
+        f" {PRIVATE_PG} -o \"-c listen_addresses='' -k {PRIVATE_PG} -c port={PRIVATE_PORT}\""
+        " -w start",
+    )
+    return result
+
+
+def fault_wait(seconds: float, label: str) -> Fault:
+    def fault(live: Live) -> None:
+        watch(live.service, seconds, label)
+        live.result.step(f"{seconds:.0f} s of {label}")
+
+    return fault
+
+
+def drill_ws_faults(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    run_s = 40.0 if opts.quick else 90.0
+    return run_live(
+        opts,
+        workdir,
+        rss,
+        name="ws_faults",
+        title="WebSocket closed every 8 s, 5% malformed frames, REST drop-last 30%",
+        fault=fault_wait(run_s, "simulator faults"),
+        sim_args=("--close-every-s", "8", "--drop-last-ratio", "0.3", "--malformed-ratio", "0.05"),
+    )
+
+
+def fault_sigstop(stop_s: float) -> Fault:
+    """The simulator drops a client whose outbox (2,048 frames) is full; ``histdata run``
+    stopped with SIGSTOP reads nothing, so after the socket buffers fill it is dropped as a
+    slow consumer, and on SIGCONT it finds what the kernel still held, then a closed socket."""
+
+    def fault(live: Live) -> None:
+        proc = live.service.proc
+        assert proc is not None
+        proc.signal(signal.SIGSTOP)
+        time.sleep(stop_s)
+        proc.signal(signal.SIGCONT)
+        dropped = live.sim.proc.log.read_text(errors="replace").count("sim_ws_slow_client_dropped")
+        live.result.step(
+            f"SIGSTOP histdata run for {stop_s:.0f} s, then SIGCONT; the simulator logged"
+            f" {dropped} slow-client drop(s)"
+        )
+        if not dropped:
+            live.result.findings.append(
+                "the drill did not provoke a slow-consumer drop (the simulator logged none)"
+            )
+
+    return fault
+
+
+def drill_slow_consumer(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    return run_live(
+        opts,
+        workdir,
+        rss,
+        name="slow_consumer",
+        title="dropped by the exchange as a slow consumer (SIGSTOP for 25 s)",
+        fault=fault_sigstop(25.0),
+    )
+
+
+def fault_overflow(lock_s: float) -> Fault:
+    def fault(live: Live) -> None:
+        with table_locked(live.url):
+            watch(live.service, lock_s, "during the table lock", every_s=1.0)
+        live.result.step(
+            f"`LOCK TABLE trades IN ACCESS EXCLUSIVE MODE` held for {lock_s:.0f} s, released"
+        )
+        snap = live.service.poll()
+        if snap is not None:
+            ch = channel(snap, "live.trades")
+            drops = snap["drops"].get("channel live.trades", 0)
+            live.result.notes.append(
+                f"after the lock: live.trades dropped {ch['dropped']:,}, status drops"
+                f" 'channel live.trades' {drops:,}, healthy {snap.get('healthy')},"
+                f" reasons {snap.get('unhealthy_reasons')}"
+            )
+            if not ch["dropped"]:
+                live.result.findings.append("the drill did not overflow the buffer (0 dropped)")
+            elif drops != ch["dropped"]:
+                live.result.findings.append(
+                    f"status `drops` says {drops} for live.trades, the channel dropped"
+                    f" {ch['dropped']}"
+                )
+
+    return fault
+
+
+def drill_drop_oldest(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    return run_live(
+        opts,
+        workdir,
+        rss,
+        name="drop_oldest",
+        title="`drop_oldest` overflow: buffer of 2,000 trades, writes stalled for 8 s",
+        fault=fault_overflow(8.0),
+        env={"live_overflow": "drop_oldest", "live_buffer_capacity": "2000"},
+    )
 
 
 def leftover_journal(workdir: Path) -> dict[str, list[int]]:
@@ -600,7 +1042,12 @@ def drill_fuzz(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
 # ----------------------------------------------------------------------------- report
 
 DRILLS: dict[str, Callable[[Options, Path, RssMonitor], DrillResult]] = {
-    "db_outage": drill_db_outage,
+    "sigkill": drill_sigkill,
+    "sigterm": drill_sigterm,
+    "pg_stop": drill_pg_stop,
+    "ws_faults": drill_ws_faults,
+    "slow_consumer": drill_slow_consumer,
+    "drop_oldest": drill_drop_oldest,
     "kill_import": drill_kill_import,
     "kill_backfill": drill_kill_backfill,
     "ws_drops": drill_ws_drops,
