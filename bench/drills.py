@@ -41,6 +41,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ from bench.drill_common import (
     id_ranges,
     scratch_database,
     service_env,
+    set_connections,
     sim_truth,
     start_sim,
     status,
@@ -152,7 +154,9 @@ class Service:
 
 
 def journal_trades(snapshot: dict[str, Any]) -> int:
-    """Trades in the journal not yet replayed (appended - replayed - dropped)."""
+    """Trades this process appended to the journal and has not replayed or dropped (a
+    journal left by an earlier process is replayed but was not appended: it can go
+    negative; ``journal.bytes`` says whether the journal is empty)."""
     j = snapshot["journal"]
     return int(j["appended_trades"] - j["replayed_trades"] - j["dropped_trades"])
 
@@ -180,53 +184,6 @@ def watch(service: Service, seconds: float, label: str, *, every_s: float = 2.0)
         service.check()
         service.poll()
     service.result.notes.append(timeline(service, label))
-
-
-def compare_service(
-    result: DrillResult,
-    url: str,
-    sim: Sim,
-    symbols: tuple[str, ...],
-    journaled: dict[str, list[int]] | None = None,
-) -> None:
-    """Stored ids vs the simulator's per symbol, within the stored range; fills the counts.
-
-    ``journaled`` (ids left in the journal after a clean stop, replayed at the next start)
-    are also checked: trades between the stored range and the journal's are neither stored
-    nor journaled, and that is loss the stored-range comparison alone cannot see.
-    """
-    result.emitted = result.stored = result.lost = result.duplicated = 0
-    for symbol in symbols:
-        truth = [i for i, _ in sim_truth(sim.rest_url, symbol)]
-        stored = stored_trade_ids(url, symbol)
-        pending = (journaled or {}).get(symbol, [])
-        if pending:
-            both = compare_ids(symbol, truth, sorted(set(stored) | set(pending)))
-            result.notes.append(
-                f"{symbol}: stored ∪ journaled ids {both.low}..{both.high}: emitted"
-                f" {both.emitted}, in neither {len(both.missing)}"
-            )
-            if both.missing:
-                result.findings.append(
-                    f"{symbol}: {len(both.missing)} trades are neither stored nor in the journal"
-                    f" within ids {both.low}..{both.high}: {id_ranges(both.missing)}"
-                )
-        cmp = compare_ids(symbol, truth, stored)
-        result.emitted += cmp.emitted
-        result.stored += cmp.stored
-        result.lost += len(cmp.missing)
-        result.duplicated += sum(cmp.duplicated.values())
-        result.notes.append(cmp.describe())
-        if cmp.missing:
-            result.findings.append(
-                f"{symbol}: {len(cmp.missing)} trades lost within the stored id range "
-                f"{cmp.low}..{cmp.high}: ids {id_ranges(cmp.missing)}"
-            )
-        if cmp.duplicated:
-            result.findings.append(
-                f"{symbol}: {sum(cmp.duplicated.values())} duplicate rows, e.g. ids "
-                f"{sorted(cmp.duplicated)[:5]}"
-            )
 
 
 # ----------------------------------------------------------------------------- live drills
@@ -278,7 +235,7 @@ def settle(live: Live, truth: Truth, timeout_s: float = 90.0) -> None:
         return (
             all(top.get(sym, -1) >= truth.last_id(sym) for sym in SYMBOLS)
             and snap is not None
-            and journal_trades(snap) == 0
+            and snap["journal"]["bytes"] == 0
         )
 
     started = time.monotonic()
@@ -486,6 +443,11 @@ def kill(live: Live, sig: int) -> None:
     whose exit status is checked)."""
     if sig == signal.SIGTERM:
         live.service.stop()
+        left = leftover_journal(live.workdir)
+        live.result.step(
+            "left in the journal for the next start: "
+            + (", ".join(f"{sym} {len(ids):,} trades" for sym, ids in left.items()) or "nothing")
+        )
         return
     proc = live.service.proc
     assert proc is not None
@@ -593,7 +555,7 @@ def wait_drained(live: Live, timeout_s: float) -> float | None:
     def drained() -> bool:
         live.service.check()
         snap = live.service.poll()
-        return bool(snap and snap["flusher"]["database_up"] and journal_trades(snap) == 0)
+        return bool(snap and snap["flusher"]["database_up"] and snap["journal"]["bytes"] == 0)
 
     if wait_until(drained, timeout_s, 1.0):
         return time.monotonic() - started
@@ -753,6 +715,122 @@ def drill_drop_oldest(opts: Options, workdir: Path, rss: RssMonitor) -> DrillRes
     )
 
 
+def journal_records(directory: Path, scratch: Path) -> list[list[tuple[str, int]]]:
+    """The journal's records in order, each as its (symbol, trade id) list, read from a copy
+    (the service stopped) with batches not merged."""
+    import trio
+
+    from histdata.actors.buffer import Batch
+    from histdata.actors.journal import Journal
+
+    records: list[list[tuple[str, int]]] = []
+
+    async def collect(batch: Batch) -> None:
+        records.append([(t.symbol, t.trade_id) for t in batch.trades if t.trade_id is not None])
+
+    subprocess.run(["rm", "-rf", str(scratch)], check=True)
+    subprocess.run(["cp", "-r", str(directory), str(scratch)], check=True)
+    trio.run(partial(Journal(scratch, max_bytes=1 << 34).replay, collect, group_trades=1))
+    return records
+
+
+def fault_journal_flip(outage_s: float) -> Fault:
+    """Journal through an outage, stop, flip one byte in the middle of the largest segment,
+    bring the database back and start: only the record holding that byte may be lost."""
+
+    def fault(live: Live) -> None:
+        r = live.result
+        set_connections(live.admin_dsn, live.url, False)
+        r.step(f"database refuses connections (ALLOW_CONNECTIONS false) for {outage_s:.0f} s")
+        try:
+            watch(live.service, outage_s, "during the outage")
+            kill(live, signal.SIGTERM)
+            directory = live.workdir / "var" / "journal"
+            records = journal_records(directory, live.workdir / "journal-before")
+            segments = sorted(directory.glob("*.jnl"), key=lambda p: p.stat().st_size)
+            if not segments:
+                r.findings.append("nothing was journaled during the outage")
+                return
+            target = segments[-1]
+            offset = target.stat().st_size // 2
+            with target.open("r+b") as f:
+                f.seek(offset)
+                byte = f.read(1)[0]
+                f.seek(offset)
+                f.write(bytes([byte ^ 0xFF]))
+            after = journal_records(directory, live.workdir / "journal-after")
+            r.step(
+                f"stopped with {sum(map(len, records)):,} trades in {len(records)} journal"
+                f" records ({len(segments)} segments); flipped byte {offset:,} of"
+                f" {target.name} ({target.stat().st_size:,} B): {0xFF ^ byte:#04x} → {byte:#04x}"
+                f" reversed; an offline read of the damaged copy finds {len(after)} records"
+            )
+        finally:
+            set_connections(live.admin_dsn, live.url, True)
+        live.service.start()
+        took = wait_drained(live, 180)
+        r.step(
+            "database back, service started: journal "
+            + (f"replayed in {took:.0f} s" if took is not None else "NOT replayed within 180 s")
+        )
+        snap = live.service.poll()
+        journaled = {key for rec in records for key in rec}
+        stored = set()
+        for sym in SYMBOLS:
+            stored |= {(sym, i) for i in stored_trade_ids(live.url, sym)}
+        lost = journaled - stored
+        whole = [n for n, rec in enumerate(records) if rec and set(rec) <= lost]
+        lost_in_records = sum(len(records[n]) for n in whole)
+        damaged = sorted(p.name for p in (directory / "damaged").glob("*"))
+        j = snap["journal"] if snap else {}
+        r.notes.append(
+            f"journal after replay: lost_records {j.get('lost_records')}, lost_trades"
+            f" {j.get('lost_trades')}, lost_unknown_records {j.get('lost_unknown_records')},"
+            f" corrupt_segments {j.get('corrupt_segments')}, withheld_spans"
+            f" {j.get('withheld_spans')}; journal/damaged/: {damaged or 'empty'}"
+        )
+        r.notes.append(
+            f"journaled trades not stored after replay: {len(lost):,}, which make up"
+            f" {len(whole)} whole record(s) ({lost_in_records:,} trades)"
+        )
+        text = status_text(live.service.env)
+        lines = [ln.strip() for ln in text.splitlines() if "journal" in ln.lower()]
+        r.notes.append("`histdata status` journal lines: " + " | ".join(lines[:6]))
+        if len(whole) > 1 or lost_in_records != len(lost):
+            r.findings.append(
+                f"one flipped byte lost {len(lost):,} journaled trades over {len(whole)} records"
+                " (expected one record)"
+            )
+        if j.get("lost_trades") != len(lost):
+            r.findings.append(
+                f"status counts lost_trades {j.get('lost_trades')}, but {len(lost):,} journaled"
+                " trades are not stored"
+            )
+        if not damaged:
+            r.findings.append("the damaged segment was not kept in journal/damaged/")
+
+    return fault
+
+
+def status_text(env: dict[str, str]) -> str:
+    """``histdata status`` as a user reads it."""
+    done = subprocess.run(
+        [*HISTDATA, "status"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    return done.stdout
+
+
+def drill_journal_flip(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    return run_live(
+        opts,
+        workdir,
+        rss,
+        name="journal_flip",
+        title="one flipped byte in a journal segment",
+        fault=fault_journal_flip(30.0),
+    )
+
+
 def leftover_journal(workdir: Path) -> dict[str, list[int]]:
     """Trade ids per symbol left in the service's journal (read from a copy, service stopped)."""
     import trio
@@ -771,6 +849,7 @@ def leftover_journal(workdir: Path) -> dict[str, list[int]]:
                 found.setdefault(trade.symbol, []).append(trade.trade_id)
 
     copy = workdir / "journal-copy"
+    subprocess.run(["rm", "-rf", str(copy)], check=True)
     subprocess.run(["cp", "-r", str(directory), str(copy)], check=True)
     trio.run(Journal(copy, max_bytes=1 << 34).replay, collect)
     return found
@@ -939,65 +1018,6 @@ def drill_kill_backfill(opts: Options, workdir: Path, rss: RssMonitor) -> DrillR
     return result
 
 
-# ----------------------------------------------------------------------------- drill 3
-
-
-def drill_ws_drops(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
-    run_s = 40.0 if opts.quick else 120.0
-    repair_s = 90.0 if opts.quick else 240.0
-    gapfill_s, per_symbol = 10.0, 50
-    result = DrillResult("ws_drops", f"WebSocket closed every 10 s for {run_s:.0f} s")
-    with scratch_database(opts.dsn, f"histdata_drill_ws_{os.getpid()}") as url:
-        sim_args = ["--rate", str(per_symbol), "--symbols", ",".join(SYMBOLS)]
-        sim_args += ["--history-s", "60", "--rest-limit", "0", "--close-every-s", "10"]
-        sim = start_sim(workdir, *sim_args)
-        rss.track("sim", sim.proc.pid)
-        result.commands.append("histdata sim --rest-port 0 --ws-port 0 " + " ".join(sim_args))
-        env = service_env(url, workdir, sim, SYMBOLS, gapfill_interval_s=f"{gapfill_s:g}")
-        result.commands.append(
-            f"histdata run  (HISTDATA_GAPFILL_INTERVAL_S={gapfill_s:g}; Kraken's 1 call/s REST "
-            "limit kept in histdata's own limiter)"
-        )
-        service = Service(result, env, workdir, rss)
-        try:
-            service.start()
-            result.step(f"recording {len(SYMBOLS)} symbols at {per_symbol} trades/s each")
-            watch(service, run_s, f"after {run_s:.0f} s of drops")
-            deadline = time.monotonic() + repair_s
-            while True:
-                compare_service(result, url, sim, SYMBOLS)
-                if not result.lost or time.monotonic() > deadline:
-                    break
-                result.notes.clear()
-                watch(service, 10.0, "repair")
-            if not result.lost:
-                result.findings = [f for f in result.findings if "lost" not in f]
-            result.step(
-                f"compared after the repair wait: lost {result.lost}, duplicated"
-                f" {result.duplicated}"
-            )
-            snap = service.poll()
-            if snap is not None:
-                feed = snap["feed"]
-                result.notes.append(
-                    f"reconnects: {feed['sessions'] - 1} (sessions {feed['sessions']}, closes "
-                    f"{feed['closes']}, catch-ups requested {feed['catch_ups_requested']})"
-                )
-                if "gapfiller" in snap:
-                    result.notes.append(
-                        "gapfiller: " + json.dumps(snap["gapfiller"], separators=(",", ":"))[:600]
-                    )
-            service.settle_restarts()
-        finally:
-            if service.proc is not None:
-                service.stop()
-        # Findings about loss were collected by compare_service; keep one copy of each.
-        result.findings = list(dict.fromkeys(result.findings))
-        sim.proc.stop()
-    result.peak_rss_mb = rss.peak_mb("run")
-    return result
-
-
 # ----------------------------------------------------------------------------- drill 4
 
 
@@ -1039,6 +1059,41 @@ def drill_fuzz(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
     return result
 
 
+def drill_socket(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
+    """bench/socket_drill.py's flood (20,000 idle connections from 4 processes) while the
+    service records 2 × RATE trades/s."""
+    from bench import socket_drill
+
+    result = DrillResult("socket", "20,000 idle connections on the query socket")
+    result.load = load()
+    args = argparse.Namespace(dsn=opts.dsn, connections=20_000, processes=4, hold_s=15.0, rate=RATE)
+    result.commands.append(
+        f"python -m bench.socket_drill --connections 20000 --processes 4 --hold-s 15 --rate {RATE}"
+    )
+    figures = socket_drill.drill(args)
+    timeline = figures["healthz_during"].pop("timeline")
+    result.notes.append("figures: " + json.dumps(figures, separators=(",", ":"))[:1500])
+    result.notes.append(
+        "/healthz during the flood (s since start, seconds, status): "
+        + ", ".join(f"{t:.1f}:{s:.3f}:{c}" for t, s, c in timeline)
+    )
+    during = figures["healthz_during"]
+    result.step(
+        f"{figures['opened']:,} connections opened, {figures['closed_by_server']:,} closed by"
+        f" the server; /healthz {during['answered_200']}/{during['samples']} answered 200"
+        f" (max {during['max_s']} s); {figures['trades_stored_during_flood']:,} trades stored"
+        f" during the {figures['flood_s']} s flood"
+    )
+    if during["answered_200"] != during["samples"] or (during["max_s"] or 0) > 1.0:
+        result.findings.append("/healthz failed or took more than a second during the flood")
+    if figures["trades_stored_during_flood"] < RATE * figures["flood_s"]:
+        result.findings.append("capture fell behind during the flood")
+    if figures["tracebacks_in_service_log"]:
+        result.findings.append(f"{figures['tracebacks_in_service_log']} tracebacks in the log")
+    result.load += " → " + load()
+    return result
+
+
 # ----------------------------------------------------------------------------- report
 
 DRILLS: dict[str, Callable[[Options, Path, RssMonitor], DrillResult]] = {
@@ -1048,25 +1103,26 @@ DRILLS: dict[str, Callable[[Options, Path, RssMonitor], DrillResult]] = {
     "ws_faults": drill_ws_faults,
     "slow_consumer": drill_slow_consumer,
     "drop_oldest": drill_drop_oldest,
+    "journal_flip": drill_journal_flip,
+    "socket": drill_socket,
     "kill_import": drill_kill_import,
     "kill_backfill": drill_kill_backfill,
-    "ws_drops": drill_ws_drops,
     "fuzz": drill_fuzz,
 }
 
 
 def table(results: list[DrillResult]) -> list[str]:
     lines = [
-        "| drill | emitted | stored | lost | duplicated | crashes (process / actor) |"
-        " peak RSS | time | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| drill | ids first..last | stored | REST-repaired | lost | duplicated |"
+        " unreported before repair | crashes (process / actor) | peak RSS | load | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         verdict = "PASS" if r.passed else ("ERROR" if r.error else "FAIL")
         lines.append(
-            f"| {r.name} | {r.emitted:,} | {r.stored:,} | {r.lost:,} | {r.duplicated:,} |"
-            f" {r.process_crashes} / {r.actor_restarts} | {r.peak_rss_mb:.0f} MiB |"
-            f" {r.seconds:.0f} s | {verdict} |"
+            f"| {r.name} | {r.emitted:,} | {r.stored:,} | {r.rest_repaired:,} | {r.lost:,} |"
+            f" {r.duplicated:,} | {r.unreported:,} | {r.process_crashes} / {r.actor_restarts} |"
+            f" {r.peak_rss_mb:.0f} MiB | {r.load} | {verdict} |"
         )
     return lines
 
@@ -1080,6 +1136,82 @@ def machine() -> str:
     )
 
 
+METHOD = [
+    "Each drill runs the real programs (`histdata run`, `histdata import`, `histdata"
+    " backfill`, `histdata gaps`, `histdata status`) as child processes against a scratch"
+    " database and compares what was stored with the ground truth: the simulator's own"
+    " trades or the generated file. The live drills record 2 symbols × 1,500 trades/s from"
+    " the simulator (`histdata sim`'s market and faults, run by `python -m bench.drill_common"
+    " sim`, which adds one thing `histdata sim` lacks: SIGUSR1 pauses the market and writes"
+    " every trade it made, SIGUSR2 resumes it). Each live drill has two phases:",
+    "",
+    "1. **Before repair.** `histdata run` with `HISTDATA_GAPFILL_ENABLED=false`; the fault;"
+    " 15 s more; the simulator is paused and the service given time to store the last id it"
+    " emitted; then `histdata gaps SYMBOL --stream trades --start … --end …` over the whole"
+    " run. Every trade id from the lowest one stored to the simulator's LAST one that is not"
+    " stored must lie inside a range `gaps` reports: a coverage hole (by its time) or a"
+    " `trade ids a..b missing` line. A missing trade outside every reported range is a silent"
+    " hole, counted as *unreported*, and fails the drill.",
+    "2. **After repair.** The simulator trades again; `histdata run` restarts with the gap"
+    " filler on (`HISTDATA_GAPFILL_ENABLED=true HISTDATA_GAPFILL_INTERVAL_S=5"
+    " HISTDATA_KRAKEN_REST_RATE_PER_S=50`; the simulator allows 60 REST calls/s); after 30 s"
+    " the simulator is paused again, the service stores its last id, three more gap-filler"
+    " intervals pass, and every id from the first stored to the simulator's last must be"
+    " stored exactly once. *REST-repaired* counts the rows whose `source` is `r` (written by"
+    " the gap filler from REST), apart from the live ones (`w`), so a repair cannot hide a"
+    " loss of the live path: the before-repair check is what judges the live path.",
+    "",
+    "*Lost* is the ids of first..last not stored after the repair; *duplicated* the stored"
+    " rows beyond one per id; *crashes* are unexpected exits of `histdata run` (a SIGTERM"
+    " that needed a SIGKILL after 30 s, systemd's `TimeoutStopSec`, counts) and actor"
+    " restarts from `histdata status --json`; *peak RSS* is psutil's resident set of"
+    " `histdata run`, sampled every 250 ms; *load* is the 1/5/15-minute load average at the"
+    " drill's start → end (2 cores shared with other work: the figures are noisy). A failed"
+    " drill is a finding, written up, never retried until it passes.",
+]
+
+RULES = [
+    "## The coverage rule",
+    "",
+    "`observed` (a `live` coverage row) is a promise: every trade Kraken emitted in that time"
+    " is stored, or in the journal on its way to the database. The live feed earns it like"
+    " this (actors/claims.py):",
+    "",
+    "- A session claims time only up to the exchange time of the newest trade it has received"
+    " for that symbol, not including that instant (more trades with the same timestamp may"
+    " be in the next frame). The receive clock counts for nothing: trades still in the"
+    " socket, the channels or a stalled writer are not claimed.",
+    "- Quiet time after the newest trade is claimed only while the feed is provably current:"
+    " a message (a heartbeat counts) arrived within 3 s, the newest trade frame lagged its"
+    " exchange time by less than 2 s, and the channel behind the feed is not backed up. Then"
+    " the claim reaches now − lag − 1 s.",
+    "- The mark that carries a claim travels behind the trades it covers and is committed in"
+    " the same transaction as (or after) them, or journaled with them; a mark that follows a"
+    " dropped trade (a `drop_oldest` overflow, a journal that could not write) is withheld,"
+    " and after journal damage the rest of that replay is written without its marks.",
+    "- Claims start when the subscriptions are acknowledged, only grow, and never span two"
+    " sessions: the time between a close and the next session is a hole until a repair"
+    " fills it.",
+    "",
+    "So a kill, a close, a slow-consumer drop or an overflow can lose trades, but their time"
+    " is then not `observed`: `histdata gaps` shows it and the gap filler repairs it.",
+    "",
+    "## Trade-id continuity",
+    "",
+    "Kraken numbers each pair's trades 1, 2, 3… (`trade_id` on WebSocket v2, the last field of"
+    " a REST `Trades` row; the simulator does the same). From a symbol's lowest stored id"
+    " onward, an id that is not stored is a missing trade, whatever coverage says; id-less rows"
+    " (3-column CSV imports) take no part. `histdata gaps SYMBOL --start … --end …` prints"
+    " each break among the trades of the range as `trade ids a..b missing (n) between T1 and"
+    " T2` (T1, T2: the stored trades either side), `; unfillable: reason` once the gap filler"
+    " re-fetched the time from REST and the ids still did not come; `/v1/coverage?stream="
+    "trades` lists the same breaks under `id_holes`. The gap filler audits the ids each round"
+    " (incrementally, from a per-symbol watermark) and re-fetches every break from REST by"
+    " time. The drills below use it as an independent check of coverage: a break inside"
+    " `observed` time would be a silent hole that coverage alone cannot show.",
+]
+
+
 def write_doc(path: Path, results: list[DrillResult], opts: Options) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -1090,31 +1222,25 @@ def write_doc(path: Path, results: list[DrillResult], opts: Options) -> None:
         + (f" --only {' '.join(opts.only)}" if opts.only else "")
         + f"`) on {stamp}; {machine()}.",
         "",
-        "Each drill runs the real programs (`histdata sim`, `histdata run`, `histdata import`,"
-        " `histdata backfill`) against a scratch database on the local PostgreSQL and compares"
-        " what was stored with the ground truth: the simulator's own trades, paged through its"
-        " REST `Trades` endpoint, or the generated file. *Lost* counts trades of the truth that"
-        " are not stored (for the live drills: within the stored trade-id range, since id gaps"
-        " at the ends are only when recording started and stopped); *duplicated* counts extra"
-        " stored rows of a trade; *crashes* are unexpected process exits (or a non-zero exit on"
-        " SIGTERM) and actor restarts summed over the supervision tree from"
-        " `histdata status --json`; *peak RSS* is psutil's resident set of the process under"
-        " test (with its children), sampled every 250 ms. The target in every drill is zero"
-        " loss and zero duplicates; a drill that misses it is a finding, written up below, not"
-        " retried until it passes.",
+        *METHOD,
         "",
         *table(results),
         "",
     ]
+    out += [*RULES, ""]
     for r in results:
         verdict = "PASS" if r.passed else ("ERROR" if r.error else "FAIL")
         out += [f"## {r.name}: {r.title} — {verdict}", "", "Commands:", ""]
         out += [f"    {c}" for c in r.commands] + ["", "What was done:", ""]
         out += [f"{n}. {s}" for n, s in enumerate(r.steps, start=1)] + [""]
+        if r.before:
+            out += [f"Before repair (gap filler off): {r.before}.", ""]
         out += [
-            f"Emitted {r.emitted:,}, stored {r.stored:,}, lost {r.lost:,}, duplicated"
-            f" {r.duplicated:,}, process crashes {r.process_crashes}, actor restarts"
-            f" {r.actor_restarts}, peak RSS {r.peak_rss_mb:.0f} MiB, {r.seconds:.0f} s.",
+            f"Emitted {r.emitted:,}, stored {r.stored:,} (REST-repaired {r.rest_repaired:,}),"
+            f" lost {r.lost:,}, duplicated {r.duplicated:,}, missing before repair and not"
+            f" reported by `gaps` {r.unreported:,}, process crashes {r.process_crashes}, actor"
+            f" restarts {r.actor_restarts}, peak RSS {r.peak_rss_mb:.0f} MiB, load average"
+            f" {r.load or 'n/a'}, {r.seconds:.0f} s.",
             "",
         ]
         if r.notes:
