@@ -762,8 +762,8 @@ def fault_journal_flip(outage_s: float) -> Fault:
             r.step(
                 f"stopped with {sum(map(len, records)):,} trades in {len(records)} journal"
                 f" records ({len(segments)} segments); flipped byte {offset:,} of"
-                f" {target.name} ({target.stat().st_size:,} B): {0xFF ^ byte:#04x} → {byte:#04x}"
-                f" reversed; an offline read of the damaged copy finds {len(after)} records"
+                f" {target.name} ({target.stat().st_size:,} B): {byte:#04x} → {byte ^ 0xFF:#04x};"
+                f" an offline read of the damaged copy finds {len(after)} records"
             )
         finally:
             set_connections(live.admin_dsn, live.url, True)
@@ -794,7 +794,7 @@ def fault_journal_flip(outage_s: float) -> Fault:
             f" {len(whole)} whole record(s) ({lost_in_records:,} trades)"
         )
         text = status_text(live.service.env)
-        lines = [ln.strip() for ln in text.splitlines() if "journal" in ln.lower()]
+        lines = [ln.strip() for ln in text.splitlines() if "journal" in ln or "drops" in ln]
         r.notes.append("`histdata status` journal lines: " + " | ".join(lines[:6]))
         if len(whole) > 1 or lost_in_records != len(lost):
             r.findings.append(
@@ -808,6 +808,18 @@ def fault_journal_flip(outage_s: float) -> Fault:
             )
         if not damaged:
             r.findings.append("the damaged segment was not kept in journal/damaged/")
+        # A user reads `histdata status`, not the JSON: it must say how many trades were lost.
+        if lost and f"{len(lost)} trades" not in text.replace(",", ""):
+            r.findings.append(
+                f"`histdata status` does not say that {len(lost):,} trades were lost with the"
+                " damaged record; its journal and drops lines: " + " | ".join(lines[:6])
+            )
+        drops = snap.get("drops", {}) if snap else {}
+        if lost and len(lost) not in drops.values():
+            r.findings.append(
+                f"status `drops` has no entry counting the {len(lost):,} lost trades: "
+                + json.dumps({k: v for k, v in drops.items() if v})
+            )
 
     return fault
 
