@@ -1125,7 +1125,7 @@ DRILLS: dict[str, Callable[[Options, Path, RssMonitor], DrillResult]] = {
 
 def table(results: list[DrillResult]) -> list[str]:
     lines = [
-        "| drill | ids first..last | stored | REST-repaired | lost | duplicated |"
+        "| drill | emitted | stored | REST-repaired | lost | duplicated |"
         " unreported before repair | crashes (process / actor) | peak RSS | load | verdict |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
@@ -1173,7 +1173,9 @@ METHOD = [
     " the gap filler from REST), apart from the live ones (`w`), so a repair cannot hide a"
     " loss of the live path: the before-repair check is what judges the live path.",
     "",
-    "*Lost* is the ids of first..last not stored after the repair; *duplicated* the stored"
+    "*Emitted* is, for a live drill, the ids from the first stored to the simulator's last"
+    " (last − first + 1, both symbols); *lost* is the ids of first..last not stored after"
+    " the repair; *duplicated* the stored"
     " rows beyond one per id; *crashes* are unexpected exits of `histdata run` (a SIGTERM"
     " that needed a SIGKILL after 30 s, systemd's `TimeoutStopSec`, counts) and actor"
     " restarts from `histdata status --json`; *peak RSS* is psutil's resident set of"
@@ -1282,6 +1284,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = base / name
         workdir.mkdir()
         started = time.monotonic()
+        began_load = load()
         with RssMonitor() as rss:
             try:
                 result = DRILLS[name](opts, workdir, rss)
@@ -1289,6 +1292,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = DrillResult(name, "harness error", error=traceback.format_exc())
                 print(result.error, file=sys.stderr)
         result.seconds = time.monotonic() - started
+        result.load = result.load or f"{began_load} → {load()}"
         results.append(result)
         print("\n".join(table([result])), flush=True)
     print()
