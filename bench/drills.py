@@ -4,23 +4,37 @@ Usage::
 
     .venv/bin/python -m bench.drills [--only NAME ...] [--quick] [--dsn DSN] [--out PATH]
 
-Drills (``--only`` takes these names):
+Drills (``--only`` takes these names). The live ones record 2 symbols × 1,500 trades/s from a
+pausable simulator, run their fault with the gap filler off, check that every trade id missing
+up to the simulator's LAST one lies in a range ``histdata gaps`` reports, then restart with the
+gap filler on and check every id from the first stored to the last emitted is stored exactly
+once, REST-repaired rows (``source`` 'r') counted apart from live ones ('w'):
 
-- ``db_outage``: ``histdata run`` recording the simulator at 5,000 trades/s while its database
-  refuses connections for 60 s (15 s with ``--quick``); after the journal drained and the gap
-  filler ran, the stored trade ids are compared with the simulator's.
+- ``sigkill``: SIGKILL of ``histdata run`` mid-stream, then again with a backlog held by a
+  table lock.
+- ``sigterm``: the same with SIGTERM; a stop that needs SIGKILL after 30 s is a crash.
+- ``pg_stop``: ``pg_ctl stop -m immediate`` for 90 s (30 s with ``--quick``) on a private
+  PostgreSQL 15 cluster in /tmp/drill-pg (the machine's shared server is never stopped).
+- ``ws_faults``: the simulator closes every WebSocket every 8 s, sends 5% malformed frames and
+  omits REST ``last`` in 30% of replies.
+- ``slow_consumer``: ``histdata run`` SIGSTOPped for 25 s, so the simulator drops it as a slow
+  client (its outbox holds 2,048 frames; ``histdata sim`` has no flag for this).
+- ``drop_oldest``: ``HISTDATA_LIVE_OVERFLOW=drop_oldest``, a 2,000-trade buffer and writes
+  stalled 8 s by ``LOCK TABLE trades IN ACCESS EXCLUSIVE MODE``; status must count the drops.
+- ``journal_flip``: journal through an outage, stop, flip one byte mid-segment, start: only
+  that record may be lost, and ``histdata status`` must say how many trades.
+- ``socket``: bench/socket_drill.py's 20,000 idle connections while recording.
 - ``kill_import``: ``histdata import`` of a generated multi-million-row Kraken trades CSV,
   SIGKILLed twice mid-import and re-run: the stored rows must be exactly the file's.
 - ``kill_backfill``: ``histdata backfill`` against the simulator, SIGKILLed twice and re-run:
   the stored trades must be exactly the simulator's in ``[since, until)``.
-- ``ws_drops``: the simulator closes every WebSocket every 10 s for two minutes (40 s with
-  ``--quick``); after the gap filler's repair, stored == emitted with no duplicates.
 - ``fuzz``: 10,000+ malformed WebSocket frames, CSV rows, REST bodies and query requests
   through tests/test_fuzz.py's properties at drill size.
 
-Each drill uses a scratch database created and dropped on ``--dsn``'s server, reports trades
-emitted / stored / lost / duplicated, process crashes and actor restarts (``histdata status
---json``) and peak RSS (psutil), and the verdict. A failed drill is a finding: it is written
+Each drill uses a scratch database created and dropped on ``--dsn``'s server (``pg_stop``: on
+its private cluster), reports trades emitted / stored / REST-repaired / lost / duplicated /
+unreported before repair, process crashes and actor restarts (``histdata status --json``),
+peak RSS (psutil) and the load average, and the verdict. A failed drill is a finding: it is written
 up, never retried until it passes.
 """
 
