@@ -1112,7 +1112,8 @@ def drill_socket(opts: Options, workdir: Path, rss: RssMonitor) -> DrillResult:
     )
     if during["answered_200"] != during["samples"] or (during["max_s"] or 0) > 1.0:
         result.findings.append("/healthz failed or took more than a second during the flood")
-    if figures["trades_stored_during_flood"] < RATE * figures["flood_s"]:
+    result.stored = figures["trades_stored_during_flood"]
+    if result.stored < len(SYMBOLS) * RATE * figures["flood_s"]:
         result.findings.append("capture fell behind during the flood")
     if figures["tracebacks_in_service_log"]:
         result.findings.append(f"{figures['tracebacks_in_service_log']} tracebacks in the log")
