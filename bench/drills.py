@@ -345,11 +345,11 @@ def status_notes(live: Live, label: str) -> None:
     if snap is None:
         live.result.notes.append(f"{label}: status did not answer")
         return
-    keep: dict[str, Any] = {
-        k: snap[k] for k in ("healthy", "unhealthy_reasons", "drops") if k in snap
-    }
+    keep: dict[str, Any] = {"healthy": snap.get("healthy")}
+    keep["reasons"] = snap.get("unhealthy_reasons")
+    keep["drops"] = {k: v for k, v in snap.get("drops", {}).items() if v}  # nonzero only
     j = snap.get("journal", {})
-    keep["journal"] = {k: v for k, v in j.items() if not isinstance(v, dict | list)}
+    keep["journal"] = {k: v for k, v in j.items() if v and not isinstance(v, dict | list)}
     live.result.notes.append(f"{label}: status " + json.dumps(keep, separators=(",", ":")))
 
 
