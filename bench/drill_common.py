@@ -7,8 +7,10 @@ measure what a user would see, not what a test double promises.
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -52,13 +55,19 @@ class DrillResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
+    rest_repaired: int = 0  # stored rows with source 'r' (the gap filler's or a backfill's)
+    before: str = ""  # the coverage check before any repair, in one line
+    unreported: int = 0  # missing ids before repair that no `histdata gaps` range names
+    load: str = ""  # load average at the start and the end of the drill
 
     @property
     def passed(self) -> bool:
-        """Zero loss, zero duplicates, no crash, no finding and no harness error."""
+        """Zero loss, zero duplicates, every early loss reported, no crash, no finding and no
+        harness error."""
         return not (
             self.lost
             or self.duplicated
+            or self.unreported
             or self.process_crashes
             or self.actor_restarts
             or self.findings
@@ -258,19 +267,66 @@ class RssMonitor:
 
 
 @dataclass
+class Truth:
+    """The simulator's ground truth at a pause: every trade it made, per symbol, and its
+    WebSocket counters (``slow_clients_dropped`` among them)."""
+
+    trades: dict[str, list[tuple[int, int]]]  # symbol -> [(trade_id, time_ns)], id order
+    ws: dict[str, Any]
+
+    def last_id(self, symbol: str) -> int:
+        """The newest trade id the simulator emitted for ``symbol``."""
+        return self.trades[symbol][-1][0]
+
+    def emitted(self) -> int:
+        """Trades made over all symbols."""
+        return sum(len(rows) for rows in self.trades.values())
+
+
+@dataclass
 class Sim:
-    """A running ``histdata sim`` and its URLs."""
+    """A running simulator and its URLs; a drill simulator (:func:`start_sim`) can pause."""
 
     proc: Proc
     rest_url: str
     ws_url: str
+    truth_dir: Path | None = None
+    pauses: int = 0
+
+    def pause(self, timeout_s: float = 60.0) -> Truth:
+        """Stop the market (SIGUSR1) and read its ground truth, which stays fixed until
+        :meth:`resume`; connections stay open, heartbeats keep flowing."""
+        if self.truth_dir is None:
+            raise RuntimeError("this simulator cannot pause")
+        self.pauses += 1
+        path = self.truth_dir / f"truth-{self.pauses}.json"
+        self.proc.signal(signal.SIGUSR1)
+        if not wait_until(path.exists, timeout_s, 0.1):
+            raise RuntimeError(f"the simulator wrote no {path.name}; see {self.proc.log}")
+        raw = json.loads(path.read_text())
+        trades = {sym: [(int(i), int(t)) for i, t in rows] for sym, rows in raw["trades"].items()}
+        return Truth(trades, raw["ws"])
+
+    def resume(self) -> None:
+        """Make trades again (SIGUSR2), from now on, without a burst for the paused time."""
+        self.proc.signal(signal.SIGUSR2)
 
 
 def start_sim(workdir: Path, *args: str) -> Sim:
-    """Start ``histdata sim --rest-port 0 --ws-port 0 ARGS``; its first stdout line has the URLs."""
+    """Start a drill simulator: ``histdata sim``'s flags (``ARGS``), ports chosen by the
+    kernel, and :meth:`Sim.pause` / :meth:`Sim.resume` for a fixed ground truth.
+
+    It is the library's simulator (:func:`histdata.sim.open_simulator`) run by
+    :func:`sim_main` below, because ``histdata sim`` itself cannot pause.
+    """
+    truth_dir = workdir / "truth"
+    truth_dir.mkdir(exist_ok=True)
     proc = Proc(
         "sim",
-        [*HISTDATA, "sim", "--rest-port", "0", "--ws-port", "0", "--report-s", "3600", *args],
+        [
+            *(sys.executable, "-m", "bench.drill_common", "sim", "--truth-dir", str(truth_dir)),
+            *("--rest-port", "0", "--ws-port", "0", "--report-s", "3600", *args),
+        ],
         workdir / "sim.log",
     ).start(stdout_pipe=True)
     assert proc.popen is not None
@@ -279,13 +335,88 @@ def start_sim(workdir: Path, *args: str) -> Sim:
     words = first.split()
     if "REST" not in words or "WebSocket" not in words:
         proc.stop()
-        raise RuntimeError(f"histdata sim did not start: {first!r}; see {proc.log}")
+        raise RuntimeError(f"the simulator did not start: {first!r}; see {proc.log}")
     rest_url = words[words.index("REST") + 1]
     ws_url = words[words.index("WebSocket") + 1]
     # Keep draining stdout so the simulator never blocks on a full pipe.
     stdout = proc.popen.stdout
     threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
-    return Sim(proc, rest_url, ws_url)
+    return Sim(proc, rest_url, ws_url, truth_dir)
+
+
+def sim_main(argv: Sequence[str]) -> int:
+    """``python -m bench.drill_common sim --truth-dir DIR [histdata sim flags]``.
+
+    ``histdata sim`` with two signals: SIGUSR1 pauses the market and writes
+    ``DIR/truth-N.json`` (N counts the pauses), SIGUSR2 resumes it.
+    """
+    import argparse
+    import dataclasses
+    import random
+
+    import trio
+
+    from histdata.logs import configure_logging
+    from histdata.sim import CLOSE_CODES, SimConfig, Simulator, open_simulator
+    from histdata.sim.command import configure
+
+    parser = argparse.ArgumentParser(prog="python -m bench.drill_common sim")
+    parser.add_argument("--truth-dir", type=Path, required=True)
+    configure(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    config = SimConfig(
+        seed=args.seed,
+        symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
+        trade_rate_per_s=args.rate,
+        history_s=args.history_s,
+        host=args.host,
+        rest_port=args.rest_port,
+        ws_port=args.ws_port,
+        rest_rate_per_s=args.rest_limit or None,
+    )
+
+    def dump(sim: Simulator, n: int) -> None:
+        stats = sim.statistics()
+        body = {
+            "trades": {
+                symbol: [[t.trade_id, t.time_ns] for t in sim.market.trades(symbol)]
+                for symbol in config.symbols
+            },
+            "ws": dataclasses.asdict(stats.ws),
+        }
+        tmp = args.truth_dir / f".truth-{n}.json"
+        tmp.write_text(json.dumps(body))
+        tmp.rename(args.truth_dir / f"truth-{n}.json")
+
+    async def close_periodically(sim: Simulator) -> None:
+        rng = random.Random(args.seed)
+        while True:
+            await trio.sleep(args.close_every_s)
+            sim.faults.close_ws(rng.choice(CLOSE_CODES))
+
+    async def serve() -> None:
+        async with open_simulator(config) as sim:
+            sim.faults.malformed_ratio = args.malformed_ratio
+            sim.faults.boundary_duplicates = args.boundary_duplicates
+            sim.faults.drop_last_ratio = args.drop_last_ratio
+            sim.faults.slow_s = args.slow_s
+            print(f"Kraken simulator: REST {sim.rest_url}  WebSocket {sim.ws_url}", flush=True)
+            pauses = 0
+            async with trio.open_nursery() as nursery:
+                if args.close_every_s > 0:
+                    nursery.start_soon(close_periodically, sim)
+                with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGUSR2) as signals:
+                    async for signum in signals:
+                        if signum == signal.SIGUSR1:
+                            sim.pause_trading()
+                            pauses += 1
+                            dump(sim, pauses)
+                        else:
+                            sim.resume_trading()
+
+    trio.run(serve)
+    return 0
 
 
 def sim_truth(rest_url: str, symbol: str, *, since_ns: int = 0) -> list[tuple[int, int]]:
@@ -416,6 +547,135 @@ def compare_ids(symbol: str, truth: Sequence[int], stored: Sequence[int]) -> Com
     return Comparison(symbol, low, high, len(window), len(stored), missing, duplicated)
 
 
+def stored_rows(url: str, symbol: str) -> list[tuple[int, str]]:
+    """Every stored ``(trade_id, source)`` of ``symbol`` with an id, one entry per row;
+    ``source`` is ``w`` (live WebSocket), ``r`` (REST) or ``c`` (CSV)."""
+    with psycopg.connect(url) as conn:
+        exists = conn.execute("SELECT to_regclass('trades') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            return []
+        rows = conn.execute(
+            "SELECT t.trade_id, t.source FROM trades t JOIN symbols s ON s.id = t.symbol_id"
+            " WHERE s.symbol = %s AND t.trade_id IS NOT NULL",
+            (symbol,),
+        ).fetchall()
+    return [(int(i), str(src)) for i, src in rows]
+
+
+@dataclass
+class Reported:
+    """What ``histdata gaps SYMBOL --stream trades`` printed for a range: coverage holes
+    (times, ns) and trade-id holes (ids), and the lines themselves."""
+
+    times: list[tuple[int, int]] = field(default_factory=list)
+    ids: list[tuple[int, int]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    def explains(self, trade_id: int, time_ns: int) -> bool:
+        """Whether a missing trade lies inside a reported range (times to the microsecond
+        ``gaps`` prints, both ends included)."""
+        if any(a <= trade_id <= b for a, b in self.ids):
+            return True
+        return any(a - 1000 <= time_ns <= b + 1000 for a, b in self.times)
+
+    def hole_seconds(self) -> float:
+        """The length of the coverage holes (overlaps counted twice; a rough honesty figure:
+        a report that calls everything a hole explains every loss)."""
+        return sum(b - a for a, b in self.times) / NS_PER_S
+
+
+_ID_HOLE = re.compile(r"trade ids (\d+)(?:\.\.(\d+))? missing \(\d+\) between")
+_TIME_HOLE = re.compile(r"^  (\d{4}-\S+) \.\. (\d{4}-\S+)  \S")
+
+
+def _iso_ns(text: str) -> int:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (calendar.timegm(value.utctimetuple()) * 1_000_000 + value.microsecond) * 1000
+
+
+def _iso(time_ns: int) -> str:
+    seconds, ns = divmod(time_ns, NS_PER_S)
+    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{ns // 1000:06d}Z"
+
+
+def gaps_report(env: Mapping[str, str], symbol: str, start_ns: int, end_ns: int) -> Reported:
+    """Run ``histdata gaps SYMBOL --stream trades --start … --end …`` and parse it.
+
+    ``gaps`` prints at most 50 trade-id holes per call; a longer list is read by halving the
+    range until every part fits.
+    """
+    window = ("--start", _iso(start_ns), "--end", _iso(end_ns))
+    done = subprocess.run(
+        [*HISTDATA, "gaps", symbol, "--stream", "trades", *window],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode not in (0, 1, 3) or "Traceback" in done.stderr:
+        raise RuntimeError(f"histdata gaps failed ({done.returncode}): {done.stderr[-800:]}")
+    text = done.stdout
+    if "more trade-id holes" in text and end_ns - start_ns > 2 * NS_PER_S:
+        mid = (start_ns + end_ns) // 2
+        low, high = gaps_report(env, symbol, start_ns, mid), gaps_report(env, symbol, mid, end_ns)
+        return Reported(low.times + high.times, low.ids + high.ids, low.lines + high.lines)
+    out = Reported()
+    for line in text.splitlines():
+        if m := _ID_HOLE.search(line):
+            first = int(m.group(1))
+            out.ids.append((first, int(m.group(2) or first)))
+            out.lines.append(line.strip())
+        elif m := _TIME_HOLE.match(line):
+            out.times.append((_iso_ns(m.group(1)), _iso_ns(m.group(2))))
+            out.lines.append(line.strip())
+    return out
+
+
+@dataclass
+class Coverage:
+    """One symbol's stored trades against the simulator's truth up to its LAST emitted id."""
+
+    symbol: str
+    first: int  # the lowest stored id: recording began there
+    last: int  # the simulator's newest id at the pause
+    missing: list[tuple[int, int]]  # (id, time_ns) in first..last, not stored
+    duplicated: int  # stored rows beyond one per id
+    sources: Counter[str]  # stored rows in first..last per source
+    unreported: list[tuple[int, int]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line for the notes."""
+        src = ", ".join(f"{_SOURCE[k]} {n:,}" for k, n in sorted(self.sources.items()))
+        text = (
+            f"{self.symbol}: ids {self.first}..{self.last} ({self.last - self.first + 1:,}):"
+            f" stored {src or 'none'}; missing {len(self.missing):,}, duplicated"
+            f" {self.duplicated:,}"
+        )
+        if self.missing:
+            text += f" (ids {id_ranges([i for i, _ in self.missing])})"
+        return text
+
+
+_SOURCE = {"w": "live", "r": "REST", "c": "CSV"}
+
+
+def coverage(url: str, truth: Truth, symbol: str, *, first: int | None = None) -> Coverage:
+    """Stored rows of ``symbol`` against ``truth`` from ``first`` (default: the lowest stored
+    id) to the simulator's last emitted id: the tail after the last stored trade counts."""
+    rows = stored_rows(url, symbol)
+    last = truth.last_id(symbol)
+    if not rows:
+        return Coverage(symbol, 0, last, [], 0, Counter())
+    low = min(i for i, _ in rows) if first is None else first
+    counts = Counter(i for i, _ in rows if low <= i <= last)
+    sources = Counter(src for i, src in rows if low <= i <= last)
+    missing = [(i, t) for i, t in truth.trades[symbol] if low <= i <= last and i not in counts]
+    duplicated = sum(n - 1 for n in counts.values() if n > 1)
+    return Coverage(symbol, low, last, missing, duplicated, sources)
+
+
 def id_ranges(ids: Sequence[int], limit: int = 8) -> str:
     """``[3, 4, 5, 9]`` as ``3-5, 9`` (the first ``limit`` runs, then a count)."""
     runs: list[tuple[int, int]] = []
@@ -439,3 +699,9 @@ def wait_until(predicate: Any, timeout_s: float, period_s: float = 1.0) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(period_s)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["sim"]:
+        sys.exit("usage: python -m bench.drill_common sim --truth-dir DIR [histdata sim flags]")
+    sys.exit(sim_main(sys.argv[2:]))
