@@ -357,24 +357,15 @@ def sim_main(argv: Sequence[str]) -> int:
     import trio
 
     from histdata.logs import configure_logging
-    from histdata.sim import CLOSE_CODES, SimConfig, Simulator, open_simulator
-    from histdata.sim.command import configure
+    from histdata.sim import CLOSE_CODES, Simulator, open_simulator
+    from histdata.sim.command import apply_faults, config_from, configure
 
     parser = argparse.ArgumentParser(prog="python -m bench.drill_common sim")
     parser.add_argument("--truth-dir", type=Path, required=True)
     configure(parser)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    config = SimConfig(
-        seed=args.seed,
-        symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
-        trade_rate_per_s=args.rate,
-        history_s=args.history_s,
-        host=args.host,
-        rest_port=args.rest_port,
-        ws_port=args.ws_port,
-        rest_rate_per_s=args.rest_limit or None,
-    )
+    config = config_from(args)
 
     def dump(sim: Simulator, n: int) -> None:
         stats = sim.statistics()
@@ -397,10 +388,7 @@ def sim_main(argv: Sequence[str]) -> int:
 
     async def serve() -> None:
         async with open_simulator(config) as sim:
-            sim.faults.malformed_ratio = args.malformed_ratio
-            sim.faults.boundary_duplicates = args.boundary_duplicates
-            sim.faults.drop_last_ratio = args.drop_last_ratio
-            sim.faults.slow_s = args.slow_s
+            apply_faults(sim, args)
             print(f"Kraken simulator: REST {sim.rest_url}  WebSocket {sim.ws_url}", flush=True)
             pauses = 0
             async with trio.open_nursery() as nursery:

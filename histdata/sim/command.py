@@ -84,17 +84,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"histdata sim: --{name.replace('_', '-')} must be within 0..1", file=sys.stderr)
             return 2
     try:
-        config = SimConfig(
-            seed=args.seed,
-            symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
-            pairs=args.pairs,
-            trade_rate_per_s=args.rate,
-            history_s=args.history_s,
-            host=args.host,
-            rest_port=args.rest_port,
-            ws_port=args.ws_port,
-            rest_rate_per_s=args.rest_limit or None,
-        )
+        config = config_from(args)
     except ValueError as exc:
         print(f"histdata sim: {exc}", file=sys.stderr)
         return 2
@@ -102,14 +92,38 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_from(args: argparse.Namespace) -> SimConfig:
+    """The :class:`SimConfig` the flags of :func:`configure` ask for.
+
+    Raises:
+        ValueError: a value SimConfig refuses.
+    """
+    return SimConfig(
+        seed=args.seed,
+        symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
+        pairs=args.pairs,
+        trade_rate_per_s=args.rate,
+        history_s=args.history_s,
+        host=args.host,
+        rest_port=args.rest_port,
+        ws_port=args.ws_port,
+        rest_rate_per_s=args.rest_limit or None,
+    )
+
+
+def apply_faults(sim: Simulator, args: argparse.Namespace) -> None:
+    """Switch on the misbehaviour the flags of :func:`configure` ask for."""
+    sim.faults.malformed_ratio = args.malformed_ratio
+    sim.faults.boundary_duplicates = not args.trades_since_exclusive
+    sim.faults.ohlc_since_exclusive = args.ohlc_since_exclusive
+    sim.faults.ohlc_placeholders = not args.no_ohlc_placeholders
+    sim.faults.drop_last_ratio = args.drop_last_ratio
+    sim.faults.slow_s = args.slow_s
+
+
 async def _serve(config: SimConfig, args: argparse.Namespace) -> None:
     async with open_simulator(config) as sim:
-        sim.faults.malformed_ratio = args.malformed_ratio
-        sim.faults.boundary_duplicates = not args.trades_since_exclusive
-        sim.faults.ohlc_since_exclusive = args.ohlc_since_exclusive
-        sim.faults.ohlc_placeholders = not args.no_ohlc_placeholders
-        sim.faults.drop_last_ratio = args.drop_last_ratio
-        sim.faults.slow_s = args.slow_s
+        apply_faults(sim, args)
         print(f"Kraken simulator: REST {sim.rest_url}  WebSocket {sim.ws_url}", flush=True)
         print(
             f"  HISTDATA_KRAKEN_REST_URL={sim.rest_url} HISTDATA_KRAKEN_WS_URL={sim.ws_url} "
