@@ -96,6 +96,8 @@ _log = structlog.get_logger("histdata.service", actor="service")
 _BATCH_QUEUE = 4
 # A flusher that has neither written nor journaled for this long with work queued is stuck.
 _STALL_S = 60.0
+# A drop on the live path keeps the service unhealthy for this long after it.
+_RECENT_S = 60.0
 
 
 class StorageActor:
@@ -138,20 +140,32 @@ class StorageActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the pool (migrating), retrying while the database is away; close it at stop.
 
+        Reports started once the first attempt has opened storage, or has failed: with the
+        database up the live path starts with storage ready (nothing is journaled for want
+        of it), and with it down the service starts at once and records to the journal.
+
         Raises:
             SchemaError: the schema is from a newer histdata (retrying cannot help).
         """
         stopping = current_child_stopping()
-        task_status.started()
         backoff = Backoff(0.5, 30.0)
+        reported = False
+
+        def report() -> None:
+            nonlocal reported
+            if not reported:
+                reported = True
+                task_status.started()
+
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_when, stopping, scope)
                 while True:
                     try:
-                        await self._open_and_hold(stopping)
+                        await self._open_and_hold(stopping, report)
                         return
                     except DatabaseUnavailable as exc:
+                        report()
                         self.attempts += 1
                         self.last_error = str(exc)
                         delay = backoff.next_delay()
@@ -164,7 +178,7 @@ class StorageActor:
                         )
                         await trio.sleep(delay)
 
-    async def _open_and_hold(self, stopping: trio.Event) -> None:
+    async def _open_and_hold(self, stopping: trio.Event, opened: Callable[[], None]) -> None:
         db = self._config.database
         async with open_storage(
             self._conninfo,
@@ -182,6 +196,7 @@ class StorageActor:
             if self.attempts:
                 _log.info("database reachable again; storage open", attempts=self.attempts)
             self._opened.set()
+            opened()
             try:
                 await stopping.wait()
             finally:
@@ -324,6 +339,8 @@ class Service:
             latencies=self.latencies,
         )
         self._stopping = False
+        self._loss_seen = 0
+        self._loss_changed_at: float | None = None
 
     # -- the actors beside the live path -------------------------------------------------------
 
@@ -483,7 +500,8 @@ class Service:
 
         Unhealthy: a live actor not running, the flusher stuck, the feed down for longer than
         ``[kraken] feed_down_unhealthy_s``, the database away (storage not open, or writes
-        going to the journal), the journal dropping (until an append succeeds again), any
+        going to the journal), the journal dropping (until an append succeeds again), the
+        live path dropping by its overflow policy (for a minute after the latest drop), any
         batch quarantined since the start (an operator must look at it).
         """
         now = time.time()
@@ -509,6 +527,14 @@ class Service:
             why = f": {journal.last_error}" if journal.last_error else ""
             reasons.append(
                 f"the journal is dropping data ({self.journal.dropped} items lost so far){why}"
+            )
+        loss = self.loss()
+        if loss != self._loss_seen:
+            self._loss_seen, self._loss_changed_at = loss, now
+        if self._loss_changed_at is not None and now - self._loss_changed_at < _RECENT_S:
+            reasons.append(
+                f"the live path is dropping data ({loss} items lost so far, the latest within"
+                f" {_RECENT_S:.0f} s; [live] overflow = {self.config.live.overflow})"
             )
         quarantined = self.flusher.statistics().quarantined_batches
         if quarantined:

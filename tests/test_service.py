@@ -210,7 +210,8 @@ class TestFaults:
         assert set(stored) <= set(sim.market.trades(SYMBOL))
 
     async def test_drop_oldest_counts_exactly(self, tmp_path: Path, database_url: str) -> None:
-        """Under drop_oldest overload, the dropped counter equals the trades that went missing."""
+        """Under drop_oldest overload, the dropped counter equals the trades that went missing,
+        their time is never covered, and the service says it is dropping."""
         async with simulator(2000.0) as sim:
             config = make_config(tmp_path, sim, overflow="drop_oldest", buffer_capacity=300)
             async with running(config, database_url) as service:
@@ -219,6 +220,8 @@ class TestFaults:
                 await trio.to_thread.run_sync(lock_trades, database_url, 2.0)
                 await until(lambda: service.trades.statistics().depth == 0)
                 await trio.sleep(1.0)
+                reasons = service.health_reasons()
+                assert any("live path is dropping" in r for r in reasons), reasons
             dropped = service.trades.statistics().dropped
             assert dropped > 0
             assert service.buffer.statistics().marks_discarded > 0
