@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "candles": ("histdata.commands.read", "read candles at any interval"),
     "trades": ("histdata.commands.read", "read trades"),
     "status": ("histdata.commands.status", "show actors, restarts, channels, lag and drops"),
+    "serve": (
+        "histdata.commands.serve",
+        "serve reads alone (no writes): replicas, read-only users",
+    ),
     "migrate": ("histdata.commands.migrate", "apply the database schema"),
     "sim": ("histdata.sim.command", "run the local Kraken simulator (REST + WebSocket v2)"),
 }

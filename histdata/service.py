@@ -152,6 +152,7 @@ class StorageActor:
             pool_max=db.pool_max,
             statement_timeout_s=db.statement_timeout_s,
             connect_timeout_s=db.connect_timeout_s,
+            reader_role=db.readonly_role,
         ) as storage:
             # Registered in their own committed transactions before any write uses them.
             for symbol in self._config.kraken.symbols:
