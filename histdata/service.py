@@ -7,6 +7,7 @@
      ├─ live (rest_for_one)
      │    flusher ◀── batches ── buffer ◀── live.trades / live.candles ── feed
      ├─ rollup, gapfiller, backfiller, maintenance   (each waits for storage; see _plug_in)
+     ├─ heartbeat    this collector's row in `collectors` (histdata status --fleet)
      └─ query        the read API, /healthz and /metrics on the Unix socket
 
 The live supervisor starts its children consumer first (flusher, buffer, feed), so that the
@@ -33,6 +34,7 @@ service that is correctly riding out an outage. ``READY=1`` is sent once the tre
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import timedelta
 from functools import partial
@@ -48,6 +50,7 @@ from histdata.actors.buffer import Batch, Buffer, LiveItem, live_weight
 from histdata.actors.feed import CatchUpQueue, Feed
 from histdata.actors.flusher import Flusher
 from histdata.actors.gapfiller import GapFiller
+from histdata.actors.heartbeat import Heartbeat
 from histdata.actors.hub import LiveHub
 from histdata.actors.journal import Journal
 from histdata.actors.maintenance import MaintenanceActor
@@ -58,6 +61,7 @@ from histdata.errors import DatabaseUnavailable
 from histdata.kraken import KrakenRest, RateLimiter, open_kraken_rest
 from histdata.model import Candle, datetime_to_ns
 from histdata.storage import Storage, open_storage
+from histdata.storage.fleet import reserve_rest_slot
 from histdata.supervisor import (
     Backoff,
     Channel,
@@ -212,6 +216,7 @@ class Service:
         self.gapfiller: GapFiller | None = None
         self.backfiller: Backfiller | None = None
         self.maintenance: MaintenanceActor | None = None
+        self.heartbeat: Heartbeat | None = None
         self.storage_actor = StorageActor(conninfo, config, self.registry)
         timeout = config.service.shutdown_timeout_s
         self.latencies = Latencies()
@@ -301,6 +306,7 @@ class Service:
             )
         specs += [
             ChildSpec("maintenance", self._run_maintenance, shutdown_timeout_s=small),
+            ChildSpec("heartbeat", self._run_heartbeat, shutdown_timeout_s=small),
             ChildSpec("query", self._run_query, shutdown_timeout_s=small),
         ]
         if self.config.metrics.listen:
@@ -333,6 +339,13 @@ class Service:
         storage = await self._storage_when_open(task_status)
         self.maintenance = MaintenanceActor(storage, self.config.maintenance)
         await self.maintenance.run()
+
+    async def _run_heartbeat(self, *, task_status: trio.TaskStatus[None]) -> None:
+        storage = await self._storage_when_open(task_status)
+        self.heartbeat = Heartbeat(
+            storage, self.feed.symbols, lambda: self.flusher.statistics().last_progress_at
+        )
+        await self.heartbeat.run()
 
     async def _run_gapfiller(self, *, task_status: trio.TaskStatus[None]) -> None:
         gapfill = self.config.gapfill
@@ -393,7 +406,7 @@ class Service:
 
     def _extra_statistics(self) -> dict[str, Any]:
         found: dict[str, Any] = {"hub": self.hub.statistics()}
-        for name in ("rollup", "gapfiller", "backfiller", "maintenance"):
+        for name in ("rollup", "gapfiller", "backfiller", "maintenance", "heartbeat"):
             actor = getattr(self, name)
             if actor is not None:
                 found[name] = actor.statistics()
@@ -489,7 +502,9 @@ class Service:
         Raises :class:`~histdata.supervisor.SupervisorEscalation` when the root gives up.
         """
         kraken = self.config.kraken
-        limiter = RateLimiter(rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst)
+        limiter = RateLimiter(
+            rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst, shared=self._rest_slot
+        )
         async with (
             open_kraken_rest(
                 kraken.rest_url, self.registry, limiter, timeout_s=kraken.request_timeout_s
@@ -507,6 +522,16 @@ class Service:
             task_status.started()
         await self.journal.aclose()
         _log.info("service stopped", journal_bytes=self.journal.bytes)
+
+    async def _rest_slot(self) -> float:
+        """A slot in this host's REST budget, shared with every histdata on the host."""
+        kraken = self.config.kraken
+        return await reserve_rest_slot(
+            self.storage_actor.get(),
+            socket.gethostname(),
+            rate_per_s=kraken.rest_rate_per_s,
+            burst=kraken.rest_burst,
+        )
 
     async def _run_root(
         self, helpers: trio.CancelScope, *, task_status: trio.TaskStatus[None]

@@ -854,7 +854,8 @@ def _inspect(
                 " pg_has_role(current_user, %(r)s, 'USAGE')"
                 " AND has_schema_privilege(%(r)s, current_schema(), 'USAGE')"
                 " AND NOT EXISTS (SELECT FROM pg_tables WHERE schemaname = current_schema()"
-                "  AND NOT has_table_privilege(%(r)s, format('%%I', tablename), 'SELECT'))"
+                "  AND NOT has_table_privilege(%(r)s, format('%%I.%%I', schemaname, tablename),"
+                " 'SELECT'))"
                 " ELSE false END",
                 {"r": role},
             ).fetchone()

@@ -125,17 +125,24 @@ async def hold_lease(
     if not lease.owned:
         yield lease
         return
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_renew, storage, name, holder, ttl_s)
-        try:
-            yield lease
-        finally:
-            nursery.cancel_scope.cancel()
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                try:
-                    await release_lease(storage, name, holder)
-                except Exception as exc:  # it expires by itself; say why it lingers
-                    _log.warning("lease not released", lease=name, error=str(exc))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_renew, storage, name, holder, ttl_s)
+            try:
+                yield lease
+            finally:
+                nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        await release_lease(storage, name, holder)
+                    except Exception as exc:  # it expires by itself; say why it lingers
+                        _log.warning("lease not released", lease=name, error=str(exc))
+    except BaseExceptionGroup as group:
+        # The renewal task never raises, so a group holds the block's own error: callers
+        # catch that error (KrakenError, DatabaseUnavailable), not a group around it.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0]  # noqa: B904 - the group adds nothing to say
+        raise
 
 
 async def _renew(storage: Storage, name: str, holder: str, ttl_s: float) -> None:
