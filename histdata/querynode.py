@@ -79,6 +79,7 @@ class QueryNode:
         self.hub = LiveHub(queue=config.query.stream_queue)
         self.latencies = Latencies()
         self.stream_mode = "starting"  # "listen" (primary), "poll" (standby)
+        self.stream_ready = trio.Event()  # set once the relay has chosen its mode
         self.stream_rounds = 0
         self.stream_errors = 0
         self._conninfo = conninfo
@@ -189,8 +190,10 @@ class QueryNode:
                 try:
                     await trio.to_thread.run_sync(conn.execute, f"LISTEN {TRADES_CHANNEL}")
                     self.stream_mode = "listen"
-                except psycopg.errors.FeatureNotSupported:  # a hot standby: no LISTEN there
+                except psycopg.errors.ReadOnlySqlTransaction:  # "cannot execute LISTEN during
+                    # recovery": a hot standby
                     self.stream_mode = "poll"
+                self.stream_ready.set()
                 _log.info("live stream relay started", mode=self.stream_mode)
                 while True:
                     if self.stream_mode == "listen":
