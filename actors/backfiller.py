@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from histdata.actors.heartbeat import process_ident
+from histdata.actors.heartbeat import collector_ident
 from histdata.backfill import FetchProgress, FetchResult, backfill_trades
 from histdata.errors import TransientError
 from histdata.kraken.rest import KrakenRest
@@ -60,7 +60,7 @@ class Backfiller:
         holder: str | None = None,
     ) -> None:
         self.storage = storage
-        self.holder = holder or process_ident()
+        self.holder = holder or collector_ident()
         self._delegated: list[str] = []
         self.rest = rest
         self.symbols = [storage.registry.canonical(s) for s in symbols]

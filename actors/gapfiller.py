@@ -21,7 +21,7 @@ from typing import Protocol
 import structlog
 import trio
 
-from histdata.actors.heartbeat import process_ident
+from histdata.actors.heartbeat import collector_ident
 from histdata.history import RepairResult, catch_up
 from histdata.kraken.rest import KrakenRest
 from histdata.storage import Storage
@@ -77,7 +77,7 @@ class GapFiller:
         self.storage = storage
         # Repairs of a symbol are leased (``repair:SYMBOL``) so that of several collectors
         # recording it only one works a range; the others skip the pass and count it.
-        self.holder = holder or process_ident()
+        self.holder = holder or collector_ident()
         self.lease_s = lease_s
         self._skipped = 0
         self.rest = rest

@@ -10,6 +10,7 @@ next interval; the collector goes on recording to its journal meanwhile.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import time
@@ -26,15 +27,19 @@ from histdata.storage import Storage
 from histdata.storage.fleet import beat, forget_collector
 from histdata.supervisor import sleep_unless_stopping
 
-__all__ = ["Heartbeat", "HeartbeatStatistics", "process_ident"]
+__all__ = ["Heartbeat", "HeartbeatStatistics", "collector_ident"]
 
 _log = structlog.get_logger("histdata.actors.heartbeat", actor="heartbeat")
 _STARTED = datetime.now(UTC)
 
 
-def process_ident() -> str:
-    """This process's name in the fleet: ``host:pid:start``, the same for all its actors."""
-    return f"{socket.gethostname()}:{os.getpid()}:{int(_STARTED.timestamp())}"
+_SERVICES = itertools.count(1)
+
+
+def collector_ident() -> str:
+    """A new name in the fleet: ``host:pid:start#n``; the service gives one to all its actors
+    (leases are held by it), and two services in one process (tests) get two."""
+    return f"{socket.gethostname()}:{os.getpid()}:{int(_STARTED.timestamp())}#{next(_SERVICES)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +64,10 @@ class Heartbeat:
         symbols: Sequence[str],
         last_write: Callable[[], float | None],
         *,
+        ident: str | None = None,
         interval_s: float = 5.0,
     ) -> None:
-        self.ident = process_ident()
+        self.ident = ident or collector_ident()
         self._storage = storage
         self._symbols = tuple(symbols)
         self._last_write = last_write

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from histdata.actors.heartbeat import process_ident
+from histdata.actors.heartbeat import collector_ident
 from histdata.config import MaintenanceConfig
 from histdata.errors import DatabaseUnavailable
 from histdata.storage import Storage
@@ -57,7 +57,7 @@ class MaintenanceActor:
     ) -> None:
         self._storage = storage
         self._config = config
-        self._holder = holder or process_ident()
+        self._holder = holder or collector_ident()
         self._skipped = 0
         self._owner: str | None = None
         self._warned_settings = False

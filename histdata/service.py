@@ -50,7 +50,7 @@ from histdata.actors.buffer import Batch, Buffer, LiveItem, live_weight
 from histdata.actors.feed import CatchUpQueue, Feed
 from histdata.actors.flusher import Flusher
 from histdata.actors.gapfiller import GapFiller
-from histdata.actors.heartbeat import Heartbeat
+from histdata.actors.heartbeat import Heartbeat, collector_ident
 from histdata.actors.hub import LiveHub
 from histdata.actors.journal import Journal
 from histdata.actors.maintenance import MaintenanceActor
@@ -217,6 +217,8 @@ class Service:
         self.backfiller: Backfiller | None = None
         self.maintenance: MaintenanceActor | None = None
         self.heartbeat: Heartbeat | None = None
+        # This collector's name in the fleet: its heartbeat row and the holder of its leases.
+        self.ident = collector_ident()
         self.storage_actor = StorageActor(conninfo, config, self.registry)
         timeout = config.service.shutdown_timeout_s
         self.latencies = Latencies()
@@ -337,13 +339,16 @@ class Service:
 
     async def _run_maintenance(self, *, task_status: trio.TaskStatus[None]) -> None:
         storage = await self._storage_when_open(task_status)
-        self.maintenance = MaintenanceActor(storage, self.config.maintenance)
+        self.maintenance = MaintenanceActor(storage, self.config.maintenance, holder=self.ident)
         await self.maintenance.run()
 
     async def _run_heartbeat(self, *, task_status: trio.TaskStatus[None]) -> None:
         storage = await self._storage_when_open(task_status)
         self.heartbeat = Heartbeat(
-            storage, self.feed.symbols, lambda: self.flusher.statistics().last_progress_at
+            storage,
+            self.feed.symbols,
+            lambda: self.flusher.statistics().last_progress_at,
+            ident=self.ident,
         )
         await self.heartbeat.run()
 
@@ -359,6 +364,7 @@ class Service:
             self.feed.symbols,
             interval_s=gapfill.interval_s,
             lookback=timedelta(days=gapfill.lookback_days),
+            holder=self.ident,
         )
         await self.gapfiller.run(self.catch_up)
 
@@ -370,6 +376,7 @@ class Service:
             self._rest(),
             self.feed.symbols,
             since_ns=datetime_to_ns(parse_time(since)) if since else 0,
+            holder=self.ident,
         )
         await self.backfiller.run()
 

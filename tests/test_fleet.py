@@ -14,16 +14,31 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg.conninfo
 import pytest
 import structlog
 import trio
 
+# pytest puts tests/ on sys.path (no package): the polling helper lives with the service tests.
+from test_service import until  # type: ignore[import-not-found]
+
 from histdata.actors.maintenance import MaintenanceActor
-from histdata.config import MaintenanceConfig
+from histdata.config import (
+    Config,
+    DatabaseConfig,
+    GapfillConfig,
+    KrakenConfig,
+    LiveConfig,
+    MaintenanceConfig,
+    QueryConfig,
+    ServiceConfig,
+)
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.model import Side, Trade, datetime_to_ns
+from histdata.service import Service
+from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage, open_storage
 from histdata.storage.fleet import (
     beat,
@@ -222,3 +237,100 @@ def _url(conninfo: str) -> str:
         return f"postgresql:///{params['dbname']}?host={host}&user={params.get('user', '')}"
     user, port = params.get("user", ""), params.get("port", 5432)
     return f"postgresql://{user}@{host}:{port}/{params['dbname']}"
+
+
+class TestTwoCollectors:
+    async def test_overlapping_collectors_store_once_repair_once_and_share_the_rest_limit(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        """Two services recording overlapping symbols into one database against the simulator
+        store every emitted trade once, repair each symbol in one of them only, and together
+        never exceed the simulator's REST limit (which refuses above 1 request/s): each
+        repairs its own symbol at once, which at each one's own 1/s would be 2/s."""
+        sim_config = SimConfig(
+            seed=5,
+            symbols=SYMBOLS,
+            trade_rate_per_s=20.0,
+            history_s=400.0,
+            rest_rate_per_s=1.0,
+            rest_burst=6,
+        )
+        async with open_simulator(sim_config) as sim:
+            configs = [
+                collector_config(tmp_path / "a", sim, ("BTC/USD", "ETH/USD")),
+                collector_config(tmp_path / "b", sim, ("BTC/USD", "SOL/USD")),
+            ]
+            services = [Service(config, database_url) for config in configs]
+            async with trio.open_nursery() as nursery:
+                for service in services:
+                    await nursery.start(partial(service.run, handle_signals=False))
+                await until(lambda: all(repaired_or_left(s) for s in services), timeout_s=90)
+                sim.pause_trading()
+                last = {
+                    symbol: int(sim.market.trades(symbol)[-1].trade_id or 0) for symbol in SYMBOLS
+                }
+                async with writer(database_url) as storage:
+                    await stored_through(storage, last)
+                    stored = {symbol: await ids_of(storage, symbol) for symbol in SYMBOLS}
+                    fleet = await collectors(storage)
+                gapfillers = [s.gapfiller.statistics() for s in services if s.gapfiller]
+                for service in services:
+                    service.shutdown()
+        for symbol in SYMBOLS:
+            ids = stored[symbol]
+            assert len(ids) == len(set(ids)), f"{symbol}: duplicates stored"
+            truth = {
+                t.trade_id
+                for t in sim.market.trades(symbol)
+                if t.trade_id is not None and t.trade_id <= last[symbol]
+            }
+            assert set(ids) == truth, f"{symbol}: {len(truth - set(ids))} missing"
+        assert sim.statistics().rest.throttled == 0
+        assert sum(g.skipped for g in gapfillers) > 0  # the other collector held the lease
+        assert sorted(c.symbols for c in fleet) == [("BTC/USD", "ETH/USD"), ("BTC/USD", "SOL/USD")]
+
+
+SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD")
+
+
+def repaired_or_left(service: Service) -> bool:
+    """Every symbol of ``service`` had a repair pass: done here, or left to the lease holder."""
+    if service.gapfiller is None:
+        return False
+    stats = service.gapfiller.statistics()
+    return stats.repairs + stats.skipped >= len(service.feed.symbols)
+
+
+async def stored_through(storage: Storage, last: dict[str, int]) -> None:
+    """Wait until every symbol's last emitted trade is stored."""
+    with trio.fail_after(30):
+        while True:
+            newest = {symbol: max(await ids_of(storage, symbol), default=0) for symbol in last}
+            if all(newest[symbol] >= last[symbol] for symbol in last):
+                return
+            await trio.sleep(0.2)
+
+
+async def ids_of(storage: Storage, symbol: str) -> list[int]:
+    far = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    stored = await storage.read_trades(symbol, *far)
+    return [t.trade_id for t in stored if t.trade_id is not None]
+
+
+def collector_config(data: Path, sim: Any, symbols: tuple[str, ...]) -> Config:
+    return Config(
+        service=ServiceConfig(data_dir=str(data), shutdown_timeout_s=8.0),
+        database=DatabaseConfig(pool_max=4, connect_timeout_s=2.0, statement_timeout_s=30.0),
+        kraken=KrakenConfig(
+            rest_url=sim.rest_url,
+            ws_url=sim.ws_url,
+            symbols=symbols,
+            # Kraken's rate with less burst than it allows: the headroom absorbs the jitter
+            # between when the shared budget grants a slot and when the request arrives.
+            rest_rate_per_s=1.0,
+            rest_burst=3,
+        ),
+        live=LiveConfig(batch_size=500, batch_age_s=0.1, flush_retry_s=0.2),
+        gapfill=GapfillConfig(enabled=True, interval_s=3.0, lookback_days=0.01),
+        query=QueryConfig(socket=str(data / "q.sock")),
+    )
