@@ -243,9 +243,10 @@ def _key(trade: Trade) -> TradeKey:
 
 
 def _notified(conn: psycopg.Connection[Any], wait_s: float) -> set[int]:
-    """Symbol ids named by the notifications that arrive within ``wait_s``."""
+    """Symbol ids named by the first notification within ``wait_s`` (none: empty), and by
+    any others already received with it."""
     ids: set[int] = set()
-    for note in conn.notifies(timeout=wait_s):
+    for note in conn.notifies(timeout=wait_s, stop_after=1):
         for part in note.payload.split(","):
             with suppress(ValueError):
                 ids.add(int(part))
