@@ -901,7 +901,7 @@ async def open_storage(
             _log.info("schema migrated", applied=list(result.applied), timescale=result.timescale)
         if result.plain_tables:
             _log.warning(
-                "TimescaleDB is installed but these tables are plain; `histdata migrate"
+                "TimescaleDB is available but these tables are plain; `histdata migrate"
                 " --timescale` converts them",
                 tables=list(result.plain_tables),
             )

@@ -8,11 +8,12 @@ serialise on the advisory lock.
 **TimescaleDB** is detected apart from migrating: :func:`timescale_available` reads only the
 catalogs any user may read (``pg_extension``, ``pg_available_extensions``), and reads
 ``shared_preload_libraries`` only where the user is allowed to (it is a superuser-only
-setting). A *fresh* database (no migration applied yet) with the extension available gets
-hypertables in the same run, while its tables are empty. Existing plain tables are converted
-only when asked (``migrate(..., convert=True)``, ``histdata migrate --timescale``), one table
-per transaction with a progress line each: converting copies every row under an exclusive
-lock, which must never be the side effect of a service start or a read.
+setting; see :func:`_preloaded`). A *fresh* database (no migration applied yet) with the
+extension available gets hypertables in the same run, while its tables are empty. Existing
+plain tables are converted only when asked (``migrate(..., convert=True)``, ``histdata
+migrate --timescale``), one table per transaction with a progress line each: converting
+copies every row under an exclusive lock, which must never be the side effect of a service
+start or a read.
 
 **The read-only role** (``[database] readonly_role``) is created here where the user may
 create roles: ``USAGE`` on the schema, ``SELECT`` on every table, default privileges for
@@ -76,7 +77,7 @@ class MigrationResult:
     applied: tuple[str, ...]  # file names applied now, in order
     current: int  # highest version now in the database
     timescale: bool  # whether every time-series table is a hypertable now
-    plain_tables: tuple[str, ...] = ()  # TimescaleDB is installed but these are plain tables
+    plain_tables: tuple[str, ...] = ()  # TimescaleDB is available but these are plain tables
     reader_role: bool = False  # whether the read-only role exists with its grants
 
 
@@ -145,22 +146,29 @@ def _installed(conn: Connection) -> bool:
     return bool(found and found[0])
 
 
-def _preloaded(conn: Connection) -> bool | None:
-    """Whether TimescaleDB is preloaded; None when this user may not read the setting."""
+def _preloaded(conn: Connection) -> bool:
+    """Whether TimescaleDB is in ``shared_preload_libraries``, without needing to read it.
+
+    That setting is readable by superusers and ``pg_read_all_settings`` only. A preloaded
+    TimescaleDB defines its loader's settings in every session, so where the list may not be
+    read, ``timescaledb.disable_load`` existing says the same. (Guessing instead and trying
+    ``CREATE EXTENSION`` is no option: without the preload it ends the session, FATAL.)
+    """
     try:
         with conn.transaction():
             row = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+        return bool(row and "timescaledb" in str(row[0]))
     except psycopg.errors.InsufficientPrivilege:
-        return None
-    return bool(row and "timescaledb" in str(row[0]))
+        row = conn.execute(
+            "SELECT current_setting('timescaledb.disable_load', true) IS NOT NULL"
+        ).fetchone()
+        return bool(row and row[0])
 
 
 def timescale_available(conn: Connection) -> bool:
     """True when TimescaleDB is installed in the database, or is installable and preloaded.
 
-    Needs no privilege beyond connecting: where ``shared_preload_libraries`` may not be
-    read, an extension the server offers counts as available and ``CREATE EXTENSION``
-    decides (:func:`migrate` tries it in its own transaction).
+    Needs no privilege beyond connecting (see :func:`_preloaded`).
     """
     if _installed(conn):
         return True
@@ -169,7 +177,7 @@ def timescale_available(conn: Connection) -> bool:
     ).fetchone()
     if not (row and row[0]):
         return False
-    return _preloaded(conn) is not False
+    return _preloaded(conn)
 
 
 def hypertables(conn: Connection) -> frozenset[str]:
@@ -291,18 +299,17 @@ def _migrate_locked(conn: Connection, convert: bool, progress: Progress) -> Migr
         applied.append(name)
     current = max(known | set(done), default=0)
     plain = _timescale_step(conn, fresh=fresh, convert=convert, progress=progress)
-    installed = _installed(conn)
     return MigrationResult(
         applied=tuple(applied),
         current=current,
-        timescale=installed and not plain,
-        plain_tables=plain if installed else (),
+        timescale=_installed(conn) and not plain,
+        plain_tables=plain if plain and timescale_available(conn) else (),
     )
 
 
 def _create_extension(conn: Connection) -> str | None:
     """Create TimescaleDB in its own transaction; the reason it could not be, or None."""
-    if _preloaded(conn) is False:
+    if not _preloaded(conn):
         return "timescaledb is not in shared_preload_libraries"
     try:
         with conn.transaction():

@@ -233,9 +233,9 @@ def _url(conninfo: str) -> str:
     """A postgresql:// URL for conninfo's host, port, user and database."""
     params = psycopg.conninfo.conninfo_to_dict(conninfo)
     host = str(params.get("host", ""))
-    if host.startswith("/"):
-        return f"postgresql:///{params['dbname']}?host={host}&user={params.get('user', '')}"
     user, port = params.get("user", ""), params.get("port", 5432)
+    if host.startswith("/"):
+        return f"postgresql:///{params['dbname']}?host={host}&port={port}&user={user}"
     return f"postgresql://{user}@{host}:{port}/{params['dbname']}"
 
 

@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"schema {state} at version {result.current} ({flavour}) on {database_label(conninfo)}")
     if result.plain_tables:
         print(
-            f"TimescaleDB is installed but {', '.join(result.plain_tables)} are plain tables:"
+            f"TimescaleDB is available but {', '.join(result.plain_tables)} are plain tables:"
             " `histdata migrate --timescale` converts them"
         )
     if role and not result.reader_role:
