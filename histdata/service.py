@@ -34,7 +34,6 @@ service that is correctly riding out an outage. ``READY=1`` is sent once the tre
 
 from __future__ import annotations
 
-import socket
 import time
 from datetime import timedelta
 from functools import partial
@@ -61,7 +60,7 @@ from histdata.errors import DatabaseUnavailable
 from histdata.kraken import KrakenRest, RateLimiter, open_kraken_rest
 from histdata.model import Candle, datetime_to_ns
 from histdata.storage import Storage, open_storage
-from histdata.storage.fleet import reserve_rest_slot
+from histdata.storage.fleet import host_budget
 from histdata.supervisor import (
     Backoff,
     Channel,
@@ -509,8 +508,12 @@ class Service:
         Raises :class:`~histdata.supervisor.SupervisorEscalation` when the root gives up.
         """
         kraken = self.config.kraken
+        # Kraken limits per IP: every histdata on this host draws from one budget.
+        budget = host_budget(
+            self.storage_actor.get, rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst
+        )
         limiter = RateLimiter(
-            rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst, shared=self._rest_slot
+            rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst, shared=budget
         )
         async with (
             open_kraken_rest(
@@ -529,16 +532,6 @@ class Service:
             task_status.started()
         await self.journal.aclose()
         _log.info("service stopped", journal_bytes=self.journal.bytes)
-
-    async def _rest_slot(self) -> float:
-        """A slot in this host's REST budget, shared with every histdata on the host."""
-        kraken = self.config.kraken
-        return await reserve_rest_slot(
-            self.storage_actor.get(),
-            socket.gethostname(),
-            rate_per_s=kraken.rest_rate_per_s,
-            burst=kraken.rest_burst,
-        )
 
     async def _run_root(
         self, helpers: trio.CancelScope, *, task_status: trio.TaskStatus[None]

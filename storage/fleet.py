@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ __all__ = [
     "collectors",
     "forget_collector",
     "hold_lease",
+    "host_budget",
     "release_lease",
     "reserve_rest_slot",
     "symbol_ids",
@@ -239,6 +241,19 @@ async def reserve_rest_slot(storage: Storage, host: str, *, rate_per_s: float, b
         return max(0.0, -tokens / rate_per_s)
 
     return await storage.run(take)
+
+
+def host_budget(
+    storage: Callable[[], Storage], *, rate_per_s: float, burst: int
+) -> Callable[[], Awaitable[float]]:
+    """This host's shared REST budget as a :class:`~histdata.kraken.RateLimiter` ``shared``
+    hook; ``storage`` returns the open Storage (or raises while there is none)."""
+    host = socket.gethostname()
+
+    async def reserve() -> float:
+        return await reserve_rest_slot(storage(), host, rate_per_s=rate_per_s, burst=burst)
+
+    return reserve
 
 
 # -- the live stream --------------------------------------------------------------------------

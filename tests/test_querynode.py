@@ -184,7 +184,7 @@ class TestReadOnlyUser:
         self, database_url: str, reader: str, tmp_path: Path
     ) -> None:
         """A user with USAGE and SELECT only reads candles and trades with ``--direct``, runs
-        ``gaps``, and ``serve`` answers the same candles over the socket."""
+        ``gaps``, and ``serve`` answers candles over the socket and ``status`` for itself."""
         await seed(database_url)
         owner = write_config(tmp_path, database_url, "owner")
         ro = write_config(tmp_path, reader, "ro")
@@ -204,6 +204,9 @@ class TestReadOnlyUser:
                 socket, f"/v1/candles?symbol={SYMBOL}&interval=1h&start={RANGE[0]}&end={RANGE[1]}"
             )
             health = await aget(socket, "/healthz")
+            status = await histdata("-c", str(ro), "status")
+        assert status[0] == 0, status[2]
+        assert "query node" in status[1]
         assert served.status_code == 200
         assert len(served.json()["candles"]) == 5
         assert health.json()["service"]["role"] == "query"

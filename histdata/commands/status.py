@@ -135,8 +135,32 @@ def _tree(stats: dict[str, Any], depth: int, lines: list[str]) -> None:
             _tree(child["supervisor"], depth + 1, lines)
 
 
+def _render_query_node(snapshot: dict[str, Any]) -> str:
+    """A ``histdata serve`` node's snapshot: no feed, flusher or journal to show."""
+    service, stream = snapshot["service"], snapshot["stream"]
+    lines = [
+        f"histdata {service['version']} query node pid {service['pid']} up"
+        f" {service['uptime_s']:.0f} s — {'healthy' if service['healthy'] else 'UNHEALTHY'}",
+    ]
+    lines += [f"  unhealthy: {reason}" for reason in snapshot.get("unhealthy_reasons") or []]
+    lines += ["", "actors:"]
+    _tree(snapshot["supervisor"], 0, lines)
+    role = snapshot.get("read_role") or "the login's own (READ ONLY transactions)"
+    how = "LISTEN, primary" if stream["mode"] == "listen" else "polling"
+    lines += [
+        "",
+        f"reads as: {role}",
+        f"stream: {stream['mode']} ({how}),"
+        f" {stream['hub']['subscribers']} clients, {stream['hub']['trades_published']} trades"
+        f" relayed, {stream['errors']} read errors",
+    ]
+    return "\n".join(lines)
+
+
 def render(snapshot: dict[str, Any]) -> str:
-    """The human-readable form of a ``/healthz`` snapshot."""
+    """The human-readable form of a ``/healthz`` snapshot (a collector's or a query node's)."""
+    if snapshot.get("service", {}).get("role") == "query":
+        return _render_query_node(snapshot)
     service = snapshot["service"]
     lines = [
         f"histdata {service['version']} pid {service['pid']} up {service['uptime_s']:.0f} s"
