@@ -204,9 +204,9 @@ class TestReadOnlyUser:
                 socket, f"/v1/candles?symbol={SYMBOL}&interval=1h&start={RANGE[0]}&end={RANGE[1]}"
             )
             health = await aget(socket, "/healthz")
-            status = await histdata("-c", str(ro), "status")
-        assert status[0] == 0, status[2]
-        assert "query node" in status[1]
+            shown = await histdata("-c", str(ro), "status")
+        assert shown[0] == 0, shown[2]
+        assert "query node" in shown[1]
         assert served.status_code == 200
         assert len(served.json()["candles"]) == 5
         assert health.json()["service"]["role"] == "query"
