@@ -887,7 +887,8 @@ async def open_storage(
     Raises:
         DatabaseUnavailable: the database did not accept a connection within
             ``connect_timeout_s``.
-        DatabaseRefused: ``read_only`` and the user may not read ``schema_migrations``.
+        DatabaseRefused: ``read_only`` and the user may not read ``schema_migrations``; or
+            migrating was refused (a hot standby, a user who may not create the schema).
         SchemaError: the schema is newer than this histdata (older too, when ``read_only``).
     """
     if apply_migrations and not read_only:
@@ -897,6 +898,13 @@ async def open_storage(
             )
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"cannot migrate: {exc}".strip()) from exc
+        except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege) as exc:
+            # A hot standby, or a user who may not own the schema: a writer cannot start here,
+            # and retrying will not change that (a query node is `histdata serve`).
+            raise DatabaseRefused(
+                f"cannot migrate: {' '.join(str(exc).split())} (on a standby or as a read-only"
+                " user, run `histdata serve` instead)"
+            ) from exc
         if result.applied:
             _log.info("schema migrated", applied=list(result.applied), timescale=result.timescale)
         if result.plain_tables:
