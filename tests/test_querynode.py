@@ -437,3 +437,39 @@ class TestHotStandby:
             said = [line for line in err.splitlines() if not line.startswith("{")]  # not logs
             assert len(said) == 1, err
             assert said[0].startswith(f"histdata {command}: ")
+
+    async def test_the_stream_on_a_standby_polls_the_replicated_rows(
+        self, replica: tuple[str, str], tmp_path: Path
+    ) -> None:
+        """A query node on a standby (which cannot LISTEN) relays trades committed on the
+        primary once they are replayed, by polling each symbol's rows after its last one."""
+        primary, standby = replica
+        migrate(primary)
+        await seed(primary)
+        await caught_up(primary, standby)
+        config = Config(
+            service=ServiceConfig(data_dir=str(tmp_path)),
+            database=DatabaseConfig(url=standby),
+            query=QueryConfig(socket=str(tmp_path / "q.sock")),
+        )
+        async with (
+            open_storage(primary, pool_max=2) as collector,
+            open_storage(standby, pool_max=2, read_only=True) as storage,
+            trio.open_nursery() as nursery,
+        ):
+            node = QueryNode(config, storage, standby, poll_s=0.2)
+            await nursery.start(node.run)
+            with trio.fail_after(10):
+                await node.stream_ready.wait()
+            assert node.stream_mode == "poll"
+            with node.hub.subscribe([SYMBOL]) as sub:
+                fresh = sample_trades(90_000, 3, T0 + timedelta(days=2))
+                await collector.write_trades(fresh, source="live")
+                got = []
+                with trio.fail_after(5):
+                    async for line in sub.events:
+                        got.append(orjson.loads(line)["trade_id"])
+                        if len(got) == 3:
+                            break
+            node.shutdown()
+        assert got == [90_000, 90_001, 90_002]
