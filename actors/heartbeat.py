@@ -55,7 +55,8 @@ class HeartbeatStatistics:
 class Heartbeat:
     """Writes this collector's heartbeat row (see module docs).
 
-    ``last_write`` returns the Unix time of the last write to the database, or None.
+    ``last_write`` returns the Unix time of the collector's last write, or None: the
+    flusher's last progress, which during a database outage is its last journal append.
     """
 
     def __init__(

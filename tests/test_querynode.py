@@ -126,6 +126,7 @@ async def serving(config: Path) -> AsyncIterator[str]:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             await process.wait()
+    assert process.returncode == 0  # a graceful stop
 
 
 def get(socket: str, path: str) -> httpx.Response:
