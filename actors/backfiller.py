@@ -6,6 +6,10 @@ committed page ended. Symbols run concurrently; every REST request waits on the 
 rate limiter. A transient failure (Kraken or the database) is retried after a jittered
 backoff; a symbol Kraken refuses is logged and given up. When every symbol is done the actor
 returns (a ``transient`` child: a normal exit is not restarted).
+
+A symbol's backfill is leased (``backfill:SYMBOL``, renewed while it runs): a symbol another
+collector is backfilling is left to it (``delegated``), so no range is fetched twice; if that
+collector dies, its cursor stays and the next start resumes from it.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from dataclasses import dataclass
 import structlog
 import trio
 
+from histdata.actors.heartbeat import collector_ident
 from histdata.backfill import FetchProgress, FetchResult, backfill_trades
 from histdata.errors import TransientError
 from histdata.kraken.rest import KrakenRest
 from histdata.storage import Storage
+from histdata.storage.fleet import hold_lease
 from histdata.supervisor import Backoff
 
 __all__ = ["Backfiller", "BackfillerStatistics", "run_backfiller"]
@@ -37,6 +43,7 @@ class BackfillerStatistics:
     fraction: dict[str, float]
     eta_s: dict[str, float | None]
     inserted: dict[str, int]
+    delegated: tuple[str, ...] = ()  # left to the collector that held their lease
 
 
 class Backfiller:
@@ -50,8 +57,11 @@ class Backfiller:
         *,
         since_ns: int,
         backoff: Backoff | None = None,
+        holder: str | None = None,
     ) -> None:
         self.storage = storage
+        self.holder = holder or collector_ident()
+        self._delegated: list[str] = []
         self.rest = rest
         self.symbols = [storage.registry.canonical(s) for s in symbols]
         self.since_ns = since_ns
@@ -71,6 +81,7 @@ class Backfiller:
             {s: p.fraction for s, p in self._progress.items()},
             {s: p.eta_s for s, p in self._progress.items()},
             {s: p.inserted for s, p in self._progress.items()},
+            tuple(self._delegated),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -81,6 +92,22 @@ class Backfiller:
             task_status.started()
 
     async def _one(self, symbol: str) -> None:
+        while True:
+            try:
+                async with hold_lease(self.storage, f"backfill:{symbol}", self.holder) as lease:
+                    if lease.owned:
+                        await self._backfill(symbol)
+                        return
+            except TransientError as exc:  # the lease itself: the database is away
+                self._retries += 1
+                _log.warning("backfill_retry", symbol=symbol, error=str(exc))
+                await trio.sleep(self.backoff.clone().next_delay())
+                continue
+            self._delegated.append(symbol)
+            _log.info("backfill_left_to_another_collector", symbol=symbol, holder=lease.holder)
+            return
+
+    async def _backfill(self, symbol: str) -> None:
         backoff = self.backoff.clone()
         while True:
             try:

@@ -21,9 +21,11 @@ from typing import Protocol
 import structlog
 import trio
 
+from histdata.actors.heartbeat import collector_ident
 from histdata.history import RepairResult, catch_up
 from histdata.kraken.rest import KrakenRest
 from histdata.storage import Storage
+from histdata.storage.fleet import hold_lease
 from histdata.supervisor import current_child_stopping
 
 __all__ = ["CatchUpRequests", "GapFiller", "GapFillerStatistics", "run_gapfiller"]
@@ -55,6 +57,7 @@ class GapFillerStatistics:
     id_holes_refetched: int
     id_holes_unfillable: int
     failures_by_symbol: dict[str, int]
+    skipped: int = 0  # passes left to another collector that held the symbol's repair lease
 
 
 class GapFiller:
@@ -68,8 +71,15 @@ class GapFiller:
         *,
         interval_s: float,
         lookback: timedelta = timedelta(days=1),
+        holder: str | None = None,
+        lease_s: float = 60.0,
     ) -> None:
         self.storage = storage
+        # Repairs of a symbol are leased (``repair:SYMBOL``) so that of several collectors
+        # recording it only one works a range; the others skip the pass and count it.
+        self.holder = holder or collector_ident()
+        self.lease_s = lease_s
+        self._skipped = 0
         self.rest = rest
         self.symbols = [storage.registry.canonical(s) for s in symbols]
         self.interval_s = interval_s
@@ -96,6 +106,7 @@ class GapFiller:
             self._id_holes,
             self._id_unfillable,
             dict(self._failed),
+            self._skipped,
         )
 
     def request(self, symbol: str) -> None:
@@ -152,7 +163,14 @@ class GapFiller:
             self._wanted[symbol] = trio.Event()  # requests from now on mean "once more"
             self._running.add(symbol)
             try:
-                result = await catch_up(self.storage, self.rest, symbol, lookback=self.lookback)
+                async with hold_lease(
+                    self.storage, f"repair:{symbol}", self.holder, ttl_s=self.lease_s
+                ) as lease:
+                    if not lease.owned:
+                        self._skipped += 1
+                        _log.debug("repair_skipped", symbol=symbol, holder=lease.holder)
+                        continue
+                    result = await catch_up(self.storage, self.rest, symbol, lookback=self.lookback)
             except Exception as exc:  # logged, counted, retried at the next request or tick
                 self._failures += 1
                 self._failed[symbol] += 1

@@ -227,6 +227,12 @@ class QueryApp:
     def _storage(self) -> Storage:
         return self._get_storage()
 
+    def _read_options(self, storage: Storage) -> ReadOptions:
+        """The options given, else reads under the storage's read-only role (if it has one)."""
+        if self._options.role is None and storage.read_role is not None:
+            return ReadOptions(role=storage.read_role)
+        return self._options
+
     def _symbol(self, text: str, parameter: str = "symbol") -> str:
         if not _SYMBOL_RE.match(text):
             raise BadParameter(parameter, "is not a symbol (letters, digits, . / : _ -)")
@@ -325,8 +331,10 @@ class QueryApp:
         start, end = p.range()
         fmt = p.fmt()
         encoder = candle_encoder(fmt, symbol, interval)
+        storage = self._storage
+        options = self._read_options(storage)
         chunks = iter_candle_rows(
-            self._storage, symbol, interval, start, end, chunk=self._chunk, options=self._options
+            storage, symbol, interval, start, end, chunk=self._chunk, options=options
         )
         return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks))
 
@@ -336,14 +344,15 @@ class QueryApp:
         start, end = p.range()
         fmt = p.fmt()
         encoder = trade_encoder(fmt, symbol)
-        chunks = iter_trade_rows(
-            self._storage, symbol, start, end, chunk=self._chunk, options=self._options
-        )
+        storage = self._storage
+        options = self._read_options(storage)
+        chunks = iter_trade_rows(storage, symbol, start, end, chunk=self._chunk, options=options)
         return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks))
 
     async def _symbols(self, query: Mapping[str, list[str]]) -> Reply:
         _Params(query, ())
-        extent = await symbol_extent(self._storage, self._options)
+        storage = self._storage
+        extent = await symbol_extent(storage, self._read_options(storage))
         out = []
         for name, streams in extent.items():
             if name not in self._registry:

@@ -58,6 +58,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "histdata.commands.symbols",
         "list what is stored per symbol (--refresh: AssetPairs)",
     ),
+    "serve": (
+        "histdata.commands.serve",
+        "serve reads alone (no writes): replicas, read-only users",
+    ),
     "migrate": ("histdata.commands.migrate", "apply the database schema"),
     "sim": ("histdata.sim.command", "run the local Kraken simulator (REST + WebSocket v2)"),
 }

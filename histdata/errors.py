@@ -16,6 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DatabaseRefused",
     "DatabaseUnavailable",
     "FatalError",
     "HistdataError",
@@ -42,6 +43,12 @@ class FatalError(HistdataError):
 
 class ConfigError(FatalError):
     """The configuration is wrong: one line naming the key, the file and the allowed values."""
+
+
+class DatabaseRefused(FatalError):
+    """The database refused a statement: a privilege is missing or it is read-only (a hot
+    standby). Unlike :class:`DatabaseUnavailable` the database is up; asking again as the
+    same user, or on the same server, gets the same answer."""
 
 
 class StorageNotOpen(FatalError):

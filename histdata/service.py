@@ -9,6 +9,7 @@
      │                                              feeds (one_for_one): feed-0, feed-1 …
      ├─ pairs        AssetPairs into the symbols table, the feeds' subscriptions to match
      ├─ rollup, gapfiller, backfiller, maintenance   (each waits for storage; see _plug_in)
+     ├─ heartbeat    this collector's row in `collectors` (histdata status --fleet)
      └─ query        the read API, /healthz and /metrics on the Unix socket
 
 The live supervisor starts its children consumer first (flusher, buffer, feed), so that the
@@ -60,6 +61,7 @@ from histdata.actors.feed import CatchUpQueue, ConnectBudget, Feed
 from histdata.actors.feeds import FeedGroup
 from histdata.actors.flusher import Flusher
 from histdata.actors.gapfiller import GapFiller
+from histdata.actors.heartbeat import Heartbeat, collector_ident
 from histdata.actors.hub import LiveHub
 from histdata.actors.journal import Journal
 from histdata.actors.maintenance import MaintenanceActor
@@ -71,6 +73,7 @@ from histdata.errors import DatabaseUnavailable
 from histdata.kraken import KrakenRest, RateLimiter, open_kraken_rest
 from histdata.model import Candle, datetime_to_ns
 from histdata.storage import Storage, open_storage
+from histdata.storage.fleet import host_budget
 from histdata.supervisor import (
     Backoff,
     Channel,
@@ -187,6 +190,7 @@ class StorageActor:
             pool_max=db.pool_max,
             statement_timeout_s=db.statement_timeout_s,
             connect_timeout_s=db.connect_timeout_s,
+            reader_role=db.readonly_role,
         ) as storage:
             # Registered in their own committed transaction before any write uses them.
             await storage.register_symbols(self._symbols())
@@ -247,6 +251,9 @@ class Service:
         self.gapfiller: GapFiller | None = None
         self.backfiller: Backfiller | None = None
         self.maintenance: MaintenanceActor | None = None
+        self.heartbeat: Heartbeat | None = None
+        # This collector's name in the fleet: its heartbeat row and the holder of its leases.
+        self.ident = collector_ident()
         self.storage_actor = StorageActor(
             conninfo, config, self.registry, lambda: self.feed.symbols
         )
@@ -364,6 +371,7 @@ class Service:
             )
         specs += [
             ChildSpec("maintenance", self._run_maintenance, shutdown_timeout_s=small),
+            ChildSpec("heartbeat", self._run_heartbeat, shutdown_timeout_s=small),
             ChildSpec("query", self._run_query, shutdown_timeout_s=small),
         ]
         if self.config.metrics.listen:
@@ -404,8 +412,18 @@ class Service:
 
     async def _run_maintenance(self, *, task_status: trio.TaskStatus[None]) -> None:
         storage = await self._storage_when_open(task_status)
-        self.maintenance = MaintenanceActor(storage, self.config.maintenance)
+        self.maintenance = MaintenanceActor(storage, self.config.maintenance, holder=self.ident)
         await self.maintenance.run()
+
+    async def _run_heartbeat(self, *, task_status: trio.TaskStatus[None]) -> None:
+        storage = await self._storage_when_open(task_status)
+        self.heartbeat = Heartbeat(
+            storage,
+            self.feed.symbols,
+            lambda: self.flusher.statistics().last_progress_at,
+            ident=self.ident,
+        )
+        await self.heartbeat.run()
 
     async def _run_gapfiller(self, *, task_status: trio.TaskStatus[None]) -> None:
         gapfill = self.config.gapfill
@@ -423,6 +441,7 @@ class Service:
                 symbols,
                 interval_s=gapfill.interval_s,
                 lookback=timedelta(days=gapfill.lookback_days),
+                holder=self.ident,
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._cancel_on_change, symbols, nursery.cancel_scope)
@@ -443,6 +462,7 @@ class Service:
             self._rest(),
             self.feed.symbols,
             since_ns=datetime_to_ns(parse_time(since)) if since else 0,
+            holder=self.ident,
         )
         await self.backfiller.run()
 
@@ -479,7 +499,7 @@ class Service:
 
     def _extra_statistics(self) -> dict[str, Any]:
         found: dict[str, Any] = {"hub": self.hub.statistics(), "pairs": self.pairs.statistics()}
-        for name in ("rollup", "gapfiller", "backfiller", "maintenance"):
+        for name in ("rollup", "gapfiller", "backfiller", "maintenance", "heartbeat"):
             actor = getattr(self, name)
             if actor is not None:
                 found[name] = actor.statistics()
@@ -584,7 +604,13 @@ class Service:
         Raises :class:`~histdata.supervisor.SupervisorEscalation` when the root gives up.
         """
         kraken = self.config.kraken
-        limiter = RateLimiter(rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst)
+        # Kraken limits per IP: every histdata on this host draws from one budget.
+        budget = host_budget(
+            self.storage_actor.get, rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst
+        )
+        limiter = RateLimiter(
+            rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst, shared=budget
+        )
         async with (
             open_kraken_rest(
                 kraken.rest_url, self.registry, limiter, timeout_s=kraken.request_timeout_s

@@ -34,14 +34,15 @@ import psycopg_pool
 import structlog
 import trio
 
-from histdata.errors import DatabaseUnavailable, StorageNotOpen
+from histdata.errors import DatabaseRefused, DatabaseUnavailable, StorageNotOpen
 from histdata.model import Candle, CandleSource, Side, Trade, datetime_to_ns
 from histdata.storage.candles import DIVERT_SQL, store_aside
-from histdata.storage.migrations import migrate
+from histdata.storage.migrations import HYPERTABLES, check_schema, hypertables, migrate
 from histdata.storage.symbol_table import load_into, stored_infos
 from histdata.symbols import SymbolInfo, SymbolRegistry
 
 __all__ = [
+    "TRADES_CHANNEL",
     "CandleWriteResult",
     "CoverageSpan",
     "Storage",
@@ -82,10 +83,15 @@ _ORD_FROM_CODE = {"m": "market", "l": "limit"}
 # differ below a millisecond; the duplicate probe looks this far either side.
 _RECONNECT_TIMEOUT_S = 5.0
 _SAME_TRADE_WINDOW = timedelta(seconds=1)
+# pg_advisory_xact_lock(class, symbol id) keys: _add_coverage's merge lock and the trades
+# writers' lock (Storage._write_trades). Different classes, so neither waits for the other.
+_COVERAGE_LOCK = 0x68697374  # "hist"
+_TRADES_LOCK = 0x74726164  # "trad"
+# The NOTIFY channel of committed trade batches (payload: their symbol ids, comma-separated);
+# query nodes LISTEN to it (histdata/querynode.py).
+TRADES_CHANNEL = "histdata_trades"
 # Changed minutes closer than this share one rollup dirty range (see Storage._mark_dirty).
 _DIRTY_MERGE_GAP = timedelta(hours=6)
-# pg_advisory_xact_lock(int4, int4) class of the per-symbol coverage merge ("hist").
-_COVERAGE_LOCK = 0x68697374
 # copy_new_trades hands psycopg its rows in slices of this size rather than one large buffer.
 _COPY_WRITE_BYTES = 1 << 20
 Buffer = bytes | bytearray | memoryview
@@ -139,12 +145,22 @@ class Storage:
     """
 
     def __init__(
-        self, pool: psycopg_pool.ConnectionPool[Any], registry: SymbolRegistry, *, timescale: bool
+        self,
+        pool: psycopg_pool.ConnectionPool[Any],
+        registry: SymbolRegistry,
+        *,
+        timescale: bool,
+        read_only: bool = False,
+        read_role: str | None = None,
     ) -> None:
         self._pool: psycopg_pool.ConnectionPool[Any] | None = pool
         self._limiter = trio.CapacityLimiter(pool.max_size)
         self.registry = registry
         self.timescale = timescale
+        # Every transaction is READ ONLY (a query node, a read command): nothing is written.
+        self.read_only = read_only
+        # The role reads ``SET LOCAL ROLE`` to (see storage/reads.py); None: the user's own.
+        self.read_role = read_role
         self._symbol_ids: dict[str, int] = {}  # ids of committed symbol rows only
         # Per connection (by id) while its transaction runs: symbols it registered itself.
         self._registering: dict[int, dict[str, int]] = {}
@@ -326,6 +342,11 @@ class Storage:
                 " trade_id int8, seq int4) ON COMMIT DELETE ROWS"
             )
             ids = {symbol: self.symbol_id(conn, symbol) for symbol in {t.symbol for t in trades}}
+            # The cross-source probe below reads, then inserts: two writers of the same trade
+            # (one from REST, one live, 1 µs apart) would both find nothing and both insert.
+            # Per symbol, in id order (no deadlock), writers of trades take turns.
+            for sid in sorted(ids.values()):
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_TRADES_LOCK, sid))
             with conn.cursor() as cur:
                 with cur.copy(
                     "COPY _stage_trades (symbol_id, time, time_ns, price, volume, side, ord_type,"
@@ -363,6 +384,11 @@ class Storage:
                     (_SOURCE_CODE[source], _SAME_TRADE_WINDOW, _SAME_TRADE_WINDOW),
                 )
                 inserted = max(cur.rowcount, 0)
+            if inserted:  # delivered at commit only: query nodes read the new rows by key
+                conn.execute(
+                    "SELECT pg_notify(%s, %s)",
+                    (TRADES_CHANNEL, ",".join(str(sid) for sid in sorted(ids.values()))),
+                )
         self._add_coverages(conn, coverage)
         if cursor is not None:
             self._set_cursor(conn, *cursor)
@@ -480,10 +506,17 @@ class Storage:
         return WriteResult(inserted=inserted, present=rows - inserted)
 
     async def read_trades(
-        self, symbol: str, start: datetime, end: datetime, *, limit: int | None = None
+        self,
+        symbol: str,
+        start: datetime,
+        end: datetime,
+        *,
+        limit: int | None = None,
+        after: tuple[datetime, int | None, int] | None = None,
     ) -> list[Trade]:
-        """Trades of ``symbol`` with ``start <= time < end``, in trade order."""
-        return await self.run(self._read_trades, symbol, start, end, limit, None)
+        """Trades of ``symbol`` with ``start <= time < end``, in trade order; with ``after``
+        (a trade's ``(time, trade_id, seq)``) only those after that trade."""
+        return await self.run(self._read_trades, symbol, start, end, limit, after)
 
     async def iter_trades(
         self, symbol: str, start: datetime, end: datetime, *, chunk: int = 50_000
@@ -835,14 +868,21 @@ class Storage:
         return await self.run(query)
 
     async def set_cursor(self, name: str, value: str) -> None:
-        """Store ``value`` under cursor ``name`` (exact text, e.g. a 19-digit nanosecond id)."""
+        """Store ``value`` under cursor ``name`` (exact text, e.g. a 19-digit nanosecond id).
+
+        Cursors only move forward: a value that is a number below the stored number is
+        ignored, so of two processes backfilling one symbol the slower cannot move the cursor
+        back over what the faster stored. A value that is not a number replaces any other.
+        """
         await self.run(self._set_cursor, name, value)
 
     @staticmethod
     def _set_cursor(conn: Connection, name: str, value: str) -> None:
         conn.execute(
-            "INSERT INTO cursors (name, value) VALUES (%s, %s) ON CONFLICT (name)"
-            " DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+            "INSERT INTO cursors AS c (name, value) VALUES (%s, %s) ON CONFLICT (name)"
+            " DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+            " WHERE NOT (c.value ~ '^[0-9]{1,30}$' AND EXCLUDED.value ~ '^[0-9]{1,30}$'"
+            " AND EXCLUDED.value::numeric < c.value::numeric)",
             (name, value),
         )
 
@@ -857,15 +897,45 @@ class Storage:
             await trio.to_thread.run_sync(pool.close)
 
 
-def _configure(statement_timeout_s: float) -> Callable[[Connection], None]:
+def _configure(statement_timeout_s: float, read_only: bool) -> Callable[[Connection], None]:
     def configure(conn: Connection) -> None:
         conn.execute(
-            "SELECT set_config('statement_timeout', %s, false)",
-            (f"{int(statement_timeout_s * 1000)}ms",),
+            "SELECT set_config('statement_timeout', %s, false),"
+            " set_config('default_transaction_read_only', %s, false)",
+            (f"{int(statement_timeout_s * 1000)}ms", "on" if read_only else "off"),
         )
         conn.commit()
 
     return configure
+
+
+def _inspect(
+    conninfo: str, *, check: bool, role: str, connect_timeout_s: float
+) -> tuple[bool, str | None]:
+    """``(timescale, read role)`` of the database, checking the schema version first if
+    ``check``: SELECTs only, so it runs on a standby and as a read-only user."""
+    with psycopg.connect(
+        conninfo, autocommit=True, connect_timeout=max(1, round(connect_timeout_s))
+    ) as conn:
+        if check:
+            check_schema(conn)
+        timescale = hypertables(conn) == frozenset(HYPERTABLES)
+        usable = None
+        if role:
+            # A role is cluster-wide, its grants per database: one made for another database
+            # (or before this one's tables) would refuse every read here.
+            row = conn.execute(
+                "SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = %(r)s) THEN"
+                " pg_has_role(current_user, %(r)s, 'USAGE')"
+                " AND has_schema_privilege(%(r)s, current_schema(), 'USAGE')"
+                " AND NOT EXISTS (SELECT FROM pg_tables WHERE schemaname = current_schema()"
+                "  AND NOT has_table_privilege(%(r)s, format('%%I.%%I', schemaname, tablename),"
+                " 'SELECT'))"
+                " ELSE false END",
+                {"r": role},
+            ).fetchone()
+            usable = role if row and row[0] else None
+        return timescale, usable
 
 
 @asynccontextmanager
@@ -878,33 +948,71 @@ async def open_storage(
     statement_timeout_s: float = 60.0,
     connect_timeout_s: float = 10.0,
     apply_migrations: bool = True,
+    read_only: bool = False,
+    reader_role: str = "",
 ) -> AsyncIterator[Storage]:
     """Open a connection pool on ``conninfo``, migrate the schema, and yield :class:`Storage`.
 
     Without ``registry`` the registry is loaded from the ``symbols`` table (the shipped
     pairs while it has never held an AssetPairs answer; see
     :mod:`histdata.storage.symbol_table`); a given one is used as it is.
+    With ``read_only`` nothing is written, not even the schema: the schema version is checked
+    with a SELECT instead (see :func:`~histdata.storage.migrations.check_schema`) and every
+    transaction is ``READ ONLY``, so it works on a hot standby and as a user with only USAGE
+    and SELECT. ``reader_role`` (``[database] readonly_role``) is created by the migration
+    where permitted; reads use it whenever the user may ``SET ROLE`` to it.
 
     Raises:
         DatabaseUnavailable: the database did not accept a connection within
             ``connect_timeout_s``.
-        SchemaError: the schema is newer than this histdata.
+        DatabaseRefused: ``read_only`` and the user may not read ``schema_migrations``; or
+            migrating was refused (a hot standby, a user who may not create the schema).
+        SchemaError: the schema is newer than this histdata (older too, when ``read_only``).
     """
-    timescale = False
-    if apply_migrations:
+    if apply_migrations and not read_only:
         try:
-            result = await trio.to_thread.run_sync(migrate, conninfo)
+            result = await trio.to_thread.run_sync(
+                partial(migrate, conninfo, reader_role=reader_role)
+            )
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"cannot migrate: {exc}".strip()) from exc
-        timescale = result.timescale
+        except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege) as exc:
+            # A hot standby, or a user who may not own the schema: a writer cannot start here,
+            # and retrying will not change that (a query node is `histdata serve`).
+            raise DatabaseRefused(
+                f"cannot migrate: {' '.join(str(exc).split())} (on a standby or as a read-only"
+                " user, run `histdata serve` instead)"
+            ) from exc
         if result.applied:
-            _log.info("schema migrated", applied=list(result.applied), timescale=timescale)
+            _log.info("schema migrated", applied=list(result.applied), timescale=result.timescale)
+        if result.plain_tables:
+            _log.warning(
+                "TimescaleDB is available but these tables are plain; `histdata migrate"
+                " --timescale` converts them",
+                tables=list(result.plain_tables),
+            )
+    try:
+        timescale, read_role = await trio.to_thread.run_sync(
+            partial(
+                _inspect,
+                conninfo,
+                check=read_only,
+                role=reader_role,
+                connect_timeout_s=connect_timeout_s,
+            )
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"connection failed: {exc}".strip()) from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseRefused(
+            f"cannot read the schema version: {' '.join(str(exc).split())}"
+        ) from exc
     pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
         conninfo,
         min_size=pool_min,
         max_size=pool_max,
         open=False,
-        configure=_configure(statement_timeout_s),
+        configure=_configure(statement_timeout_s, read_only),
         timeout=connect_timeout_s,
         # psycopg_pool retries a lost connection with doubling delays (1, 2, 4, 8… s) for
         # reconnect_timeout, so after a long outage the first new connection could come a
@@ -919,7 +1027,11 @@ async def open_storage(
         await trio.to_thread.run_sync(pool.close)
         raise DatabaseUnavailable(f"database did not accept connections: {exc}") from exc
     storage = Storage(
-        pool, registry if registry is not None else SymbolRegistry([]), timescale=timescale
+        pool,
+        registry if registry is not None else SymbolRegistry([]),
+        timescale=timescale,
+        read_only=read_only,
+        read_role=read_role,
     )
     try:
         if registry is None:

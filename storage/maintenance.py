@@ -13,9 +13,10 @@ that once).
 
 The read-only role (``[database] readonly_role``) gets ``SELECT`` on the schema's tables and is
 granted to the service's own user so the query path can ``SET LOCAL ROLE`` to it: a bug or an
-injection in a read can then write nothing. Where the database user may not create roles,
-:func:`ensure_readonly_role` reports False and reads run as the service user inside
-``READ ONLY`` transactions.
+injection in a read can then write nothing. ``migrate`` creates it
+(:func:`~histdata.storage.migrations.ensure_reader_role`); where the database user may not
+create roles, :func:`ensure_readonly_role` reports False and reads run as the service user
+inside ``READ ONLY`` transactions.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import trio
 from psycopg import sql
 
 from histdata.storage.database import Storage
+from histdata.storage.migrations import ensure_reader_role
 
 __all__ = [
     "RetentionResult",
@@ -190,23 +192,6 @@ async def compress_old_chunks(storage: Storage, after_days: int) -> int:
     return done
 
 
-def _ensure_role(conn: Connection, role: str) -> None:
-    ident = sql.Identifier(role)
-    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-    if not exists:
-        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident))
-    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
-    conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(ident))
-    conn.execute(
-        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(
-            ident
-        )
-    )
-    member = conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (role,)).fetchone()
-    if not (member and member[0]):
-        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
-
-
 async def ensure_readonly_role(storage: Storage, role: str) -> bool:
     """Create (if needed) the read-only ``role``, grant it SELECT, and make it usable by the
     service user. Returns False, with one log line, when the database does not permit it.
@@ -216,13 +201,10 @@ async def ensure_readonly_role(storage: Storage, role: str) -> bool:
     """
     if not role:
         return False
-    try:
-        await storage.run(_ensure_role, role)
-    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidGrantOperation) as exc:
+    if not await storage.run(ensure_reader_role, role):
         _log.warning(
             "read-only role not available; reads run as the service user in READ ONLY transactions",
             role=role,
-            reason=str(exc).strip(),
         )
         return False
     return True

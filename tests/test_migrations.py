@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 
 import psycopg
+import psycopg.conninfo
 import pytest
 
 from histdata.storage import SchemaError, migrate
-from histdata.storage.migrations import migration_files
+from histdata.storage.migrations import (
+    HYPERTABLES,
+    check_schema,
+    hypertables,
+    migration_files,
+    timescale_available,
+)
 
 
 class TestMigrate:
@@ -106,3 +115,108 @@ class TestMigrate:
             "trades_by_trade_id",
             "trades_key",
         ]
+
+
+def _plain_schema(url: str) -> None:
+    """The schema as an older histdata left it: every table plain, as if made before
+    TimescaleDB was installed (the first file applied by hand, so the run is not fresh)."""
+    version, name, text = migration_files()[0]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(text.encode())
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            (version, name, hashlib.sha256(text.encode()).hexdigest()),
+        )
+
+
+class TestTimescaleConversion:
+    def test_existing_plain_tables_are_converted_only_when_asked(
+        self, empty_database_url: str
+    ) -> None:
+        """With TimescaleDB available, a migrate of an existing schema leaves its tables plain
+        and says so; ``convert=True`` turns them into hypertables, keeping their rows and
+        reporting a line per table."""
+        with psycopg.connect(empty_database_url) as conn:
+            if not timescale_available(conn):
+                pytest.skip("TimescaleDB is not available on this server")
+        _plain_schema(empty_database_url)
+        result = migrate(empty_database_url)
+        assert not result.timescale
+        assert result.plain_tables == tuple(HYPERTABLES)
+        with psycopg.connect(empty_database_url, autocommit=True) as conn:
+            assert hypertables(conn) == frozenset()
+            conn.execute(
+                "INSERT INTO symbols (symbol, rest_key, altname, wsname, price_decimals,"
+                " volume_decimals) VALUES ('BTC/USD', 'XXBTZUSD', 'XBTUSD', 'XBT/USD', 1, 8)"
+            )
+            conn.execute(
+                "INSERT INTO trades (symbol_id, time, price, volume, trade_id, source)"
+                " VALUES (1, '2024-01-01Z', 1, 1, 7, 'r')"
+            )
+        lines: list[str] = []
+        converted = migrate(empty_database_url, convert=True, progress=lines.append)
+        assert converted.timescale
+        assert converted.plain_tables == ()
+        assert "converting trades to a hypertable (1 rows)" in lines
+        assert sum(line.startswith("converted ") for line in lines) == len(HYPERTABLES)
+        with psycopg.connect(empty_database_url) as conn:
+            assert hypertables(conn) == frozenset(HYPERTABLES)
+            assert conn.execute("SELECT trade_id FROM trades").fetchall() == [(7,)]
+
+    def test_convert_without_timescaledb_is_refused(self, empty_database_url: str) -> None:
+        """``migrate --timescale`` where the extension cannot be created says why."""
+        with psycopg.connect(empty_database_url) as conn:
+            if timescale_available(conn):
+                pytest.skip("TimescaleDB is available on this server")
+        with pytest.raises(SchemaError, match="cannot convert to hypertables"):
+            migrate(empty_database_url, convert=True)
+
+
+class TestSchemaCheck:
+    def test_the_current_schema_passes_and_others_are_refused(self, database_url: str) -> None:
+        """check_schema accepts this histdata's schema and names an older or a newer one."""
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            assert check_schema(conn) == max(v for v, _, _ in migration_files())
+            conn.execute("INSERT INTO schema_migrations VALUES (9999, 'x', 'y')")
+            with pytest.raises(SchemaError, match="newer than this histdata"):
+                check_schema(conn)
+            conn.execute("DELETE FROM schema_migrations WHERE version >= 2")
+            with pytest.raises(SchemaError, match="older than this histdata"):
+                check_schema(conn)
+
+    def test_no_schema_is_refused(self, empty_database_url: str) -> None:
+        """A database histdata never migrated is named as such."""
+        with (
+            psycopg.connect(empty_database_url, autocommit=True) as conn,
+            pytest.raises(SchemaError, match="no histdata schema"),
+        ):
+            check_schema(conn)
+
+
+class TestWithoutSuperuser:
+    def test_an_owner_without_settings_privileges_migrates(
+        self, empty_database_url: str, pg_admin_dsn: str
+    ) -> None:
+        """A plain owner (no superuser, no pg_read_all_settings, no CREATEROLE) migrates; the
+        read-only role is reported as not permitted rather than failing."""
+        name = f"histdata_owner_{os.getpid()}"
+        dbname = psycopg.conninfo.conninfo_to_dict(empty_database_url)["dbname"]
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{name}"'.encode())
+            conn.execute(f'CREATE ROLE "{name}" LOGIN'.encode())
+            conn.execute(f'ALTER DATABASE "{dbname}" OWNER TO "{name}"'.encode())
+        with psycopg.connect(empty_database_url, autocommit=True) as conn:
+            conn.execute(f'ALTER SCHEMA public OWNER TO "{name}"'.encode())
+        try:
+            owner = psycopg.conninfo.make_conninfo(empty_database_url, user=name)
+            result = migrate(owner, reader_role=f"{name}_nobody")
+            assert result.current == max(v for v, _, _ in migration_files())
+            assert not result.reader_role
+        finally:
+            with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'.encode())
+                conn.execute(f'DROP ROLE IF EXISTS "{name}"'.encode())

@@ -30,6 +30,7 @@ from histdata.config import Config
 from histdata.kraken import RateLimiter, open_kraken_rest
 from histdata.model import datetime_to_ns, ns_to_datetime
 from histdata.storage import Storage
+from histdata.storage.fleet import host_budget
 from histdata.timeutil import format_time, utc_now
 
 __all__ = ["configure", "main"]
@@ -67,8 +68,15 @@ async def _run(
     config: Config, symbol: str, since: datetime, until: datetime | None, show_bar: bool
 ) -> _Outcome:
     console = Console(stderr=True)
-    limiter = RateLimiter(rate_per_s=config.kraken.rest_rate_per_s, burst=config.kraken.rest_burst)
+    kraken = config.kraken
     async with open_command_storage(config) as storage:
+        # Kraken limits per IP: this host's collectors and this command share one budget.
+        budget = host_budget(
+            lambda: storage, rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst
+        )
+        limiter = RateLimiter(
+            rate_per_s=kraken.rest_rate_per_s, burst=kraken.rest_burst, shared=budget
+        )
         symbol = storage.registry.canonical(symbol)
         since_ns = datetime_to_ns(since)
         until_ns = datetime_to_ns(until) if until is not None else None

@@ -12,10 +12,11 @@ from datetime import datetime
 
 import psycopg
 import psycopg.conninfo
+import psycopg.errors
 import trio
 
 from histdata.config import Config, load_config
-from histdata.errors import ConfigError, DatabaseUnavailable
+from histdata.errors import ConfigError, DatabaseRefused, DatabaseUnavailable
 from histdata.logs import configure_logging
 from histdata.storage import Storage, build_conninfo, open_storage
 from histdata.symbols import SymbolRegistry
@@ -27,6 +28,7 @@ __all__ = [
     "database_label",
     "interval_arg",
     "open_command_storage",
+    "refused",
     "setup",
     "socket_refused",
     "symbol_argument",
@@ -173,13 +175,19 @@ def database_conninfo(config: Config, *, create: bool = True) -> Iterator[str]:
 async def open_command_storage(
     config: Config, registry: SymbolRegistry | None = None, *, create: bool = True
 ) -> AsyncIterator[Storage]:
-    """Open Storage on the configured database (schema migrated) for a one-shot command.
+    """Open Storage on the configured database for a one-shot command.
 
     Starting the embedded server blocks for about a second, so it runs in a worker thread.
-    Commands that only read pass ``create=False`` (see :func:`database_conninfo`).
+    Commands that only read pass ``create=False``: no embedded database is created (see
+    :func:`database_conninfo`), the schema is checked rather than migrated and every
+    transaction is READ ONLY, so they work on a hot standby and as a user with USAGE and
+    SELECT only. Others migrate the schema first.
 
     Raises:
         DatabaseUnavailable: the database refused the connection; one line naming it.
+        DatabaseRefused: a privilege is missing or the database is read-only (raised from
+            the command's own statements too); one line naming the database.
+        SchemaError: the schema is not this histdata's (for a read: older or newer).
         NoRecordedData: ``create`` is false and there is no embedded database yet.
     """
     async with AsyncExitStack() as stack:
@@ -202,8 +210,23 @@ async def open_command_storage(
                     pool_max=config.database.pool_max,
                     statement_timeout_s=config.database.statement_timeout_s,
                     connect_timeout_s=config.database.connect_timeout_s,
+                    read_only=not create,
+                    reader_role=config.database.readonly_role,
                 )
             )
         except (DatabaseUnavailable, psycopg.OperationalError) as exc:
             raise unreachable(conninfo, exc) from exc
-        yield storage
+        except DatabaseRefused as exc:
+            raise refused(conninfo, exc) from exc
+        try:
+            yield storage
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+            raise refused(conninfo, exc) from exc
+
+
+def refused(conninfo: str, exc: BaseException) -> DatabaseRefused:
+    """The one-line error for a statement the database refused (a privilege, a standby)."""
+    cause = " ".join(str(exc).split())
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        cause += " (a hot standby or a read-only user: run this on the primary)"
+    return DatabaseRefused(f"the {database_label(conninfo)} refused: {cause}")

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 import trio
 
+from histdata.actors.heartbeat import collector_ident
 from histdata.commands.common import interval_arg, open_command_storage, setup, time_arg
 from histdata.config import Config
 from histdata.history import RepairResult, repair_symbol
@@ -32,6 +33,7 @@ from histdata.kraken import RateLimiter, open_kraken_rest
 from histdata.storage.candles import CandleMismatch, candle_mismatches
 from histdata.storage.continuity import IdHole, id_holes
 from histdata.storage.database import Stream
+from histdata.storage.fleet import hold_lease, host_budget
 from histdata.storage.history import CoverageReport, coverage_report
 from histdata.timeutil import format_interval, format_time, utc_now
 
@@ -141,7 +143,13 @@ async def _run(
     async with open_command_storage(config, create=args.repair) as storage:
         if args.repair:
             limiter = RateLimiter(
-                rate_per_s=config.kraken.rest_rate_per_s, burst=config.kraken.rest_burst
+                rate_per_s=config.kraken.rest_rate_per_s,
+                burst=config.kraken.rest_burst,
+                shared=host_budget(
+                    lambda: storage,
+                    rate_per_s=config.kraken.rest_rate_per_s,
+                    burst=config.kraken.rest_burst,
+                ),
             )
             async with open_kraken_rest(
                 config.kraken.rest_url,
@@ -149,9 +157,14 @@ async def _run(
                 limiter,
                 timeout_s=config.kraken.request_timeout_s,
             ) as rest:
-                out.append(
-                    _render_repair(await repair_symbol(storage, rest, args.symbol, start, end))
-                )
+                # A collector repairing the symbol right now holds its lease: not twice.
+                symbol = storage.registry.canonical(args.symbol)
+                async with hold_lease(storage, f"repair:{symbol}", collector_ident()) as lease:
+                    if lease.owned:
+                        result = await repair_symbol(storage, rest, symbol, start, end)
+                        out.append(_render_repair(result))
+                    else:
+                        out.append(f"{symbol} is being repaired by {lease.holder}: not repeated")
         holes = False
         for stream in streams:
             report = await coverage_report(

@@ -33,7 +33,7 @@ from histdata.commands.common import (
 from histdata.config import Config
 from histdata.errors import UnknownSymbol
 from histdata.formats import FORMATS, candle_encoder, trade_encoder
-from histdata.storage.reads import iter_candle_rows, iter_trade_rows
+from histdata.storage.reads import ReadOptions, iter_candle_rows, iter_trade_rows
 from histdata.symbols import SymbolRegistry
 from histdata.timeutil import format_time, parse_interval, parse_time, utc_now
 
@@ -93,16 +93,19 @@ async def _direct(args: argparse.Namespace, config: Config, out: BinaryIO) -> in
     start = parse_time(args.start)
     end = parse_time(args.end) if args.end else utc_now()
     async with open_command_storage(config, registry, create=False) as storage:
+        options = ReadOptions(role=storage.read_role)
         if args._read_kind == "candles":
             interval = parse_interval(args.interval)
             encoder = candle_encoder(args.format, symbol, interval)
             out.write(encoder.begin())
-            async for rows in iter_candle_rows(storage, symbol, interval, start, end):
+            async for rows in iter_candle_rows(
+                storage, symbol, interval, start, end, options=options
+            ):
                 out.write(encoder.rows(rows))
         else:
             encoder = trade_encoder(args.format, symbol)
             out.write(encoder.begin())
-            async for trade_rows in iter_trade_rows(storage, symbol, start, end):
+            async for trade_rows in iter_trade_rows(storage, symbol, start, end, options=options):
                 out.write(encoder.rows(trade_rows))
         out.write(encoder.end())
     out.flush()

@@ -4,6 +4,11 @@ Reads ``GET /healthz`` over the Unix socket at ``[query] socket`` and prints why
 is unhealthy (if it is), the actors and their restarts, channel statistics, a summary of the
 symbols with the most lagging ones, the trades stored (new and already present), the
 journal and every counted loss. ``--json`` prints the raw snapshot instead.
+
+``--fleet`` asks the database instead of one service: every collector's heartbeat row (host,
+pid, version, symbols, last write; stale when not refreshed for ``_STALE_S``) and the stored
+symbols no live collector records. It only reads, so it works on a standby and as a
+read-only user; it exits 3 when a stored symbol is recorded by nobody.
 """
 
 from __future__ import annotations
@@ -14,22 +19,35 @@ import sys
 from typing import Any
 
 import httpx
+import trio
 
 from histdata.client import socket_transport
-from histdata.commands.common import setup, socket_refused
+from histdata.commands.common import open_command_storage, setup, socket_refused
+from histdata.config import Config
 
-__all__ = ["configure", "main", "render"]
+__all__ = ["configure", "main", "render", "render_fleet"]
+
+
+# A collector whose heartbeat row is older than this is shown stale and records nothing.
+_STALE_S = 30.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """``--json`` for the machine-readable snapshot."""
+    """``--json`` for the machine-readable snapshot; ``--fleet`` for every collector."""
     parser.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="every collector on the database, and the symbols nobody records",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Print the status; returns 0 when healthy, 3 when unhealthy, and 1 with a clear
     message when the service is not running."""
     config = setup(args)
+    if args.fleet:
+        return trio.run(_fleet, config, args.json)
     path = config.query.socket
     # Probe with a socket we close ourselves: httpx leaks the socket of a refused Unix connect.
     refused = socket_refused(path)
@@ -117,8 +135,32 @@ def _tree(stats: dict[str, Any], depth: int, lines: list[str]) -> None:
             _tree(child["supervisor"], depth + 1, lines)
 
 
+def _render_query_node(snapshot: dict[str, Any]) -> str:
+    """A ``histdata serve`` node's snapshot: no feed, flusher or journal to show."""
+    service, stream = snapshot["service"], snapshot["stream"]
+    lines = [
+        f"histdata {service['version']} query node pid {service['pid']} up"
+        f" {service['uptime_s']:.0f} s — {'healthy' if service['healthy'] else 'UNHEALTHY'}",
+    ]
+    lines += [f"  unhealthy: {reason}" for reason in snapshot.get("unhealthy_reasons") or []]
+    lines += ["", "actors:"]
+    _tree(snapshot["supervisor"], 0, lines)
+    role = snapshot.get("read_role") or "the login's own (READ ONLY transactions)"
+    how = "LISTEN, primary" if stream["mode"] == "listen" else "polling"
+    lines += [
+        "",
+        f"reads as: {role}",
+        f"stream: {stream['mode']} ({how}),"
+        f" {stream['hub']['subscribers']} clients, {stream['hub']['trades_published']} trades"
+        f" relayed, {stream['errors']} read errors",
+    ]
+    return "\n".join(lines)
+
+
 def render(snapshot: dict[str, Any]) -> str:
-    """The human-readable form of a ``/healthz`` snapshot."""
+    """The human-readable form of a ``/healthz`` snapshot (a collector's or a query node's)."""
+    if snapshot.get("service", {}).get("role") == "query":
+        return _render_query_node(snapshot)
     service = snapshot["service"]
     lines = [
         f"histdata {service['version']} pid {service['pid']} up {service['uptime_s']:.0f} s"
@@ -174,5 +216,52 @@ def render(snapshot: dict[str, Any]) -> str:
     drops = {k: v for k, v in (snapshot.get("drops") or {}).items() if v}
     lines.append(
         "drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) if drops else "none")
+    )
+    return "\n".join(lines)
+
+
+async def _fleet(config: Config, as_json: bool) -> int:
+    from histdata.storage.fleet import collectors
+
+    async with open_command_storage(config, create=False) as storage:
+        rows = await collectors(storage)
+        stored = [info.symbol for info in await storage.stored_symbols()]
+    listed: list[dict[str, Any]] = [
+        {
+            "id": r.id,
+            "host": r.host,
+            "pid": r.pid,
+            "version": r.version,
+            "symbols": list(r.symbols),
+            "seen_age_s": round(r.age_s, 1),
+            "stale": r.age_s > _STALE_S,
+            "last_write": r.last_write.isoformat() if r.last_write else None,
+        }
+        for r in rows
+    ]
+    recorded = {s for c in listed if not c["stale"] for s in c["symbols"]}
+    fleet = {"collectors": listed, "unrecorded": sorted(set(stored) - recorded)}
+    print(json.dumps(fleet, indent=2) if as_json else render_fleet(fleet))
+    return 3 if fleet["unrecorded"] else 0
+
+
+def render_fleet(fleet: dict[str, Any]) -> str:
+    """The human-readable form of ``status --fleet``."""
+    found = fleet["collectors"]
+    lines = [f"collectors: {len(found)} ({sum(1 for c in found if c['stale'])} stale)"]
+    for c in found:
+        state = "STALE" if c["stale"] else "live"
+        wrote = c["last_write"] or "never"
+        symbols = ", ".join(c["symbols"][:_WORST])
+        more = f" and {len(c['symbols']) - _WORST} more" if len(c["symbols"]) > _WORST else ""
+        lines.append(
+            f"  {c['host']} pid {c['pid']} histdata {c['version']} {state}, seen"
+            f" {c['seen_age_s']:.0f} s ago, last write {wrote}; {len(c['symbols'])} symbols:"
+            f" {symbols}{more}"
+        )
+    unrecorded = fleet["unrecorded"]
+    lines.append(
+        f"symbols nobody records: {len(unrecorded)}"
+        + (": " + ", ".join(unrecorded) if unrecorded else "")
     )
     return "\n".join(lines)

@@ -13,12 +13,16 @@ instance to every :class:`~histdata.kraken.rest.KrakenRest`.
   consecutive penalty (jittered, capped, at least Kraken's own retry hint) and resets after a
   success (delays from :class:`~histdata.supervisor.backoff.Backoff`). After the cool-down
   the bucket holds a single token, so traffic resumes with one probe instead of a burst.
+- Shared: Kraken counts per IP, not per process. With ``shared`` (the service passes a
+  reservation in the database's per-host bucket, :func:`~histdata.storage.fleet.reserve_rest_slot`)
+  each permit also waits for its slot in the budget every process on the host draws from.
+  While that budget cannot be reached (the database is away) only the local bucket applies.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -42,6 +46,8 @@ class LimiterStatistics:
     rate_limit_errors: int  # rate-limit errors reported (several may share one cool-down)
     penalty_streak: int  # consecutive cool-downs without a success in between
     cooldown_remaining_s: float  # time left in the current cool-down, 0 when none
+    shared_waits: int = 0  # permits that waited for the host's shared budget
+    shared_unavailable: int = 0  # permits given without the shared budget (it was away)
 
 
 class RateLimiter:
@@ -58,6 +64,8 @@ class RateLimiter:
             :class:`~histdata.supervisor.backoff.Backoff`) so that several processes behind
             one IP do not retry in lockstep.
         seed: seeds the jitter, for reproducible tests.
+        shared: reserves a slot in a budget shared with other processes and returns the
+            seconds to wait for it; any exception it raises means "not reachable now".
 
     Raises:
         ValueError: a non-positive rate, a burst below 1, or bad penalty settings.
@@ -72,6 +80,7 @@ class RateLimiter:
         penalty_max_s: float = 300.0,
         jitter: float = 0.2,
         seed: int | None = None,
+        shared: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
         if rate_per_s <= 0 or burst < 1:
             raise ValueError(
@@ -90,6 +99,9 @@ class RateLimiter:
         self._waiting = 0
         self._penalties = 0
         self._rate_limit_errors = 0
+        self._shared = shared
+        self._shared_waits = 0
+        self._shared_unavailable = 0
 
     def _refill(self, now: float) -> None:
         if self._updated is None:
@@ -122,6 +134,8 @@ class RateLimiter:
                         wake = now + (1.0 - self._tokens) / self.rate_per_s
                     waited = True
                     await trio.sleep_until(wake)
+                if self._shared is not None:
+                    waited = await self._wait_shared() or waited
         finally:
             self._waiting -= 1
         self._requests += 1
@@ -130,6 +144,20 @@ class RateLimiter:
             self._waited_s += trio.current_time() - start
         else:
             await trio.lowlevel.checkpoint()
+
+    async def _wait_shared(self) -> bool:
+        """Wait for this permit's slot in the shared budget; True if that took a wait."""
+        assert self._shared is not None
+        try:
+            delay = await self._shared()
+        except Exception:  # the budget is away: the local bucket alone paces this request
+            self._shared_unavailable += 1
+            return False
+        if delay <= 0:
+            return False
+        self._shared_waits += 1
+        await trio.sleep(delay)
+        return True
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[None]:
@@ -185,4 +213,6 @@ class RateLimiter:
             rate_limit_errors=self._rate_limit_errors,
             penalty_streak=self._penalty.attempts,
             cooldown_remaining_s=max(0.0, self._penalty_until - now),
+            shared_waits=self._shared_waits,
+            shared_unavailable=self._shared_unavailable,
         )
