@@ -1,4 +1,4 @@
-"""The query actor: the read API over HTTP/1.1 on a Unix socket (design.md §4).
+"""The query actor: the read API over HTTP/1.1 on a Unix socket.
 
 Endpoints (GET only)::
 

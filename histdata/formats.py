@@ -1,8 +1,8 @@
 """Wire formats of the read API: candles and trades as JSON, CSV and Arrow IPC streams.
 
-Fields, in contract order (design.md §4): candles ``time, open, high, low, close, volume,
-vwap, trades``; trades ``time, price, volume, side, trade_id``. Decimals are written as their
-exact decimal text (JSON strings, CSV cells, Arrow ``string`` columns) — never floats. Times
+Fields, in contract order (README, "the socket API"): candles ``time, open, high, low, close,
+volume, vwap, trades``; trades ``time, price, volume, side, trade_id``. Decimals are written as
+their exact decimal text (JSON strings, CSV cells, Arrow ``string`` columns) — never floats. Times
 are ISO 8601 UTC with ``Z`` in JSON and CSV (trades keep their sub-microsecond digits) and
 ``timestamp[us|ns, UTC]`` in Arrow. An absent value (a CSV-sourced candle's vwap, a trade's
 unknown side or id) is JSON ``null``, an empty CSV cell and an Arrow null.

@@ -1,4 +1,4 @@
-"""The query node behind ``histdata serve``: the read API alone (design.md §7).
+"""The query node behind ``histdata serve``: the read API alone.
 
 ::
 

@@ -43,7 +43,7 @@ __all__ = [
 # Kraken's legacy asset codes that WS v2 spells differently; every other code is kept as is.
 _V2_ASSET = {"XBT": "BTC", "XDG": "DOGE"}
 
-# Kraken's 4-character legacy asset ids (kraken.md §4): an X (crypto) or Z (fiat) before the
+# Kraken's 4-character legacy asset ids (docs/kraken.md): an X (crypto) or Z (fiat) before the
 # 3-letter code. Only these lose their prefix: a newer 4-letter code that happens to start
 # with X or Z is a code of its own.
 LEGACY_ASSET_IDS = frozenset(

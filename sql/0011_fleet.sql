@@ -1,4 +1,4 @@
--- What a fleet of collectors coordinates through (design.md §7; docs/scaling.md).
+-- What a fleet of collectors coordinates through (docs/scaling.md).
 
 -- A lease: one holder of a named job at a time (``maintenance``, ``repair:BTC/USD``,
 -- ``backfill:BTC/USD``) until it expires; the holder renews it while it works, so a crashed

@@ -1,4 +1,4 @@
-"""What collectors and query nodes share through the database (design.md §7).
+"""What collectors and query nodes share through the database.
 
 - **Leases** (``fleet_leases``): one holder of a named job at a time — ``maintenance``, a
   symbol's ``repair:`` or ``backfill:`` — until the lease expires. :func:`hold_lease` takes

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 Connection = psycopg.Connection[Any]
-# The time-series tables and their chunk intervals (design.md §3: trades 1 day, candles 7).
+# The time-series tables and their chunk intervals: trades 1 day, candles 7 days.
 HYPERTABLES: dict[str, str] = {
     "trades": "1 day",
     "candles_1m": "7 days",

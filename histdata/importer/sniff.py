@@ -1,6 +1,6 @@
 """Recognise a Kraken history file: its pair and interval from the name, its layout from its lines.
 
-Kraken publishes three CSV layouts, none with a version marker (kraken.md §3):
+Kraken publishes three CSV layouts, none with a version marker (docs/kraken.md):
 
 - OHLCVT, ``<ALTNAME>_<minutes>.csv``: ``time,open,high,low,close,volume,trades``, no header.
 - Time and sales, ``<ALTNAME>.csv``: ``time,price,volume``, no header, no trade ids.

@@ -1,5 +1,5 @@
 """The simulator's WebSocket v2 server: ``status``, subscribe acks, ``trade``, ``ohlc``,
-``heartbeat`` and ``ping``/``pong``, shaped as Kraken sends them (kraken.md §2).
+``heartbeat`` and ``ping``/``pong``, shaped as Kraken sends them (docs/kraken.md).
 
 - On connect: one ``status`` frame with a ``connection_id`` above 2^63.
 - ``subscribe`` gets one ack per symbol. Only upper-case v2 names of simulated pairs are
