@@ -37,8 +37,9 @@ class RollupStatistics:
     passes: int
     ranges_claimed: int
     rows_written: int
-    minutes_derived: int  # our own candles written from observed trades
+    candles_derived: int  # our own 1-minute candles written from observed trades
     candle_mismatches: int  # derived minutes found to disagree with Kraken's candle
+    symbols_skipped: int  # per pass, symbols another collector was rolling up (summed)
     failures: int
     last_pass_at: float | None  # Unix time of the last completed pass
     last_pass_s: float | None  # duration of the last completed pass
@@ -58,6 +59,7 @@ class RollupActor:
         self._claimed = 0
         self._written = 0
         self._failures = 0
+        self._skipped = 0
         self._last_at: float | None = None
         self._last_s: float | None = None
         self._last_error: str | None = None
@@ -75,8 +77,9 @@ class RollupActor:
         while True:
             began = time.perf_counter()
             result = await rollup_pass(self._storage, limit=self._batch)
-            if result.locked_out:
-                return
+            self._skipped += result.skipped_symbols
+            if not result.claimed and result.skipped_symbols:
+                return  # the rest is another collector's to roll up
             self._passes += 1
             self._claimed += result.claimed
             self._written += result.rows_written
@@ -104,8 +107,9 @@ class RollupActor:
             passes=self._passes,
             ranges_claimed=self._claimed,
             rows_written=self._written,
-            minutes_derived=self._derived,
+            candles_derived=self._derived,
             candle_mismatches=self._mismatches,
+            symbols_skipped=self._skipped,
             failures=self._failures,
             last_pass_at=self._last_at,
             last_pass_s=self._last_s,

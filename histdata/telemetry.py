@@ -301,7 +301,15 @@ _COUNTERS = {
         "events_delivered",
         "dropped",
     },
-    "rollup": {"passes", "ranges_claimed", "rows_written", "failures"},
+    "rollup": {
+        "passes",
+        "ranges_claimed",
+        "rows_written",
+        "failures",
+        "candles_derived",
+        "candle_mismatches",
+        "symbols_skipped",
+    },
     "gapfiller": {
         "repairs",
         "failures",

@@ -10,8 +10,10 @@ Claiming the ranges and writing the recomputed buckets commit in one transaction
 reader (see :mod:`histdata.storage.reads`) sees either the old rollups together with the
 dirty ranges that invalidate them, or the new rollups without them — never a stale rollup
 that looks fresh. A pass recomputes whole buckets from their children (never deltas), so it
-is idempotent; passes serialise on an advisory lock so two histdata processes sharing a
-database cannot interleave levels.
+is idempotent; passes lock per symbol (a transaction-level advisory lock for every symbol
+whose ranges or open buckets they take), so two histdata processes sharing a database roll
+up different symbols at once and never interleave levels of the same one; a symbol another
+process holds is left to it and counted in ``skipped_symbols``.
 
 Bucket alignment: every interval is aligned to **Monday 1970-01-05 00:00 UTC**
 (``date_bin(interval, time, BUCKET_ORIGIN)``). For intervals that divide a day this is the
@@ -68,8 +70,8 @@ ROLLUP_LEVELS: tuple[tuple[int, int], ...] = (
 # Decimal places of an aggregated VWAP. sql/0005_rollup_vwap.sql filled the column for rows
 # written before it existed with the same rounding: change both together.
 VWAP_DECIMALS = 12
-# Arbitrary constants for pg_try_advisory_xact_lock(int, int): "roll", pass lock.
-_LOCK = (0x726F6C6C, 1)
+# pg_try_advisory_xact_lock(int, int) class of the per-symbol rollup lock ("roll").
+_LOCK = 0x726F6C6C
 
 
 def vwap_sql(pv: str, volume: str, missing: str) -> str:
@@ -110,6 +112,7 @@ WITH spans AS (
     SELECT symbol_id, tstzrange(time, time + %(step)s)
       FROM candles_rollup
      WHERE interval_min = %(parent)s AND NOT final AND time + %(step)s <= now()
+       AND pg_try_advisory_xact_lock(%(lock)s, symbol_id::int4)
 ),
 merged AS (
     SELECT symbol_id, unnest(range_agg(r)) AS r FROM spans GROUP BY symbol_id
@@ -151,7 +154,7 @@ class RollupPassResult:
 
     claimed: int
     written: dict[int, int]
-    locked_out: bool  # another process held the pass lock; nothing was done
+    skipped_symbols: int  # symbols with dirty ranges another process is rolling up now
 
     @property
     def rows_written(self) -> int:
@@ -166,19 +169,17 @@ def bucket_floor(time: datetime, minutes: int) -> datetime:
 
 
 def _pass(conn: Connection, limit: int) -> RollupPassResult:
-    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", _LOCK).fetchone()
-    if not row or not row[0]:
-        return RollupPassResult(claimed=0, written={}, locked_out=True)
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS _rollup_work (symbol_id int2, start_time timestamptz,"
         " end_time timestamptz) ON COMMIT DELETE ROWS"
     )
     claimed = conn.execute(
         "WITH claimed AS (DELETE FROM rollup_dirty WHERE id IN"
-        " (SELECT id FROM rollup_dirty ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " (SELECT id FROM rollup_dirty WHERE pg_try_advisory_xact_lock(%s, symbol_id::int4)"
+        "  ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
         " RETURNING symbol_id, start_time, end_time)"
         " INSERT INTO _rollup_work SELECT symbol_id, start_time, end_time FROM claimed",
-        (limit,),
+        (_LOCK, limit),
     ).rowcount
     written: dict[int, int] = {}
     for parent, child in ROLLUP_LEVELS:
@@ -190,17 +191,25 @@ def _pass(conn: Connection, limit: int) -> RollupPassResult:
                 "origin": BUCKET_ORIGIN,
                 "parent": parent,
                 "child": child,
+                "lock": _LOCK,
             },
         )
         written[parent] = max(cur.rowcount, 0)
-    return RollupPassResult(claimed=max(claimed, 0), written=written, locked_out=False)
+    # Our own locks are re-entrant: what fails here is held by another process.
+    row = conn.execute(
+        "SELECT count(DISTINCT symbol_id) FROM rollup_dirty"
+        " WHERE NOT pg_try_advisory_xact_lock(%s, symbol_id::int4)",
+        (_LOCK,),
+    ).fetchone()
+    skipped = int(row[0]) if row else 0
+    return RollupPassResult(claimed=max(claimed, 0), written=written, skipped_symbols=skipped)
 
 
 async def rollup_pass(storage: Storage, *, limit: int = 10_000) -> RollupPassResult:
     """Claim up to ``limit`` dirty ranges and bring every rollup level up to date for them.
 
     Also re-examines open rollup buckets that have ended since they were computed. Returns
-    what was done; when another process is mid-pass, returns at once with ``locked_out``.
+    what was done; symbols another process is rolling up are left to it (``skipped_symbols``).
 
     Raises:
         DatabaseUnavailable: the database could not be reached (nothing was claimed).

@@ -267,5 +267,5 @@ class TestRollupActor:
         actor = RollupActor(storage)
         await actor.drain()
         stats = actor.statistics()
-        assert (stats.minutes_derived, stats.candle_mismatches) == (2, 0)
+        assert (stats.candles_derived, stats.candle_mismatches) == (2, 0)
         assert stats.ranges_claimed >= 1

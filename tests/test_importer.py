@@ -83,10 +83,18 @@ class TestSniff:
         assert split_name("TimeAndSales_Combined/xbtusd.csv", REGISTRY).interval_min is None
 
     def test_unknown_pair_is_rejected(self) -> None:
-        """A name whose pair the registry does not know is a bad_name rejection."""
+        """A name no Kraken quote currency ends is a bad_name rejection naming the nearest."""
         with pytest.raises(RejectedInput) as info:
-            split_name("NOPEUSD.csv", REGISTRY)
+            split_name("XBTUSE.csv", REGISTRY)
         assert info.value.reason == "bad_name"
+        assert "XBTUSE" in info.value.detail
+
+    def test_an_unlisted_pair_is_named_by_krakens_rules(self) -> None:
+        """Offline, a file of a pair the registry lacks gets its v2 name from Kraken's rules."""
+        registry = SymbolRegistry.shipped()
+        assert split_name("BCHEUR.csv", registry).symbol == "BCH/EUR"
+        assert split_name("XDGUSD_1.csv", registry).symbol == "DOGE/USD"
+        assert registry.resolve("BCH/EUR").provisional
 
     def test_layouts_are_told_apart_by_content(self) -> None:
         """3-column, headed 7-column trades and OHLCVT rows each sniff to their layout."""

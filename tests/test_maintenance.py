@@ -97,6 +97,11 @@ class TestMaintenanceActor:
         actor = MaintenanceActor(storage, MaintenanceConfig(interval_s=3600))
         async with trio.open_nursery() as nursery:
             await nursery.start(actor.run)
+            with trio.fail_after(20):
+                while True:
+                    if actor.statistics().rounds >= 1:
+                        break
+                    await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         stats = actor.statistics()
         assert stats.compression == "unavailable"

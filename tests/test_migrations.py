@@ -107,7 +107,7 @@ class TestMigrate:
                 "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
                 " AND tablename IN ('trades', 'candles_1m', 'candles_rollup') ORDER BY 1"
             ).fetchall()
-        assert [r[0] for r in rows] == ["candles_1m", "candles_rollup", "trades"]
+        assert [r[0] for r in rows] == ["candles_1m", "candles_kraken", "candles_rollup", "trades"]
         assert [r[0] for r in indexes] == [
             "candles_1m_pkey",
             "candles_rollup_open",

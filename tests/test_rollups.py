@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
+import psycopg
 import pytest
 
 from histdata.model import Candle, CandleSource
@@ -268,3 +269,32 @@ class TestIncrementalUpdate:
             ).fetchall()
 
         assert await storage.run(finals) == [(False,)]
+
+
+class TestFleet:
+    async def test_a_symbol_another_process_rolls_up_is_left_to_it(
+        self, storage: Storage, database_url: str
+    ) -> None:
+        """Passes lock per symbol: one held elsewhere is skipped and counted, the others are
+        rolled up, and the skipped one is rolled up once it is free."""
+        minute = datetime(2024, 1, 3, 7, 0, tzinfo=UTC)
+        one = Decimal(1)
+        candles = [
+            Candle(s, minute, one, one, one, one, one, one, 1, source=CandleSource.REST)
+            for s in ("BTC/USD", "ETH/USD")
+        ]
+        await write(storage, candles)
+        hourly = (
+            "SELECT s.symbol FROM candles_rollup r JOIN symbols s ON s.id = r.symbol_id"
+            " WHERE r.interval_min = 60 ORDER BY 1"
+        )
+        with psycopg.connect(database_url, autocommit=True) as other:
+            sid = other.execute("SELECT id FROM symbols WHERE symbol = 'BTC/USD'").fetchone()
+            assert sid is not None
+            other.execute("SELECT pg_advisory_lock(%s, %s)", (0x726F6C6C, sid[0]))
+            result = await rollup_pass(storage)
+            assert (result.claimed, result.skipped_symbols) == (1, 1)
+            assert other.execute(hourly).fetchall() == [("ETH/USD",)]
+        await rollup_all(storage)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            assert conn.execute(hourly).fetchall() == [("BTC/USD",), ("ETH/USD",)]

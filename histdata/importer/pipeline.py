@@ -555,6 +555,6 @@ async def import_paths(
             )
         )
     started = time.monotonic()
-    while (done := await rollup_pass(storage)).claimed and not done.locked_out:
+    while (await rollup_pass(storage)).claimed:
         pass
     return ImportSummary(summaries, time.monotonic() - started)
