@@ -177,9 +177,13 @@ class Flusher:
                 batch = self._batches.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
-            if self.journal.append_nowait(batch):
-                self._batches_journaled += 1
-                self._trades_journaled += len(batch.trades)
+            self._journal_nowait(batch)
+
+    def _journal_nowait(self, batch: Batch) -> None:
+        """Journal ``batch`` without waiting (page cache; fsynced by the next sync)."""
+        if self.journal.append_nowait(batch):
+            self._batches_journaled += 1
+            self._trades_journaled += len(batch.trades)
 
     async def _next_batch(self, stopping: trio.Event) -> Batch | None:
         """The next batch, or None once ``stopping`` is set (or the channel closed)."""
@@ -222,9 +226,7 @@ class Flusher:
                 # The stop deadline passed mid-write (a stalled statement; the thread is
                 # abandoned): keep the batch in the journal. If the write did commit after
                 # all, its replay adds nothing.
-                if self.journal.append_nowait(batch):
-                    self._batches_journaled += 1
-                    self._trades_journaled += len(batch.trades)
+                self._journal_nowait(batch)
                 raise
         finally:
             self._handling = False
