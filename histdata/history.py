@@ -54,7 +54,8 @@ __all__ = ["REST_OHLC_WINDOW", "RepairResult", "catch_up", "repair_symbol"]
 # Kraken's OHLC endpoint returns at most the 720 most recent candles, whatever `since` says.
 REST_OHLC_WINDOW = timedelta(minutes=720)
 _MINUTE = timedelta(minutes=1)
-_ID_HOLE_MARGIN_NS = 1_000_000_000
+# REST's trade times are printed floats: a refetch by time reaches this far past each side.
+_REFETCH_MARGIN_NS = 1_000_000_000
 _log = structlog.get_logger("histdata.history")
 
 
@@ -194,15 +195,7 @@ async def _refill_id_holes(
     holes = (await audit_trade_ids(storage, symbol)).open
     inserted = 0
     for hole in holes:
-        fetched = await fetch_trades(
-            storage,
-            rest,
-            symbol,
-            since_ns=datetime_to_ns(hole.after) - _ID_HOLE_MARGIN_NS,
-            until_ns=datetime_to_ns(hole.before) + _ID_HOLE_MARGIN_NS,
-            settle_s=settle_s,
-        )
-        inserted += fetched.inserted
+        inserted += await _refetch(storage, rest, symbol, hole.after, hole.before, settle_s)
     if not holes:
         return 0, 0, 0
     left = (await audit_trade_ids(storage, symbol)).open
@@ -221,6 +214,26 @@ async def _refill_id_holes(
     return len(holes), len(unfillable), inserted
 
 
+async def _refetch(
+    storage: Storage,
+    rest: KrakenRest,
+    symbol: str,
+    low: datetime,
+    high: datetime,
+    settle_s: float,
+) -> int:
+    """Fetch the trades of ``[low, high]`` again (widened by the REST margin); the inserted."""
+    fetched = await fetch_trades(
+        storage,
+        rest,
+        symbol,
+        since_ns=datetime_to_ns(low) - _REFETCH_MARGIN_NS,
+        until_ns=datetime_to_ns(high) + _REFETCH_MARGIN_NS,
+        settle_s=settle_s,
+    )
+    return fetched.inserted
+
+
 async def _refetch_mismatches(
     storage: Storage,
     rest: KrakenRest,
@@ -234,15 +247,7 @@ async def _refetch_mismatches(
     one that stays is a real difference and stays reported. Returns (minutes, inserted)."""
     minutes = inserted = 0
     for low, high in await refetch_minutes(storage, symbol, start, end):
-        fetched = await fetch_trades(
-            storage,
-            rest,
-            symbol,
-            since_ns=datetime_to_ns(low) - _ID_HOLE_MARGIN_NS,
-            until_ns=datetime_to_ns(high) + _ID_HOLE_MARGIN_NS,
-            settle_s=settle_s,
-        )
-        inserted += fetched.inserted
+        inserted += await _refetch(storage, rest, symbol, low, high, settle_s)
         minutes += int((high - low) / _MINUTE)
         await derive_candles(storage, symbol, low, high)
     return minutes, inserted
