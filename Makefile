@@ -22,8 +22,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check histdata supervisor actors storage tests bench
-	$(BIN)/ruff format --check histdata supervisor actors storage tests bench
+	$(BIN)/ruff check histdata tests bench
+	$(BIN)/ruff format --check histdata tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,0 +1,1 @@
+histdata/sql
