@@ -42,6 +42,7 @@ BENCHES = {
     "live": "bench.live_bench",
     "backfill": "bench.backfill_bench",
     "reads": "bench.read_bench",
+    "rollups": "bench.rollup_bench",
     "allpairs": "bench.allpairs_bench",
     "drain": "bench.drain_bench",
     "continuity": "bench.continuity_bench",
@@ -49,7 +50,7 @@ BENCHES = {
 SUMMARY = "summary"
 # Run again on TimescaleDB: writes into chunks and reads across them. The backfill is paced
 # by Kraken's REST limit alone, whatever the tables are.
-ON_TIMESCALE = ("import", "live", "reads")
+ON_TIMESCALE = ("import", "live", "reads", "rollups")
 TIMESCALE_SUFFIX = "-timescale"
 
 
