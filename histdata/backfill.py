@@ -24,13 +24,13 @@ import trio
 
 from histdata.kraken.rest import KrakenRest
 from histdata.model import NS_PER_S, ns_to_datetime
-from histdata.storage.database import CoverageSpan, Storage
-from histdata.storage.history import (
+from histdata.storage.coverage import (
     DeriveResult,
     derive_candles,
     drop_cross_source_duplicates,
     trade_span,
 )
+from histdata.storage.database import CoverageSpan, Storage
 
 __all__ = [
     "FetchProgress",

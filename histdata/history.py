@@ -19,7 +19,7 @@ hole is the part of the timeline no source observed. For one symbol over ``[star
    point; it is upserted by the next run or the live feed.
 3. **Candles, from trades.** For the rest of each hole, exact candles are derived from stored
    trades wherever trades coverage spans the whole minute
-   (:func:`~histdata.storage.history.derive_candles`); where Kraken's candles exist for the same
+   (:func:`~histdata.storage.coverage.derive_candles`); where Kraken's candles exist for the same
    minutes, the two are compared and mismatches returned.
 4. **Unrecoverable.** A candle hole that is still open, lies entirely before the REST window and
    has no trades to derive from is marked in ``gap_marks``: it is reported as unrecoverable and
@@ -39,8 +39,7 @@ from histdata.kraken.rest import KrakenRest
 from histdata.model import datetime_to_ns, ns_to_datetime
 from histdata.storage.candles import refetch_minutes
 from histdata.storage.continuity import audit_trade_ids, mark_unfillable
-from histdata.storage.database import CoverageSpan, Storage
-from histdata.storage.history import (
+from histdata.storage.coverage import (
     CandleMismatch,
     Range,
     coverage_report,
@@ -48,6 +47,7 @@ from histdata.storage.history import (
     intersect,
     mark_unrecoverable,
 )
+from histdata.storage.database import CoverageSpan, Storage
 
 __all__ = ["REST_OHLC_WINDOW", "RepairResult", "catch_up", "repair_symbol"]
 

@@ -17,7 +17,7 @@ from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Trade, ns_to_datetime
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage
-from histdata.storage.history import coverage_report
+from histdata.storage.coverage import coverage_report
 from histdata.supervisor.backoff import Backoff
 from histdata.symbols import SymbolRegistry
 

@@ -36,7 +36,7 @@ from histdata.model import NS_PER_S, Trade
 from histdata.runlock import hold_run_lock
 from histdata.sim import SimConfig, Simulator, open_simulator
 from histdata.storage import CoverageSpan, open_storage
-from histdata.storage.history import mark_unrecoverable
+from histdata.storage.coverage import mark_unrecoverable
 from histdata.timeutil import format_time
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from histdata.sim import SimConfig, open_simulator
 from histdata.storage import CoverageSpan, Storage, Stream
 from histdata.storage.candles import candle_mismatches
 from histdata.storage.continuity import id_holes
-from histdata.storage.history import coverage_report, derive_candles, floor_to
+from histdata.storage.coverage import coverage_report, derive_candles, floor_to
 from histdata.supervisor.backoff import Backoff
 from histdata.symbols import SymbolRegistry
 

@@ -9,7 +9,7 @@ from histdata.actors.rollup import RollupActor
 from histdata.model import NS_PER_S, Candle, CandleSource, Trade
 from histdata.storage import CoverageSpan, Storage
 from histdata.storage.candles import candle_mismatches, mismatch_counts, refetch_minutes
-from histdata.storage.history import (
+from histdata.storage.coverage import (
     HoleKind,
     coverage_report,
     derive_candles,

@@ -14,7 +14,7 @@ from histdata.importer import import_paths
 from histdata.model import Candle, CandleSource
 from histdata.storage import Storage
 from histdata.storage.candles import candle_mismatches
-from histdata.storage.history import coverage_report
+from histdata.storage.coverage import coverage_report
 from histdata.storage.reads import read_candles
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

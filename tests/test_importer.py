@@ -31,7 +31,7 @@ from histdata.importer.rows import max_time_ns, parse_ohlcvt, parse_trade3
 from histdata.importer.sources import line_blocks
 from histdata.model import NS_PER_S, Candle, Trade
 from histdata.storage import Storage
-from histdata.storage.history import HoleKind, coverage_report
+from histdata.storage.coverage import HoleKind, coverage_report
 from histdata.symbols import SymbolRegistry
 
 T0 = 1_599_998_400  # a whole hour

@@ -38,7 +38,7 @@ from histdata.errors import ConfigError, DatabaseUnavailable
 from histdata.httpserver import Request
 from histdata.model import NS_PER_S, CandleSource, Trade
 from histdata.storage import CoverageSpan, Storage
-from histdata.storage.history import derive_candles, mark_unrecoverable
+from histdata.storage.coverage import derive_candles, mark_unrecoverable
 from histdata.supervisor import ChildSpec, Supervisor
 from histdata.symbols import SymbolRegistry
 from histdata.timeutil import format_time

@@ -16,10 +16,10 @@ What goes where:
   general path below, in ``batch_rows`` pieces, with identical results.
 - Trades (3- and 7-column) go through :meth:`Storage.write_trades` (``source="csv"``) with
   their trades coverage in the same transaction, after
-  :func:`~histdata.storage.history.drop_cross_source_duplicates` removed trades already
+  :func:`~histdata.storage.coverage.drop_cross_source_duplicates` removed trades already
   stored from REST or live capture (an id-less row cannot dedupe against them by key).
 - After each trades write, the whole minutes no later row can reach are derived into
-  1-minute candles (:func:`~histdata.storage.history.derive_candles`, on another
+  1-minute candles (:func:`~histdata.storage.coverage.derive_candles`, on another
   connection while the next batch is written); a file's span is rounded out to whole
   minutes at its edges (see :func:`import_source`), and minutes where a rejected row may
   have been are left underived. :func:`import_paths` then brings the rollups up to date.
@@ -72,8 +72,7 @@ from histdata.importer.sources import (
 )
 from histdata.model import NS_PER_S, Candle, Trade, ns_to_datetime
 from histdata.storage.candles import copy_new_candles
-from histdata.storage.database import CoverageSpan, Storage
-from histdata.storage.history import (
+from histdata.storage.coverage import (
     CandleMismatch,
     Range,
     ceil_to,
@@ -84,6 +83,7 @@ from histdata.storage.history import (
     intersect,
     subtract,
 )
+from histdata.storage.database import CoverageSpan, Storage
 from histdata.storage.rollups import rollup_pass
 
 __all__ = ["FileSummary", "ImportSummary", "import_paths", "import_source"]

@@ -381,7 +381,7 @@ async def refetch_minutes(
     REST, merged into ranges ``[first, last + 1m)`` of consecutive minutes, oldest first.
 
     A re-fetch that stores the missing trades, followed by
-    :func:`~histdata.storage.history.derive_candles` over the range, clears the minutes that
+    :func:`~histdata.storage.coverage.derive_candles` over the range, clears the minutes that
     then agree.
 
     Raises:

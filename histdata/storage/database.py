@@ -439,7 +439,7 @@ class Storage:
         ``ON CONFLICT DO NOTHING``: an id-less trade is the same trade exactly when its key
         (time, seq) is, so that is the whole check :meth:`write_trades` would make. Returns
         None, having written nothing, when the range holds a trade with an id (the
-        cross-source check of :func:`~histdata.storage.history.drop_cross_source_duplicates`
+        cross-source check of :func:`~histdata.storage.coverage.drop_cross_source_duplicates`
         is needed) or a concurrent writer stored one of these keys first; the caller then
         writes the rows with :meth:`write_trades`.
 
