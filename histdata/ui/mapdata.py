@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from histdata.model import Stream
 from histdata.storage import Storage
 from histdata.storage.candles import CandleMismatch, candle_mismatches
 from histdata.storage.continuity import IdHole, id_holes
 from histdata.storage.coverage import HoleKind, coverage_report, subtract
-from histdata.storage.database import Stream
 from histdata.timeutil import format_time
 
 __all__ = ["STREAMS", "CoverageMap", "MapKind", "MapRange", "StreamMap", "coverage_map"]
