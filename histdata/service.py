@@ -83,6 +83,7 @@ from histdata.supervisor import (
     Restart,
     Strategy,
     Supervisor,
+    cancel_when,
     current_child_stopping,
     systemd,
     watch_signals,
@@ -163,7 +164,7 @@ class StorageActor:
 
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_when, stopping, scope)
+                nursery.start_soon(cancel_when, stopping, scope)
                 while True:
                     try:
                         await self._open_and_hold(stopping, report)
@@ -473,7 +474,7 @@ class Service:
         stopping = current_child_stopping()
         task_status.started()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             while True:
                 symbol = await self.catch_up.receive()
                 log.warning("reconnect hole not repaired: [gapfill] is disabled", symbol=symbol)
@@ -494,7 +495,7 @@ class Service:
 
         stopping = current_child_stopping()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             await nursery.start(app.serve, Path(self.config.query.socket))
             task_status.started()
 
@@ -672,8 +673,3 @@ class Service:
             else:
                 _log.warning("stuck: withholding the systemd watchdog ping")
             await trio.sleep(interval / 3)
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

@@ -58,7 +58,7 @@ from histdata.kraken.ws import (
     open_kraken_ws,
 )
 from histdata.model import Candle, Stream, Trade
-from histdata.supervisor import Backoff, Channel, current_child_stopping
+from histdata.supervisor import Backoff, Channel, cancel_when, current_child_stopping
 from histdata.symbols import SymbolRegistry
 
 __all__ = [
@@ -279,7 +279,7 @@ class Feed:
         task_status.started()
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_when, stopping, scope)
+                nursery.start_soon(cancel_when, stopping, scope)
                 await self._sessions_forever()
         self._set_connected(False)
         _log.info("feed stopped", sessions=self._sessions)
@@ -438,8 +438,3 @@ def _close_kind(exc: Exception) -> str:
     name: str = type(exc).__name__
     kinds: dict[str, str] = {"StaleConnection": "stale", "KrakenError": "connect_failed"}
     return kinds.get(name, name)
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

@@ -41,7 +41,7 @@ from histdata.errors import DatabaseUnavailable
 from histdata.storage import Storage
 from histdata.storage.candles import write_candles
 from histdata.storage.trades import write_trades
-from histdata.supervisor import Backoff, Channel, current_child_stopping
+from histdata.supervisor import Backoff, Channel, cancel_when, current_child_stopping
 
 __all__ = ["Flusher", "FlusherStatistics"]
 
@@ -191,7 +191,7 @@ class Flusher:
         """The next batch, or None once ``stopping`` is set (or the channel closed)."""
         got: Batch | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             with contextlib.suppress(trio.EndOfChannel):
                 got = await self._batches.receive()
             nursery.cancel_scope.cancel()
@@ -331,8 +331,3 @@ class Flusher:
         while True:
             await trio.sleep(_SYNC_INTERVAL_S)
             await self.journal.sync()
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

@@ -26,7 +26,7 @@ from histdata.history import RepairResult, catch_up
 from histdata.kraken.rest import KrakenRest
 from histdata.storage import Storage
 from histdata.storage.fleet import hold_lease
-from histdata.supervisor import current_child_stopping
+from histdata.supervisor import cancel_when, current_child_stopping
 
 __all__ = ["CatchUpRequests", "GapFiller", "GapFillerStatistics", "run_gapfiller"]
 
@@ -138,7 +138,7 @@ class GapFiller:
             stopping = None
         async with trio.open_nursery() as nursery:
             if stopping is not None:
-                nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+                nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             for symbol in self.symbols:
                 self._wanted[symbol].set()
                 nursery.start_soon(self._worker, symbol)
@@ -186,11 +186,6 @@ class GapFiller:
             self._id_holes += result.id_holes
             self._id_unfillable += result.id_holes_left
             self.last_results[symbol] = result
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 async def run_gapfiller(
