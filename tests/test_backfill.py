@@ -158,7 +158,7 @@ class TestBackfiller:
         self, sim: Any, rest: KrakenRest, storage: Storage
     ) -> None:
         """Two symbols backfill concurrently through the shared limiter and both end exact."""
-        backfiller = Backfiller(storage, rest, ["BTC/USD", "XETHZUSD"], since_ns=0)
+        backfiller = Backfiller(lambda: storage, rest, ["BTC/USD", "XETHZUSD"], since_ns=0)
         both_partway = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(backfiller.run)

@@ -147,8 +147,12 @@ class TestMaintenanceOwner:
         """Of two collectors only one runs maintenance; the other counts skipped rounds and
         warns once that its retention differs from the owner's."""
         async with writer(database_url) as a, writer(database_url) as b:
-            owner = MaintenanceActor(a, MaintenanceConfig(trades_retention_days=30), holder="a")
-            other = MaintenanceActor(b, MaintenanceConfig(trades_retention_days=7), holder="b")
+            owner = MaintenanceActor(
+                lambda: a, MaintenanceConfig(trades_retention_days=30), holder="a"
+            )
+            other = MaintenanceActor(
+                lambda: b, MaintenanceConfig(trades_retention_days=7), holder="b"
+            )
             with structlog.testing.capture_logs() as logs:
                 for _ in range(3):
                     await owner.round()

@@ -219,7 +219,7 @@ class TestGapFiller:
         outage = (floor_to(truth_end, MIN) - 6 * MIN, floor_to(truth_end, MIN) - 3 * MIN)
         start, end, truth = await live_with_outage(sim, storage, outage)
         filler = GapFiller(
-            storage, rest, ["XBTUSD"], interval_s=3600.0, lookback=timedelta(hours=1)
+            lambda: storage, rest, ["XBTUSD"], interval_s=3600.0, lookback=timedelta(hours=1)
         )
         send, receive = trio.open_memory_channel[str](4)
         async with trio.open_nursery() as nursery:

@@ -98,7 +98,7 @@ class TestMaintenanceActor:
         retention rounds still run."""
         if storage.timescale:
             pytest.skip("this server has TimescaleDB")
-        actor = MaintenanceActor(storage, MaintenanceConfig(interval_s=3600))
+        actor = MaintenanceActor(lambda: storage, MaintenanceConfig(interval_s=3600))
         async with trio.open_nursery() as nursery:
             await nursery.start(actor.run)
             with trio.fail_after(20):
