@@ -46,13 +46,14 @@ import trio
 
 from histdata.actors.buffer import CoverageMark, LiveItem
 from histdata.actors.claims import ClaimRule, Claims
-from histdata.errors import RejectedInput, TransientError
+from histdata.errors import KrakenError, RejectedInput, TransientError
 from histdata.kraken.parse import KrakenRequestError
 from histdata.kraken.ws import (
     CandlesEvent,
     ConnectionClosed,
     KrakenWs,
     RejectedFrame,
+    StaleConnection,
     StatusEvent,
     TradesEvent,
     open_kraken_ws,
@@ -433,8 +434,13 @@ class Feed:
 
 
 def _close_kind(exc: Exception) -> str:
+    """The ``closes`` key of a session that ended with ``exc``."""
     if isinstance(exc, ConnectionClosed):
         return f"close_{exc.code}" if exc.code is not None else "close_unknown"
-    name: str = type(exc).__name__
-    kinds: dict[str, str] = {"StaleConnection": "stale", "KrakenError": "connect_failed"}
-    return kinds.get(name, name)
+    if isinstance(exc, StaleConnection):
+        return "stale"
+    # A plain KrakenError is a failed connect; its other subclasses, and any other transient
+    # error, are counted under their own class name.
+    if type(exc) is KrakenError:
+        return "connect_failed"
+    return type(exc).__name__
