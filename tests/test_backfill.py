@@ -12,7 +12,7 @@ import trio
 from stored import stored_candles  # type: ignore[import-not-found]
 
 from histdata.actors.backfiller import Backfiller
-from histdata.backfill import FetchProgress, backfill_cursor_name, backfill_trades, fetch_trades
+from histdata.fetch import FetchProgress, backfill_cursor_name, backfill_trades, fetch_trades
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Trade, ns_to_datetime

@@ -13,10 +13,10 @@ import trio
 from stored import stored_candles  # type: ignore[import-not-found]
 
 from histdata.actors.gapfiller import GapFiller
-from histdata.history import repair_symbol
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Candle, CoverageSpan, Stream, Trade, ns_to_datetime
+from histdata.repair import repair_symbol
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage
 from histdata.storage.candles import candle_mismatches, derive_candles, write_candles

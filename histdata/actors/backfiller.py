@@ -1,6 +1,6 @@
 """The backfiller actor: long trade-history backfills for the configured symbols, in parallel.
 
-Each symbol runs :func:`~histdata.backfill.backfill_trades` from ``since`` to the present under
+Each symbol runs :func:`~histdata.fetch.backfill_trades` from ``since`` to the present under
 its persisted cursor, so a restart (of the actor or the process) resumes where the last
 committed page ended. Symbols run concurrently; every REST request waits on the one shared
 rate limiter. A transient failure (Kraken or the database) is retried after a jittered
@@ -21,8 +21,8 @@ import structlog
 import trio
 
 from histdata.actors.heartbeat import collector_ident
-from histdata.backfill import FetchProgress, FetchResult, backfill_trades
 from histdata.errors import TransientError
+from histdata.fetch import FetchProgress, FetchResult, backfill_trades
 from histdata.kraken.rest import KrakenRest
 from histdata.storage import Storage
 from histdata.storage.fleet import hold_lease

@@ -22,8 +22,8 @@ import structlog
 import trio
 
 from histdata.actors.heartbeat import collector_ident
-from histdata.history import RepairResult, catch_up
 from histdata.kraken.rest import KrakenRest
+from histdata.repair import RepairResult, catch_up
 from histdata.storage import Storage
 from histdata.storage.fleet import hold_lease
 from histdata.supervisor import cancel_when, current_child_stopping
