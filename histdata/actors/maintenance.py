@@ -26,7 +26,7 @@ from histdata.config import MaintenanceConfig
 from histdata.errors import DatabaseUnavailable
 from histdata.storage import Storage
 from histdata.storage.fleet import try_lease
-from histdata.storage.maintenance import apply_retention, compress_old_chunks, compression_allowed
+from histdata.storage.retention import apply_retention, compress_old_chunks, compression_allowed
 from histdata.supervisor import sleep_unless_stopping
 
 __all__ = ["MaintenanceActor", "MaintenanceStatistics"]
