@@ -644,8 +644,8 @@ def _snapshot(symbols: dict[str, dict[str, Any]], **flusher: Any) -> dict[str, A
         },
         "flusher": {
             "database_up": True,
-            "trades_written": 0,
             "trades_inserted": 0,
+            "trades_present": 0,
             "trades_journaled": 0,
             "trades_replayed": 0,
         }
@@ -675,7 +675,7 @@ class TestStatusText:
 
     def test_trades_new_and_present_are_separate(self) -> None:
         """Status shows new and already-present trades that add up to those written."""
-        text = render(_snapshot({}, trades_written=1038, trades_inserted=916))
+        text = render(_snapshot({}, trades_inserted=916, trades_present=122))
         assert "trades stored 916 new, 122 already present (of 1038 written" in text
         assert text.splitlines()[-1] == "drops: quarantined batches 2"
 
