@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 from stored import stored_candles  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.gapfiller import GapFiller
 from histdata.kraken.ratelimit import RateLimiter
@@ -90,15 +90,6 @@ async def live_with_outage(
 
 async def stored_trades(storage: Storage, start: datetime, end: datetime) -> list[Trade]:
     return await read_trades(storage, "BTC/USD", start, end)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (the actor exposes counters, not events) for up to 30 s."""
-    with trio.fail_after(30):
-        for _ in itertools.count():
-            if condition():
-                return
-            await trio.sleep(0.01)
 
 
 class TestRepair:

@@ -26,6 +26,7 @@ from stored import count_trades  # type: ignore[import-not-found]
 
 # pytest puts tests/ on sys.path (no package): the outage helper lives with the flusher tests.
 from test_flusher import Outage  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.buffer import Batch
 from histdata.actors.journal import Journal
@@ -76,15 +77,6 @@ async def running(config: Config, conninfo: str) -> AsyncIterator[Service]:
         await nursery.start(partial(service.run, handle_signals=False))
         yield service
         service.shutdown()
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
-    with trio.fail_after(timeout_s):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
 
 
 async def stored_ids(storage: Storage) -> list[int]:
