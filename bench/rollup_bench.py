@@ -6,8 +6,9 @@ Usage::
         [--quick]
 
 Creates a scratch database ``histdata_bench_rollup`` (dropped afterwards) and writes 525,600
-1-minute candles of one symbol (``--quick``: 30 days) with ``Storage.write_candles``, which
-logs the dirty ranges as the service does. Then, alternating, ``--repeat`` times each:
+1-minute candles of one symbol (``--quick``: 30 days) with
+:func:`histdata.storage.candles.write_candles`, which logs the dirty ranges as the service
+does. Then, alternating, ``--repeat`` times each:
 
 - **histdata**: the rollups emptied and the write's dirty ranges logged again, then passes of
   :func:`histdata.storage.rollups.rollup_pass` until the log is empty (as the rollup actor and
@@ -38,6 +39,7 @@ import trio
 from bench.common import Result, add_common_arguments, emit, machine, say, scratch_database, today
 from bench.read_bench import candles_for
 from histdata.storage import Storage, open_storage
+from histdata.storage.candles import write_candles
 from histdata.storage.migrations import HYPERTABLES, hypertables
 from histdata.storage.rollups import ROLLUP_LEVELS, rollup_pass
 
@@ -128,7 +130,7 @@ async def bench(storage: Storage, dsn: str, repeat: int, days: int) -> dict[str,
     candles = candles_for(days)
     began = time.perf_counter()
     for i in range(0, len(candles), 50_000):
-        await storage.write_candles(candles[i : i + 50_000])
+        await write_candles(storage, candles[i : i + 50_000])
     say(f"rollups: wrote {len(candles):,} candles in {time.perf_counter() - began:.1f} s")
 
     def keep(conn: psycopg.Connection[Any]) -> bool:
@@ -234,7 +236,7 @@ def main() -> None:
         rows=rows,
         notes=[
             f"One symbol, {figures['rows']:,} 1-minute candles ({period}) written with"
-            " `Storage.write_candles`; every level 5m … 1w from the level below on both"
+            " `write_candles`; every level 5m … 1w from the level below on both"
             f" sides; median of {repeat}, the two sides alternating.",
             "The cascade computes open, high, low, close, volume, Σpv and trades; histdata"
             " also the exact VWAP from Σpv/Σv, the final flags and the change test that"
