@@ -45,8 +45,9 @@ from psycopg import sql
 from histdata.errors import DatabaseUnavailable
 from histdata.formats import CANDLES, TRADES, WireSchema
 from histdata.model import Candle, CandleSource
-from histdata.storage.database import KEY_ORDER_SCAN, TRADE_KEYSET, Storage
+from histdata.storage.database import Storage
 from histdata.storage.rollups import BUCKET_ORIGIN, VWAP_DECIMALS, bucket_floor, vwap_sql
+from histdata.storage.trades import KEY_ORDER_SCAN, TRADE_KEYSET
 from histdata.timeutil import STORED_INTERVALS, parse_time
 
 __all__ = [
