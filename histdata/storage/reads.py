@@ -110,7 +110,8 @@ def _window_query(schema: WireSchema, query: str) -> bytes:
     Not COPY itself: COPY sends one message per row, and receiving 525,600 of them through
     psycopg took 5.2 s of a year of 1-minute candles where this took 2.9 s (psql's one COPY
     of the same rows: 2.1 s). string_agg keeps the order of the sorted subquery it reads
-    (PostgreSQL documents that for an outer level with no join or grouping, as here).
+    (PostgreSQL documents that for an outer level with no join or grouping, as here) as long
+    as the plan is not parallel, which :func:`_begin` rules out.
     """
     names = ", ".join(schema.names)
     line = "concat(" + ", ',', ".join(f"w.{name}" for name in schema.names) + ", E'\\n')"
@@ -217,8 +218,13 @@ def _begin(conn: Connection, options: ReadOptions) -> None:
     # One round trip. One snapshot for every statement of the read (the dirty-range probe
     # and the window it chooses the query for). The planner's guess for the dirty-range
     # branch is huge; with JIT on, compiling for it costs 20-300 ms on a query that runs in
-    # a few milliseconds.
-    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off")
+    # a few milliseconds. No parallel plans: string_agg over the sorted window could be
+    # split into per-worker partial aggregates and lose the order (a window is at most
+    # tens of thousands of rows; workers would not pay for themselves anyway).
+    conn.execute(
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off;"
+        " SET LOCAL max_parallel_workers_per_gather = 0"
+    )
     if options.role:
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(options.role)))
 
