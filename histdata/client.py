@@ -17,12 +17,15 @@
 Rows are dicts with the contract's fields in order; prices and volumes are exact
 :class:`~decimal.Decimal` and times aware UTC :class:`~datetime.datetime` (a trade time's
 digits below the microsecond, which ``datetime`` cannot hold, are dropped; the list keeps the
-exact trade order). Data travels as an Arrow IPC stream, and frames are built from it in
-Arrow (:mod:`histdata.frames`): ``frame="arrow"`` returns a pyarrow Table, ``"pandas"`` or
-``"polars"`` a DataFrame (the library must be installed; this module imports neither unless
-asked). ``decimals="exact"`` (the default) makes decimal columns Arrow ``decimal128`` (pandas
-``ArrowDtype``, polars ``Decimal``), ``decimals="float"`` makes them ``float64`` — a choice
-the caller makes knowingly. pandas frames are indexed by ``time`` (``datetime64[ns, UTC]``).
+exact trade order). Data travels as an Arrow IPC stream whose decimals are already
+``decimal128`` or, with ``decimals="float"``, ``float64`` (the service converts them), and
+frames are built from it in Arrow (:mod:`histdata.frames`): ``frame="arrow"`` returns a
+pyarrow Table, ``"pandas"`` or ``"polars"`` a DataFrame (the library must be installed; this
+module imports pyarrow only for a read, and pandas or polars only when asked).
+``decimals="exact"`` (the default) makes decimal columns Arrow ``decimal128`` at the
+precision and scale the values need (pandas ``ArrowDtype``, polars ``Decimal``),
+``decimals="float"`` makes them ``float64`` — a choice the caller makes knowingly. pandas
+frames are indexed by ``time`` (``datetime64[ns, UTC]``).
 ``exact=True/False`` is the old spelling of ``decimals=`` and warns (``DeprecationWarning``).
 :meth:`Client.open_candle_stream` and :meth:`Client.open_trade_stream` read the wire's record
 batches as they arrive, for ranges larger than memory.
@@ -40,14 +43,17 @@ import warnings
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
 from histdata.errors import HistdataError
-from histdata.frames import Decimals, FrameKind, to_frame, to_rows
+from histdata.formats import DECIMALS, Decimals
 from histdata.timeutil import parse_interval
+
+if TYPE_CHECKING:
+    from histdata.frames import FrameKind
 
 __all__ = [
     "BadRequest",
@@ -111,6 +117,8 @@ def _time_param(value: TimeLike) -> str:
 def _decimals(decimals: Decimals | None, exact: bool | None) -> Decimals:
     """The ``decimals`` choice, from the deprecated ``exact`` flag when that is given."""
     if exact is None:
+        if decimals is not None and decimals not in DECIMALS:
+            raise ValueError(f"decimals must be 'exact' or 'float', not {decimals!r}")
         return decimals or "exact"
     warnings.warn(
         "exact= is deprecated; use decimals='exact' or decimals='float'",
@@ -236,12 +244,14 @@ class Client:
         if refused is not None:
             raise self._not_running(refused, path)
 
-    def _table(self, path: str, params: dict[str, str]) -> Any:
-        with self._arrow(path, params) as reader:
-            return reader.read_all()
+    def _read(
+        self, path: str, params: dict[str, str], frame: FrameKind | None, decimals: Decimals
+    ) -> Any:
+        """The whole answer as rows or ``frame``, decimals converted by the service."""
+        from histdata.frames import to_frame, to_rows
 
-    @staticmethod
-    def _convert(table: Any, frame: FrameKind | None, decimals: Decimals) -> Any:
+        with self._arrow(path, {**params, "decimals": decimals}) as reader:
+            table = reader.read_all()
         return to_rows(table, decimals) if frame is None else to_frame(table, frame, decimals)
 
     # -- the API ----------------------------------------------------------------------------
@@ -270,8 +280,8 @@ class Client:
             ImportError: the library of ``frame`` is not installed.
         """
         chosen = _decimals(decimals, exact)
-        table = self._table("/v1/candles", self._candle_params(symbol, interval, start, end))
-        return self._convert(table, frame, chosen)
+        params = self._candle_params(symbol, interval, start, end)
+        return self._read("/v1/candles", params, frame, chosen)
 
     def trades(
         self,
@@ -288,29 +298,37 @@ class Client:
         Returns and raises as :meth:`candles` does.
         """
         chosen = _decimals(decimals, exact)
-        table = self._table("/v1/trades", self._trade_params(symbol, start, end))
-        return self._convert(table, frame, chosen)
+        return self._read("/v1/trades", self._trade_params(symbol, start, end), frame, chosen)
 
     def open_candle_stream(
-        self, symbol: str, interval: str | int, start: TimeLike, end: TimeLike
+        self,
+        symbol: str,
+        interval: str | int,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        decimals: Decimals = "exact",
     ) -> AbstractContextManager[Any]:
         """The candles of :meth:`candles` as a ``pyarrow.RecordBatchStreamReader`` over the
         response as it arrives: its ``schema`` (with ``symbol`` and ``interval`` metadata)
         is known at once, and iterating it yields the server's record batches.
 
-        Decimals are the wire's exact text (cast them with :func:`histdata.frames.typed`).
-        Memory holds one batch, so any range can be read. Use it as a context manager; it
-        raises :class:`ClientError` subclasses on entry, or while iterating when the body
-        is cut short.
+        Decimals are the wire's: ``decimal128(38, s)`` at the fixed scales of
+        :data:`histdata.formats.CANDLES`, or ``float64`` with ``decimals="float"``. Memory
+        holds one batch, so any range can be read. Use it as a context manager; it raises
+        :class:`ClientError` subclasses on entry, or while iterating when the body is cut
+        short.
         """
-        return self._arrow("/v1/candles", self._candle_params(symbol, interval, start, end))
+        params = self._candle_params(symbol, interval, start, end)
+        return self._arrow("/v1/candles", {**params, "decimals": _decimals(decimals, None)})
 
     def open_trade_stream(
-        self, symbol: str, start: TimeLike, end: TimeLike
+        self, symbol: str, start: TimeLike, end: TimeLike, *, decimals: Decimals = "exact"
     ) -> AbstractContextManager[Any]:
         """The trades of :meth:`trades` as a record batch stream (as
         :meth:`open_candle_stream`; metadata ``symbol``)."""
-        return self._arrow("/v1/trades", self._trade_params(symbol, start, end))
+        params = self._trade_params(symbol, start, end)
+        return self._arrow("/v1/trades", {**params, "decimals": _decimals(decimals, None)})
 
     @staticmethod
     def _candle_params(

@@ -15,6 +15,7 @@ query parameter) that is counted and skipped while the good input around it is k
 from __future__ import annotations
 
 __all__ = [
+    "BadParameter",
     "ConfigError",
     "DatabaseRefused",
     "DatabaseUnavailable",
@@ -84,3 +85,13 @@ class RejectedInput(HistdataError, ValueError):
         self.where = where
         location = f"{where}: " if where else ""
         super().__init__(f"{location}{reason}: {detail}")
+
+
+class BadParameter(ValueError):
+    """A read's parameter (a socket query parameter, a command's option) is missing or
+    malformed: the socket answers HTTP 400, a command exits 2. A ``ValueError``, not a
+    :class:`HistdataError`: it is the caller's input, named by :attr:`parameter`."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        self.parameter = parameter
+        super().__init__(f"parameter {parameter!r}: {message}")

@@ -1,34 +1,35 @@
 """The wire's Arrow data turned into what backtesters compute on: typed Arrow, pandas, polars.
 
-The socket sends decimals as exact text (:mod:`histdata.formats`); this module casts those
-columns inside Arrow, never through Python objects, to either
+The socket sends decimals as ``decimal128(38, scale)`` at the wire's fixed scales
+(:data:`histdata.formats.CANDLES`) or, asked for ``decimals=float``, as ``float64``. This
+module shapes those columns inside Arrow, never through Python objects, to either
 
-- ``decimals="exact"``: ``decimal128(38, scale)`` — exact, and still a native column
-  (pandas ``ArrowDtype``, polars ``Decimal``); or
+- ``decimals="exact"``: ``decimal128`` at the precision and scale the values need — exact,
+  and still a native column (pandas ``ArrowDtype``, polars ``Decimal``) whose sums and
+  products fit Arrow's 38 digits; or
 - ``decimals="float"``: ``float64``, for vectorised arithmetic, knowing that most decimal
   prices have no exact binary value.
 
-An exact column's scale is the most fractional digits present in it, and its precision the
-fewest digits that hold its values, unless the caller fixes the scales (a file written batch
-by batch needs one type per column for the whole file). pandas frames are indexed by
-``time`` as ``datetime64[ns, UTC]``; a trade's ``trade_id`` is the nullable ``Int64`` (numpy's
-int64 has no null). pandas and polars are imported only when a frame of theirs is asked for.
+An exact column's scale is the fewest fractional digits that hold every value, and its
+precision the fewest digits, unless the caller fixes the scales (a file written batch by
+batch needs one type per column for the whole file). pandas frames are indexed by ``time``
+as ``datetime64[ns, UTC]``; a trade's ``trade_id`` is the nullable ``Int64`` (numpy's int64
+has no null). pandas and polars are imported only when a frame of theirs is asked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from histdata.formats import DECIMAL_PRECISION, DECIMALS, Decimals
 from histdata.model import ns_to_datetime
 
 __all__ = [
-    "DECIMAL_COLUMNS",
     "DECIMAL_PRECISION",
     "Decimals",
     "FrameKind",
@@ -37,55 +38,69 @@ __all__ = [
     "typed",
 ]
 
-Decimals = Literal["exact", "float"]
 FrameKind = Literal["arrow", "pandas", "polars"]
-DECIMAL_COLUMNS = frozenset({"open", "high", "low", "close", "volume", "vwap", "price"})
-# decimal128's maximum; polars' Decimal has the same limit. At the scales Kraken data has
-# (8 to 12 fractional digits) that leaves 26 or more integer digits.
-DECIMAL_PRECISION = 38
 _NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
-def _digits(column: Any) -> tuple[int, int]:
-    """The most digits before (at least 1) and after the decimal point in a column of decimal
-    text. String lengths and one search per value: a regular expression took 10 times longer."""
-    length = pc.utf8_length(column)
-    point = pc.find_substring(column, ".")
-    has_point = pc.greater_equal(point, 0)
-    whole = pc.if_else(has_point, point, length)
-    whole = pc.subtract(whole, pc.cast(pc.starts_with(column, "-"), pa.int32()))
-    fraction = pc.if_else(has_point, pc.subtract(pc.subtract(length, point), 1), 0)
-    return max(1, pc.max(whole).as_py() or 0), pc.max(fraction).as_py() or 0
+def _fits(column: Any, scale: int) -> bool:
+    try:
+        pc.cast(column, pa.decimal128(DECIMAL_PRECISION, scale))  # safe: refuses to round
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _narrow(column: Any) -> pa.DataType:
+    """The smallest decimal128 that holds every value of a decimal column exactly: the
+    fewest fractional digits (found by safe casts, a binary search over the scales) and the
+    fewest integer digits (at least 1)."""
+    low, high = 0, column.type.scale
+    while low < high:
+        middle = (low + high) // 2
+        if _fits(column, middle):
+            high = middle
+        else:
+            low = middle + 1
+    extremes = pc.min_max(column)
+    largest = max(
+        (abs(value.as_py()) for value in (extremes["min"], extremes["max"]) if value.is_valid),
+        default=0,
+    )
+    whole = max(1, len(str(int(largest))))
+    return pa.decimal128(min(DECIMAL_PRECISION, whole + low), low)
 
 
 def typed(data: Any, decimals: Decimals, *, scale: Mapping[str, int] | None = None) -> Any:
-    """``data`` (a wire Table or RecordBatch) with its decimal-text columns cast in Arrow.
+    """``data`` (a wire Table or RecordBatch) with its decimal columns shaped in Arrow.
 
     The result is of the same kind as ``data``, with the same column names, order and
-    schema metadata. Without ``scale`` each exact column gets the scale and precision its own
-    values need; with it, column ``name`` gets ``decimal128(38, scale[name])``.
+    schema metadata. Exact columns get the precision and scale their own values need, or,
+    with ``scale``, column ``name`` gets ``decimal128(38, scale[name])``; float columns
+    ``float64`` (a wire already in float64 passes through).
 
     Raises:
         ValueError: ``decimals`` is neither ``"exact"`` nor ``"float"``.
         pyarrow.ArrowInvalid: a value has more fractional digits than a fixed ``scale``
-            (it is never rounded).
+            (it is never rounded), or an exact result is asked of a float wire.
     """
-    if decimals not in ("exact", "float"):
+    if decimals not in DECIMALS:
         raise ValueError(f"decimals must be 'exact' or 'float', not {decimals!r}")
     fields, arrays = [], []
     for field, column in zip(data.schema, data.columns, strict=True):
-        if field.name in DECIMAL_COLUMNS and pa.types.is_string(field.type):
+        if pa.types.is_decimal(field.type) or (
+            decimals == "exact" and pa.types.is_floating(field.type)
+        ):
             if decimals == "float":
                 target = pa.float64()
+            elif pa.types.is_floating(field.type):
+                raise pa.ArrowInvalid(f"column {field.name!r} is float64: it has no exact value")
             elif scale is None:
-                # As few digits as the values need: Arrow widens the precision of a sum or
-                # product, and a column already at 38 could not be added to another.
-                whole, fraction = _digits(column)
-                target = pa.decimal128(min(DECIMAL_PRECISION, whole + fraction), fraction)
+                target = _narrow(column)
             else:
                 target = pa.decimal128(DECIMAL_PRECISION, scale[field.name])
-            column = pc.cast(column, target)
-            field = field.with_type(target)
+            if target != field.type:
+                column = pc.cast(column, target)
+                field = field.with_type(target)
         fields.append(field)
         arrays.append(column)
     schema = pa.schema(fields, metadata=data.schema.metadata)
@@ -142,17 +157,10 @@ def to_rows(table: Any, decimals: Decimals) -> list[dict[str, Any]]:
     Raises:
         ValueError: ``decimals`` is neither ``"exact"`` nor ``"float"``.
     """
-    if decimals not in ("exact", "float"):
-        raise ValueError(f"decimals must be 'exact' or 'float', not {decimals!r}")
-    columns: list[list[Any]] = []
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if name == "time":
-            columns.append(_times(column))
-        elif name in DECIMAL_COLUMNS and decimals == "exact":
-            columns.append([None if v is None else Decimal(v) for v in column.to_pylist()])
-        elif name in DECIMAL_COLUMNS:
-            columns.append(pc.cast(column, pa.float64()).to_pylist())
-        else:
-            columns.append(column.to_pylist())
+    table = typed(table, decimals)
+    columns: list[list[Any]] = [
+        _times(column) if name == "time" else column.to_pylist()
+        for name, column in zip(table.column_names, table.columns, strict=True)
+    ]
     names = table.column_names
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]

@@ -1,10 +1,12 @@
 """A small HTTP/1.1 server on trio and h11, for the query socket and the simulator's REST API.
 
 Handlers are ``async (Request) -> Response``. A response body is bytes (sent with a
-``Content-Length``) or an async iterator of bytes (sent with chunked transfer encoding as it
-is produced, so a year of candles never sits whole in memory). Connections are kept alive
-between requests. Malformed HTTP gets a 400, a handler that raises a 500 with a JSON body; the
-exception is logged, the connection closed, and the server keeps serving everyone else.
+``Content-Length``), an async iterator of bytes, or an async context manager giving one (a
+``trio.as_safe_channel`` generator, which may run tasks of its own, such as a prefetch), the
+last two sent with chunked transfer encoding as they are produced, so a year of candles never
+sits whole in memory. Connections are kept alive between requests. Malformed HTTP gets a
+400, a handler that raises a 500 with a JSON body; the exception is logged, the connection
+closed, and the server keeps serving everyone else.
 
 The server survives its users (:class:`HTTPServer`):
 
@@ -34,7 +36,8 @@ import os
 import resource
 import socket as stdlib_socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +72,7 @@ _BUSY = (
     b"content-length: 56\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
     b'{"error": "too many connections, all busy; try again"}\r\n'
 )
-Body = bytes | AsyncIterator[bytes]
+Body = bytes | AsyncIterator[bytes] | AbstractAsyncContextManager[AsyncIterable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,7 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A status, extra headers and a body (bytes, or an async iterator streamed chunked)."""
+    """A status, extra headers and a body (bytes, or streamed chunked: see the module docs)."""
 
     status: int
     headers: Sequence[tuple[str, str]] = ()
@@ -481,28 +484,45 @@ async def _send_response(
         await stream.send_all(conn.send(h11.EndOfMessage()))
         return
     headers.append((b"transfer-encoding", b"chunked"))
-    try:
-        await stream.send_all(conn.send(h11.Response(status_code=response.status, headers=headers)))
-        chunks = aiter(body)
-        while True:
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            except Exception as exc:
-                # Headers are out, so no error status can be sent: end the connection without
-                # the final chunk, which every HTTP client reports as a truncated response.
-                _log.exception("http response body failed", path=request.path, error=str(exc))
-                raise _BodyFailed from exc
-            if chunk:
-                await stream.send_all(conn.send(h11.Data(data=chunk)))
-    finally:
-        # Close the body even when it never started or the client went away, so its own
-        # cleanup (a database cursor, a hub subscription) runs now rather than at GC.
-        close = getattr(body, "aclose", None)
-        if close is not None:
-            await close()
+    head = conn.send(h11.Response(status_code=response.status, headers=headers))
+    if isinstance(body, AbstractAsyncContextManager):
+        await stream.send_all(head)
+        try:
+            async with body as chunks:
+                await _send_chunks(conn, stream, request, aiter(chunks))
+        except (_BodyFailed, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception as exc:  # raised while the body's own tasks were wound up
+            _log.exception("http response body failed", path=request.path, error=str(exc))
+            raise _BodyFailed from exc
+    else:
+        try:
+            await stream.send_all(head)
+            await _send_chunks(conn, stream, request, body)
+        finally:
+            # Close the body even when it never started or the client went away, so its own
+            # cleanup (a database cursor, a hub subscription) runs now rather than at GC.
+            close = getattr(body, "aclose", None)
+            if close is not None:
+                await close()
     await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+async def _send_chunks(
+    conn: h11.Connection, stream: trio.abc.Stream, request: Request, chunks: AsyncIterator[bytes]
+) -> None:
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except Exception as exc:
+            # Headers are out, so no error status can be sent: end the connection without
+            # the final chunk, which every HTTP client reports as a truncated response.
+            _log.exception("http response body failed", path=request.path, error=str(exc))
+            raise _BodyFailed from exc
+        if chunk:
+            await stream.send_all(conn.send(h11.Data(data=chunk)))
 
 
 class _BodyFailed(Exception):

@@ -17,8 +17,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
+from histdata.errors import BadParameter
+
 __all__ = [
+    "EARLIEST",
+    "LATEST",
     "STORED_INTERVALS",
+    "check_range",
     "format_interval",
     "format_time",
     "parse_interval",
@@ -108,3 +113,24 @@ def format_interval(minutes: int) -> str:
         if minutes % size == 0:
             return f"{minutes // size}{unit}"
     return f"{minutes}m"
+
+
+# The times a read may name: Unix time, up to where the trades' int64 nanoseconds end, less
+# room for the storage to round an edge up to a bucket (at most 366 days) without overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2262, 1, 1, tzinfo=UTC)
+
+
+def check_range(start: datetime, end: datetime) -> None:
+    """Check a read range: both edges within ``[EARLIEST, LATEST]`` and ``start < end``.
+
+    Raises:
+        BadParameter: naming ``start`` or ``end``.
+    """
+    for name, value in (("start", start), ("end", end)):
+        if not EARLIEST <= value <= LATEST:
+            raise BadParameter(
+                name, f"must be between {format_time(EARLIEST)} and {format_time(LATEST)}"
+            )
+    if end <= start:
+        raise BadParameter("end", "must be after start")

@@ -137,7 +137,8 @@ class TestReads:
         assert rows[0]["time"] == T0
         assert rows[0]["time"].utcoffset() == timedelta(0)
         assert rows[0]["volume"] == Decimal("0.00000001")
-        assert str(rows[0]["close"]) == "3000.10"  # the stored digits, not a float's
+        assert isinstance(rows[0]["close"], Decimal)
+        assert rows[0]["close"] == Decimal("3000.10")  # exact, not a float's
         assert rows[0]["vwap"] is None
         assert rows[1]["vwap"] == Decimal("3000.5")
         assert rows[119]["trades"] == 2
@@ -186,12 +187,13 @@ class TestReads:
 
 class TestFrames:
     async def test_arrow_table_has_exact_decimal_columns(self, served: Served) -> None:
-        """frame="arrow" is a pyarrow Table whose decimals are decimal128 at the data's scale."""
+        """frame="arrow" is a pyarrow Table whose decimals are decimal128 at the scale and
+        precision the values need (3000.10, 3001.10, … need one fractional digit)."""
         table = await served.call(served.client.candles, "ETH/USD", "1m", START, END, frame="arrow")
         assert isinstance(table, pa.Table)
         assert table.column_names == list(CANDLE_FIELDS)
         assert table.schema.field("volume").type == pa.decimal128(9, 8)
-        assert table.schema.field("close").type == pa.decimal128(6, 2)
+        assert table.schema.field("close").type == pa.decimal128(5, 1)
         assert table.column("volume")[0].as_py() == Decimal("0.00000001")
         assert table.column("vwap")[0].as_py() is None
 
@@ -202,7 +204,7 @@ class TestFrames:
         df = await served.call(served.client.candles, "ETH/USD", "1h", START, END, frame="pandas")
         assert str(df.index.dtype) == "datetime64[ns, UTC]"
         assert df.index[1] == pd.Timestamp("2024-03-04T01:00:00Z")
-        assert df.dtypes["close"] == pd.ArrowDtype(pa.decimal128(6, 2))
+        assert df.dtypes["close"] == pd.ArrowDtype(pa.decimal128(5, 1))
         assert df["close"].iloc[0] == Decimal("3059.10")
         assert (df["close"] - df["open"]).iloc[1] == Decimal("119.09")  # exact arithmetic
         assert df.dtypes["trades"] == np.int64
@@ -238,7 +240,7 @@ class TestFrames:
             served.client.candles, "ETH/USD", "1h", START, END, frame="polars", decimals="float"
         )
         assert isinstance(exact, pl.DataFrame)
-        assert exact.schema["close"] == pl.Decimal(6, 2)
+        assert exact.schema["close"] == pl.Decimal(5, 1)
         assert exact["close"][0] == Decimal("3059.10")
         assert floats.schema["close"] == pl.Float64
         assert floats["close"][0] == pytest.approx(3059.1)
@@ -269,7 +271,8 @@ class TestFrames:
             await served.call(served.client.candles, "ETH/USD", "1h", START, END, frame="numpy")
 
     async def test_record_batch_stream_of_the_wire_schema(self, served: Served) -> None:
-        """open_candle_stream() yields the server's chunks (11 rows here) with decimal text."""
+        """open_candle_stream() yields the server's windows (11 rows here) in the wire's
+        types: decimal128 at the fixed scale, or float64 when asked."""
 
         def read() -> tuple[Any, list[Any]]:
             with served.client.open_candle_stream("ETH/USD", "1m", START, END) as reader:
@@ -277,8 +280,17 @@ class TestFrames:
 
         schema, batches = await served.call(read)
         assert [b.num_rows for b in batches] == [11] * 10 + [10]
-        assert schema.field("close").type == pa.string()
+        assert schema.field("close").type == pa.decimal128(38, 12)
+        assert schema.field("vwap").type == pa.decimal128(38, 24)
         assert schema.metadata[b"interval"] == b"1m"
+
+        def read_floats() -> Any:
+            with served.client.open_candle_stream(
+                "ETH/USD", "1m", START, END, decimals="float"
+            ) as reader:
+                return reader.schema
+
+        assert (await served.call(read_floats)).field("close").type == pa.float64()
 
 
 class TestErrors:

@@ -8,29 +8,31 @@ from decimal import Decimal
 
 import orjson
 import pyarrow as pa
+import pytest
 
 from histdata.formats import (
-    batch_rows,
+    CANDLES,
+    TRADES,
+    Encoder,
+    arrow_batches,
     candle_encoder,
     candle_event,
     candle_row,
-    candle_schema,
+    csv_line,
     decimal_text,
     format_time_ns,
-    record_batch,
     trade_encoder,
     trade_row,
-    trade_schema,
 )
 from histdata.model import Candle, Side, Trade
 
-ROW = (1_704_067_200_000_000, "2024-01-01T00:00:00Z", "1.5", "2", "1", "1.25", "0.001", None, 3)
+ROW = ("2024-01-01T00:00:00Z", "1.5", "2", "1", "1.25", "0.001", None, "3")
 
 
-def encode(encoder: object, chunks: list[list[object]]) -> bytes:
-    parts = [encoder.begin()]  # type: ignore[attr-defined]
-    parts += [encoder.rows(chunk) for chunk in chunks]  # type: ignore[attr-defined]
-    parts.append(encoder.end())  # type: ignore[attr-defined]
+def encode(encoder: Encoder, windows: list[list[tuple[str | None, ...]]]) -> bytes:
+    parts = [encoder.begin()]
+    parts += [encoder.rows(b"".join(csv_line(row) for row in window)) for window in windows]
+    parts.append(encoder.end())
     return b"".join(parts)
 
 
@@ -72,7 +74,8 @@ class TestEncoders:
         assert encode(trade_encoder("csv", "BTC/USD"), []) == b"time,price,volume,side,trade_id\n"
 
     def test_arrow_stream_of_several_batches(self) -> None:
-        """Arrow pieces form one IPC stream whose batches concatenate to all rows."""
+        """Arrow pieces form one IPC stream whose batches concatenate to all rows, decimals
+        exact at the column's fixed scale and times to the ns."""
         trade = Trade(
             symbol="BTC/USD",
             time_ns=1_704_067_200_123_456_789,
@@ -84,24 +87,34 @@ class TestEncoders:
         body = encode(trade_encoder("arrow", "BTC/USD"), [[trade_row(trade)], [trade_row(trade)]])
         table = pa.ipc.open_stream(io.BytesIO(body)).read_all()
         assert table.num_rows == 2
-        assert table.column("price").to_pylist() == ["0.00001234"] * 2
+        assert table.column("price").to_pylist() == [Decimal("0.00001234")] * 2
+        assert table.schema.field("price").type == pa.decimal128(38, 12)
         assert table.column("time").cast(pa.int64())[0].as_py() == trade.time_ns
         assert table.schema.field("time").type == pa.timestamp("ns", tz="UTC")
+        assert table.schema.metadata == {b"symbol": b"BTC/USD"}
 
-    def test_text_rows_survive_a_trip_through_arrow(self) -> None:
-        """Rows made into an Arrow batch and back are the same rows (times to the ns)."""
-        trade = Trade("BTC/USD", 1_704_067_200_123_456_789, Decimal("1.5"), Decimal(2))
-        trade_rows = [
-            trade_row(trade),
-            trade_row(
-                Trade(
-                    "BTC/USD", 1_704_067_201 * 10**9, Decimal(1), Decimal(1), Side.SELL, trade_id=9
-                )
-            ),
-        ]
-        assert batch_rows(record_batch(trade_schema("BTC/USD"), trade_rows)) == trade_rows
-        assert batch_rows(record_batch(candle_schema("BTC/USD", 5), [ROW, ROW])) == [ROW, ROW]
-        assert record_batch(candle_schema("BTC/USD", 5), []).num_rows == 0
+    def test_arrow_floats_and_absent_values(self) -> None:
+        """With decimals="float" decimal columns are float64; empty fields are nulls."""
+        trade = Trade("BTC/USD", 1_704_067_201 * 10**9, Decimal("1.5"), Decimal(2))
+        window = csv_line(trade_row(trade))
+        [batch] = arrow_batches(TRADES.arrow("float"), window)
+        assert batch.to_pylist()[0]["price"] == 1.5
+        assert batch.column("side").null_count == batch.column("trade_id").null_count == 1
+        [candle] = arrow_batches(CANDLES.arrow("exact"), csv_line(ROW))
+        assert candle.column("vwap").null_count == 1
+        assert candle.column("trades").to_pylist() == [3]
+
+    def test_a_decimal_finer_than_its_scale_is_refused(self) -> None:
+        """A price with more fractional digits than the exact type holds is an error, never
+        rounded."""
+        row = ("2024-01-01T00:00:00Z", "0.0000000000001", "1", None, None)
+        with pytest.raises(pa.ArrowInvalid):
+            arrow_batches(TRADES.arrow("exact"), csv_line(row))
+
+    def test_schema_names_the_csv_header(self) -> None:
+        """The CSV header is the schema's column names, in contract order."""
+        assert CANDLES.csv_header == b"time,open,high,low,close,volume,vwap,trades\n"
+        assert TRADES.names == ("time", "price", "volume", "side", "trade_id")
 
     def test_candle_event_is_one_ndjson_line(self) -> None:
         """A live candle update is one JSON line that says whether it is final."""
@@ -123,4 +136,4 @@ class TestEncoders:
         assert event["open"] == "1.10"
         assert event["final"] is False
         assert event["interval"] == "1m"
-        assert candle_row(candle)[1] == "2024-01-01T00:00:00Z"
+        assert candle_row(candle)[0] == "2024-01-01T00:00:00Z"

@@ -8,6 +8,7 @@ import socket
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,11 +25,11 @@ from test_flusher import Outage  # type: ignore[import-not-found]
 from histdata.actors.hub import DROP_SLOW, LiveHub
 from histdata.actors.query import QueryApp, Reply
 from histdata.errors import DatabaseUnavailable
-from histdata.formats import trade_row
+from histdata.formats import csv_line, trade_row
 from histdata.model import Candle, CandleSource, CoverageSpan, Side, Trade
 from histdata.storage import Storage
 from histdata.storage.candles import write_candles
-from histdata.storage.reads import iter_trade_rows
+from histdata.storage.reads import read_windows, start_trade_read
 from histdata.storage.trades import read_trades, write_trades
 from histdata.symbols import SymbolRegistry
 
@@ -90,6 +91,9 @@ async def app(storage: Storage) -> QueryApp:
 async def body_of(reply: Reply) -> bytes:
     if isinstance(reply.body, bytes):
         return reply.body
+    if isinstance(reply.body, AbstractAsyncContextManager):
+        async with reply.body as chunks:
+            return b"".join([part async for part in chunks])
     return b"".join([part async for part in reply.body])
 
 
@@ -150,8 +154,20 @@ class TestCandles:
             "trades",
         ]
         assert table.column("time")[0].as_py() == T0
-        assert table.column("volume")[0].as_py() == "0.00000006"
+        assert table.column("volume")[0].as_py() == Decimal("0.00000006")
+        assert table.schema.field("volume").type == pa.decimal128(38, 12)
         assert table.schema.metadata[b"interval"] == b"3m"
+
+    async def test_arrow_float_decimals(self, app: QueryApp) -> None:
+        """decimals=float sends decimal columns as float64; a bad choice is a 400."""
+        query = {"symbol": "BTC/USD", "interval": "3m", "format": "arrow", **RANGE}
+        _, _, body = await get(app, "/v1/candles", decimals="float", **query)
+        table = pa.ipc.open_stream(io.BytesIO(body)).read_all()
+        assert table.schema.field("close").type == pa.float64()
+        assert table.column("volume")[0].as_py() == 6e-8
+        status, _, body = await get(app, "/v1/candles", decimals="double", **query)
+        assert status == 400
+        assert "'decimals'" in orjson.loads(body)["error"]
 
     async def test_empty_range_is_an_empty_list(self, app: QueryApp) -> None:
         """A known symbol with no rows in range answers 200 with no candles."""
@@ -208,11 +224,13 @@ class TestTrades:
         await write_trades(storage, idless, source="csv")
         end = T0 + timedelta(seconds=3)
         expected = [trade_row(t) for t in await read_trades(storage, "BTC/USD", T0, end)]
-        pages = [page async for page in iter_trade_rows(storage, "BTC/USD", T0, end, chunk=2)]
-        assert [len(page) for page in pages] == [2, 2, 2, 1]
-        assert [row for page in pages for row in page] == expected
-        assert expected[1][1] == "2024-03-04T00:00:00.000005Z"
-        assert expected[2][1] == "2024-03-04T00:00:00.123456789Z"
+        read = await start_trade_read(storage, "BTC/USD", T0, end, chunk=2)
+        async with read_windows(storage, read) as windows:
+            pages = [page async for page in windows]
+        assert [page.count(b"\n") for page in pages] == [2, 2, 2, 1]
+        assert b"".join(pages) == b"".join(csv_line(row) for row in expected)
+        assert expected[1][0] == "2024-03-04T00:00:00.000005Z"
+        assert expected[2][0] == "2024-03-04T00:00:00.123456789Z"
 
 
 class TestOtherEndpoints:
@@ -259,8 +277,8 @@ class TestOtherEndpoints:
         """/v1/stream relays hub events for the chosen symbols as NDJSON lines."""
         reply = await app.handle("GET", "/v1/stream", {"symbols": ["XBTUSD"]})
         assert reply.content_type == "application/x-ndjson"
-        assert not isinstance(reply.body, bytes)
-        body: AsyncIterator[bytes] = reply.body
+        body = reply.body
+        assert not isinstance(body, bytes | AbstractAsyncContextManager)
         hello = orjson.loads(await anext(body))
         assert hello == {"type": "hello", "symbols": ["BTC/USD"]}
         app._hub.publish_trades(trades(2))
@@ -334,18 +352,23 @@ class TestValidation:
             "GET", "/v1/candles", {"symbol": ["BTC/USD"], "format": ["csv"], **PARAMS_RANGE}
         )
         assert reply.status == 200
-        assert not isinstance(reply.body, bytes)
-        body: AsyncIterator[bytes] = reply.body
-        assert (await anext(body)).startswith(b"time,open")
-        assert (await anext(body)).count(b"\n") == 7
+        assert isinstance(reply.body, AbstractAsyncContextManager)
         outage = Outage(pg_admin_dsn, database_url)
-        await outage.start()
-        try:
-            with pytest.raises(DatabaseUnavailable):
-                async for _ in body:
-                    pass
-        finally:
-            await outage.end()
+
+        async def read_through_the_outage(body: AbstractAsyncContextManager[Any]) -> None:
+            async with body as windows:
+                chunks = aiter(windows)
+                assert (await anext(chunks)).startswith(b"time,open")
+                assert (await anext(chunks)).count(b"\n") == 7
+                await outage.start()
+                try:
+                    async for _ in chunks:
+                        pass
+                finally:
+                    await outage.end()
+
+        with pytest.raises(DatabaseUnavailable):
+            await read_through_the_outage(reply.body)
         assert app.failures == 1
 
 
@@ -424,7 +447,7 @@ class TestSocket:
         assert lines[0] == "time,open,high,low,close,volume,vwap,trades"
         assert lines[1].split(",") == [str(v) if v is not None else "" for v in rows[0].values()]
         assert table.to_pylist()[1] == {
-            **rows[1],
+            **{k: None if v is None else Decimal(v) for k, v in list(rows[1].items())[1:-1]},
             "time": T0 + timedelta(minutes=5),
             "trades": rows[1]["trades"],
         }
@@ -440,7 +463,7 @@ class TestSocket:
         assert lines.splitlines()[1:] == [
             ",".join("" if v is None else str(v) for v in r.values()) for r in rows
         ]
-        assert table.column("price").to_pylist() == [r["price"] for r in rows]
+        assert table.column("price").to_pylist() == [Decimal(r["price"]) for r in rows]
         assert table.column("side").to_pylist() == [r["side"] for r in rows]
 
     async def test_symbols_coverage_health_and_metrics(self, http: httpx.AsyncClient) -> None:

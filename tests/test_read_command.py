@@ -162,7 +162,9 @@ class TestReadCommand:
         assert served.stdout == direct.stdout
         table = pa.ipc.open_stream(served.stdout).read_all()
         assert table.schema.metadata[b"interval"] == b"1h"
-        assert table.column("volume").to_pylist() == ["0.00001830", "0.00005430", "0.00004065"]
+        assert table.column("volume").to_pylist() == [
+            Decimal(v) for v in ("0.00001830", "0.00005430", "0.00004065")
+        ]
         assert table.column("time").to_pylist()[2] == T0 + timedelta(hours=2)
 
     async def test_errors_exit_2_with_one_line_on_both_paths(
@@ -194,3 +196,20 @@ class TestReadCommand:
         )
         assert wrong.returncode == 2
         assert wrong.stderr.decode().strip() == "histdata: parameter 'end': must be after start"
+
+
+class TestStartup:
+    # What a read through the socket must not load: each costs 0.1 s to seconds (pyarrow
+    # imports pandas when it is installed), more than the read itself.
+    HEAVY = ("pyarrow", "pandas", "polars", "psycopg", "trio", "httpx", "structlog", "rich")
+
+    def test_the_socket_read_path_imports_nothing_heavy(self) -> None:
+        """Importing the CLI and the read command loads none of the heavy libraries."""
+        probe = (
+            "import sys, histdata.cli, histdata.commands.read;"
+            f"print(','.join(m for m in {self.HEAVY!r} if m in sys.modules))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == ""

@@ -2,8 +2,8 @@
 
 Endpoints (GET only)::
 
-    /v1/candles?symbol=&interval=&start=&end=&format=json|csv|arrow
-    /v1/trades?symbol=&start=&end=&format=json|csv|arrow
+    /v1/candles?symbol=&interval=&start=&end=&format=json|csv|arrow&decimals=exact|float
+    /v1/trades?symbol=&start=&end=&format=json|csv|arrow&decimals=exact|float
     /v1/symbols
     /v1/coverage?symbol=&stream=trades|candles&start=&end=
     /v1/stream?symbols=BTC/USD,ETH/USD        (NDJSON; no symbols: all)
@@ -16,12 +16,14 @@ stream or format, a time outside ``EARLIEST`` to ``LATEST``, or ``start >= end``
 ``400 {"error": "..."}`` naming the parameter; a well-formed symbol the registry does not
 know is ``404``. Symbols accept every spelling the registry does (``BTC/USD``, ``XBTUSD``,
 ``XXBTZUSD``, ``XBT/USD``); responses use the canonical name. ``interval`` defaults to
-``1m``, ``format`` to ``json``.
+``1m``, ``format`` to ``json``, ``decimals`` (Arrow's decimal columns: ``decimal128`` or
+``float64``; JSON and CSV always carry the exact text) to ``exact``.
 
-Candle and trade bodies stream in chunks (see :mod:`histdata.formats`); the first chunk is
-read before the status line is sent, so a database outage is a clean ``503``. An outage after
-that raises out of the body, so the connection is cut before the end of the chunked body and
-no client mistakes a truncated read for a complete one. Reads run in
+Candle and trade bodies stream in windows (see :mod:`histdata.formats`), the next one read
+from the database while the current one is encoded (in a worker thread) and sent; the first
+window is read before the status line is sent, so a database outage is a clean ``503``. An
+outage after that raises out of the body, so the connection is cut before the end of the
+chunked body and no client mistakes a truncated read for a complete one. Reads run in
 READ ONLY transactions, under the read-only role when the database allowed creating it.
 A ``/v1/stream`` client gets a bounded queue in the :class:`~histdata.actors.hub.LiveHub`;
 when it falls behind it receives an ``{"type":"error"}`` line and is disconnected, and
@@ -31,9 +33,10 @@ ingestion never waits for it. Idle streams get a heartbeat line every ``heartbea
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +45,12 @@ import structlog
 import trio
 
 from histdata.actors.hub import LiveHub
-from histdata.errors import DatabaseUnavailable, UnknownSymbol
+from histdata.errors import BadParameter, DatabaseUnavailable, UnknownSymbol
 from histdata.formats import (
+    CONTENT_TYPES,
+    DECIMALS,
     FORMATS,
+    Decimals,
     Encoder,
     Format,
     candle_encoder,
@@ -61,10 +67,17 @@ from histdata.storage import Storage
 from histdata.storage.candles import candle_mismatches
 from histdata.storage.continuity import id_holes
 from histdata.storage.coverage import covered, gaps
-from histdata.storage.reads import ReadOptions, iter_candle_rows, iter_trade_rows, symbol_extent
+from histdata.storage.reads import (
+    ReadOptions,
+    WindowedRead,
+    read_windows,
+    start_candle_read,
+    start_trade_read,
+    symbol_extent,
+)
 from histdata.symbols import SymbolRegistry
 from histdata.telemetry import Latencies, timed_reads
-from histdata.timeutil import format_time, parse_interval, parse_time
+from histdata.timeutil import EARLIEST, LATEST, check_range, format_time, parse_interval, parse_time
 
 __all__ = ["EARLIEST", "LATEST", "BadParameter", "QueryApp", "Reply", "check_range"]
 
@@ -75,25 +88,13 @@ _STREAMS = ("trades", "candles")
 _JSON = "application/json"
 _NDJSON = "application/x-ndjson"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
-Body = bytes | AsyncIterator[bytes]
-# The times a read may name: Unix time, up to where the trades' int64 nanoseconds end, less
-# room for the storage to round an edge up to a bucket (at most 366 days) without overflow.
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(2262, 1, 1, tzinfo=UTC)
+Body = bytes | AsyncIterator[bytes] | AbstractAsyncContextManager[AsyncIterable[bytes]]
 # Descriptors the query socket leaves to the rest of the process: the WebSocket and REST
 # connections (a handful), the database pool (``pool_max``, 8 by default), the journal (its
 # active segment, a dup and the directory during fsync, segments awaiting fsync: under 10),
 # the other listeners, logs and trio's own (under 10). That is under 50 by default; 256
 # leaves room for a pool of a hundred and more. The cap is min(max_connections, limit - 256).
 _RESERVED_DESCRIPTORS = 256
-
-
-class BadParameter(ValueError):
-    """A query parameter is missing or malformed; answered with HTTP 400."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        self.parameter = parameter
-        super().__init__(f"parameter {parameter!r}: {message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,21 +104,6 @@ class Reply:
     status: int
     content_type: str
     body: Body
-
-
-def check_range(start: datetime, end: datetime) -> None:
-    """Check a read range: both edges within ``[EARLIEST, LATEST]`` and ``start < end``.
-
-    Raises:
-        BadParameter: naming ``start`` or ``end``.
-    """
-    for name, value in (("start", start), ("end", end)):
-        if not EARLIEST <= value <= LATEST:
-            raise BadParameter(
-                name, f"must be between {format_time(EARLIEST)} and {format_time(LATEST)}"
-            )
-    if end <= start:
-        raise BadParameter("end", "must be after start")
 
 
 def _error(status: int, message: str) -> Reply:
@@ -172,6 +158,13 @@ class _Params:
                 return known
         raise BadParameter("format", f"must be one of {', '.join(FORMATS)}")
 
+    def decimals(self) -> Decimals:
+        value = self.get("decimals", "exact")
+        for known in DECIMALS:
+            if value == known:
+                return known
+        raise BadParameter("decimals", f"must be one of {', '.join(DECIMALS)}")
+
     def interval(self) -> int:
         try:
             return parse_interval(self.get("interval", "1m") or "")
@@ -199,6 +192,7 @@ class QueryApp:
         read_options: ReadOptions = ReadOptions(),  # noqa: B008 - frozen value
         heartbeat_s: float = 15.0,
         chunk: int = 20_000,
+        trade_chunk: int = 50_000,
         max_connections: int = 512,
         header_timeout_s: float = 5.0,
         latencies: Latencies | None = None,
@@ -220,6 +214,7 @@ class QueryApp:
         self._options = read_options
         self._heartbeat_s = heartbeat_s
         self._chunk = chunk
+        self._trade_chunk = trade_chunk
         self.requests = 0
         self.rejected = 0
         self.failures = 0
@@ -303,52 +298,51 @@ class QueryApp:
         reply = await self.handle(request.method, request.path, request.query)
         return Response(reply.status, (("content-type", reply.content_type),), reply.body)
 
-    async def _stream_body(self, encoder: Encoder, chunks: AsyncIterator[list[Any]]) -> Body:
-        """Read the first chunk now (errors become a status), stream the rest."""
-        first = await anext(chunks, None)
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                yield encoder.begin()
-                if first is not None:
-                    yield encoder.rows(first)
-                try:
-                    async for rows in chunks:
-                        yield encoder.rows(rows)
-                except DatabaseUnavailable as exc:
-                    self.failures += 1
-                    _log.warning("read failed mid-body: database unavailable", error=str(exc))
-                    raise
-                yield encoder.end()
-            finally:
-                await chunks.aclose()  # type: ignore[attr-defined]
-
-        return body()
+    @trio.as_safe_channel
+    async def _stream_body(
+        self, storage: Storage, encoder: Encoder, read: WindowedRead[Any]
+    ) -> AsyncGenerator[bytes, None]:
+        """The body of a read whose first window is in hand (see the module docs)."""
+        yield encoder.begin()
+        try:
+            async with read_windows(storage, read) as windows:
+                async for window in windows:
+                    # Off the event loop: parsing a window into Arrow takes tens of ms (and
+                    # releases the GIL); CSV is the window itself.
+                    if encoder.content_type == CONTENT_TYPES["csv"]:
+                        yield encoder.rows(window)
+                    else:
+                        yield await trio.to_thread.run_sync(encoder.rows, window)
+        except DatabaseUnavailable as exc:
+            self.failures += 1
+            _log.warning("read failed mid-body: database unavailable", error=str(exc))
+            raise
+        yield encoder.end()
 
     async def _candles(self, query: Mapping[str, list[str]]) -> Reply:
-        p = _Params(query, ("symbol", "interval", "start", "end", "format"))
+        p = _Params(query, ("symbol", "interval", "start", "end", "format", "decimals"))
         symbol = self._symbol(p.required("symbol"))
         interval = p.interval()
         start, end = p.range()
-        fmt = p.fmt()
-        encoder = candle_encoder(fmt, symbol, interval)
+        encoder = candle_encoder(p.fmt(), symbol, interval, p.decimals())
         storage = self._storage
         options = self._read_options(storage)
-        chunks = iter_candle_rows(
+        read = await start_candle_read(
             storage, symbol, interval, start, end, chunk=self._chunk, options=options
         )
-        return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks))
+        return Reply(200, encoder.content_type, self._stream_body(storage, encoder, read))
 
     async def _trades(self, query: Mapping[str, list[str]]) -> Reply:
-        p = _Params(query, ("symbol", "start", "end", "format"))
+        p = _Params(query, ("symbol", "start", "end", "format", "decimals"))
         symbol = self._symbol(p.required("symbol"))
         start, end = p.range()
-        fmt = p.fmt()
-        encoder = trade_encoder(fmt, symbol)
+        encoder = trade_encoder(p.fmt(), symbol, p.decimals())
         storage = self._storage
         options = self._read_options(storage)
-        chunks = iter_trade_rows(storage, symbol, start, end, chunk=self._chunk, options=options)
-        return Reply(200, encoder.content_type, await self._stream_body(encoder, chunks))
+        read = await start_trade_read(
+            storage, symbol, start, end, chunk=self._trade_chunk, options=options
+        )
+        return Reply(200, encoder.content_type, self._stream_body(storage, encoder, read))
 
     async def _symbols(self, query: Mapping[str, list[str]]) -> Reply:
         _Params(query, ())

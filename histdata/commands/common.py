@@ -1,4 +1,8 @@
-"""What every sub-command shares: configuration, logging, argument types and the database."""
+"""What every sub-command shares: configuration, logging, argument types and the database.
+
+The database driver, trio and storage are imported by the functions that use them, not at
+import time: a command that reads through the service's socket never loads them.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,15 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from datetime import datetime
-
-import psycopg
-import psycopg.conninfo
-import psycopg.errors
-import trio
+from typing import TYPE_CHECKING
 
 from histdata.config import Config, load_config
 from histdata.errors import ConfigError, DatabaseRefused, DatabaseUnavailable
-from histdata.logs import configure_logging
-from histdata.storage import Storage, build_conninfo, open_storage
 from histdata.symbols import SymbolRegistry
 from histdata.timeutil import parse_interval, parse_time
+
+if TYPE_CHECKING:
+    from histdata.storage import Storage
 
 __all__ = [
     "NoRecordedData",
@@ -30,6 +31,7 @@ __all__ = [
     "open_command_storage",
     "refused",
     "setup",
+    "setup_logging",
     "socket_refused",
     "symbol_argument",
     "time_arg",
@@ -49,13 +51,15 @@ class NoRecordedData(ConfigError):
 _LEVELS = ("warning", "info", "debug")
 
 
-def setup(args: argparse.Namespace, *, one_shot: bool = True) -> Config:
+def setup(args: argparse.Namespace, *, one_shot: bool = True, logs: bool = True) -> Config:
     """Load the configuration named by ``-c`` (or the defaults) and configure logging.
 
     One-shot commands (all but ``run``) log warnings and errors only, so their output is
     not wrapped in info lines; ``-v`` adds info and ``-vv`` debug. The service logs at
     ``[service] log_level``, which ``-v``/``-vv`` lower the same way. Warnings about
-    ignored ``HISTDATA_*`` variables are printed to stderr, one line each.
+    ignored ``HISTDATA_*`` variables are printed to stderr, one line each. With ``logs``
+    false logging is left for :func:`setup_logging` (structlog takes 0.1 s to import, more
+    than a read through the socket, which logs nothing).
 
     Raises:
         ConfigError: the configuration is invalid (see :func:`~histdata.config.load_config`).
@@ -63,6 +67,15 @@ def setup(args: argparse.Namespace, *, one_shot: bool = True) -> Config:
     config = load_config(getattr(args, "config", None))
     for warning in config.warnings:
         print(f"histdata: warning: {warning}", file=sys.stderr)
+    if logs:
+        setup_logging(args, config, one_shot=one_shot)
+    return config
+
+
+def setup_logging(args: argparse.Namespace, config: Config, *, one_shot: bool = True) -> None:
+    """Configure logging as :func:`setup` describes."""
+    from histdata.logs import configure_logging
+
     verbose = min(getattr(args, "verbose", 0) or 0, len(_LEVELS) - 1)
     configured = config.service.log_level
     if verbose:
@@ -72,7 +85,6 @@ def setup(args: argparse.Namespace, *, one_shot: bool = True) -> Config:
     else:
         level = configured
     configure_logging(level, config.service.log_format)
-    return config
 
 
 def _complete_symbol(prefix: str, **_: object) -> list[str]:
@@ -124,6 +136,8 @@ def interval_arg(text: str) -> int:
 
 def database_label(conninfo: str) -> str:
     """Where ``conninfo`` points, short and without credentials: ``database db at host:port``."""
+    import psycopg.conninfo
+
     params = psycopg.conninfo.conninfo_to_dict(conninfo)
     host = str(params.get("host") or "the local socket")
     where = host if host.startswith("/") or "port" not in params else f"{host}:{params['port']}"
@@ -151,6 +165,8 @@ def database_conninfo(config: Config, *, create: bool = True) -> Iterator[str]:
         NoRecordedData: ``create`` is false and ``data_dir`` holds no embedded database.
     """
     if config.database.url:
+        from histdata.storage import build_conninfo
+
         try:
             conninfo = build_conninfo(config.database)
         except ConfigError as exc:
@@ -190,6 +206,12 @@ async def open_command_storage(
         SchemaError: the schema is not this histdata's (for a read: older or newer).
         NoRecordedData: ``create`` is false and there is no embedded database yet.
     """
+    import psycopg
+    import psycopg.errors
+    import trio
+
+    from histdata.storage import open_storage
+
     async with AsyncExitStack() as stack:
         sync_stack = ExitStack()
 
@@ -226,6 +248,8 @@ async def open_command_storage(
 
 def refused(conninfo: str, exc: BaseException) -> DatabaseRefused:
     """The one-line error for a statement the database refused (a privilege, a standby)."""
+    import psycopg.errors
+
     cause = " ".join(str(exc).split())
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
         cause += " (a hot standby or a read-only user: run this on the primary)"

@@ -14,9 +14,10 @@ beside ``PATH`` and renamed into place when complete: an export that fails or is
 leaves no truncated file that looks whole.
 
 The plain layout keeps the contract's columns. CSV is byte for byte what ``histdata
-candles``/``trades`` print. In Parquet and Feather, decimals are ``decimal128`` by default
-(``--decimals exact``; the scales of :data:`EXACT_SCALES`, so one type holds every batch) or
-``float64`` (``--decimals float``); times are ``timestamp[us|ns, UTC]``.
+candles``/``trades`` print (the same CSV body, from the socket or the database). In Parquet
+and Feather, decimals are the wire's: ``decimal128`` by default (``--decimals exact``; the
+fixed scales of :data:`histdata.formats.CANDLES` and ``TRADES``, so one type holds every
+batch) or ``float64`` (``--decimals float``); times are ``timestamp[us|ns, UTC]``.
 
 ``--layout freqtrade`` makes ``--output`` a freqtrade data directory and writes the file
 freqtrade's data handlers look for, in its columns and types (read from freqtrade's
@@ -45,7 +46,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,36 +56,32 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import trio
 
-from histdata.actors.query import check_range
 from histdata.client import BadRequest, Client, ClientError, NotFound, ServiceNotRunning
 from histdata.commands.common import open_command_storage, setup, socket_refused, symbol_argument
 from histdata.config import Config
 from histdata.formats import (
-    batch_rows,
-    candle_encoder,
-    candle_schema,
-    record_batch,
-    trade_encoder,
-    trade_schema,
+    CANDLES,
+    TRADES,
+    Decimals,
+    arrow_batches,
+    candle_metadata,
+    trade_metadata,
 )
-from histdata.frames import Decimals, typed
-from histdata.storage.reads import iter_candle_rows, iter_trade_rows
+from histdata.storage.reads import read_windows, start_candle_read, start_trade_read
 from histdata.symbols import SymbolRegistry
-from histdata.timeutil import format_interval, format_time, parse_interval, parse_time, utc_now
+from histdata.timeutil import (
+    check_range,
+    format_interval,
+    format_time,
+    parse_interval,
+    parse_time,
+    utc_now,
+)
 
-__all__ = ["EXACT_SCALES", "configure", "freqtrade_name", "main"]
+__all__ = ["configure", "freqtrade_name", "main"]
 
 EXPORT_FORMATS = ("parquet", "feather", "csv")
 LAYOUTS = ("plain", "freqtrade")
-# Fractional digits of the exact columns. Kraken quotes prices and volumes with at most 10;
-# rollup VWAPs are rounded to 12; a 1-minute VWAP derived from trades is PostgreSQL's
-# quotient, 16 significant digits and at least the scale of price times volume, which for
-# a price of 1e-7 reaches about 24. With precision 38 that leaves 26 integer digits for
-# prices and volumes and 14 for a VWAP. A value that does not fit is an error, never rounded.
-EXACT_SCALES = {
-    **dict.fromkeys(("open", "high", "low", "close", "price", "volume"), 12),
-    "vwap": 24,
-}
 # What freqtrade.misc.pair_to_filename replaces by "_".
 _FREQTRADE_UNSAFE = "/ .@$+:"
 _FREQTRADE_CANDLES = pa.schema(
@@ -161,15 +158,14 @@ class _Shape(Protocol):
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch: ...
 
 
-class _Exact:
-    """Plain layout: the wire's columns with decimals typed (one type for the whole file)."""
+class _Plain:
+    """Plain layout: the wire's columns and types as they are (one type for the whole file)."""
 
-    def __init__(self, wire: pa.Schema, decimals: Decimals) -> None:
-        self._decimals = decimals
-        self.schema = typed(wire.empty_table(), decimals, scale=EXACT_SCALES).schema
+    def __init__(self, wire: pa.Schema) -> None:
+        self.schema = wire
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        return typed(batch, self._decimals, scale=EXACT_SCALES)
+        return batch
 
 
 class _FreqtradeCandles:
@@ -217,12 +213,6 @@ class _FreqtradeTrades:
         return pa.record_batch(arrays, schema=self.schema)
 
 
-class _Sink(Protocol):
-    def write(self, batch: pa.RecordBatch) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class _ArrowSink:
     """Parquet (one row group per batch) or Feather v2 (an Arrow IPC file)."""
 
@@ -244,24 +234,21 @@ class _ArrowSink:
         self._writer.close()
 
 
-class _CsvSink:
-    """The contract's CSV, written by the same encoder as ``histdata candles``."""
+class _CountingFile:
+    """A file that counts the CSV lines written to it (the header included)."""
 
-    def __init__(self, path: Path, wire: pa.Schema, interval_min: int | None) -> None:
-        symbol = wire.metadata[b"symbol"].decode()
-        self._encoder = (
-            trade_encoder("csv", symbol)
-            if interval_min is None
-            else candle_encoder("csv", symbol, interval_min)
-        )
+    def __init__(self, path: Path) -> None:
         self._file = path.open("wb")
-        self._file.write(self._encoder.begin())
+        self.lines = 0
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        self._file.write(self._encoder.rows(batch_rows(batch)))
+    def write(self, data: bytes) -> int:
+        self.lines += data.count(b"\n")
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
-        self._file.write(self._encoder.end())
         self._file.close()
 
 
@@ -293,31 +280,53 @@ class _Export:
 
     def _shape(self, wire: pa.Schema) -> _Shape:
         if self.layout == "plain":
-            return _Exact(wire, self.decimals)
+            return _Plain(wire)
         return _FreqtradeCandles() if self.interval is not None else _FreqtradeTrades()
 
+    @property
+    def wire_decimals(self) -> Decimals:
+        """The decimals to ask the wire for (freqtrade's columns are float64)."""
+        return "float" if self.layout == "freqtrade" else self.decimals
+
+    def wire_schema(self, symbol: str) -> pa.Schema:
+        """The Arrow schema the socket sends for this export of ``symbol``."""
+        if self.interval is None:
+            return TRADES.arrow(self.wire_decimals, trade_metadata(symbol))
+        return CANDLES.arrow(self.wire_decimals, candle_metadata(symbol, self.interval))
+
     @contextlib.contextmanager
-    def open_sink(self, wire: pa.Schema) -> Iterator[_Sink]:
-        """A sink for batches of ``wire``, writing a partial file renamed into place on a
-        clean exit and removed on any error."""
-        target = self._target(wire)
+    def _partial(self, target: Path, close: Callable[[], None]) -> Iterator[Path]:
+        """Write to a partial file beside ``target``, renamed into place on a clean exit
+        (after ``close``) and removed on any error."""
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.partial")
-        sink: _Sink = (
-            _CsvSink(partial, wire, self.interval)
-            if self.format == "csv"
-            else _ArrowSink(partial, self.format, self._shape(wire))
-        )
         try:
-            yield sink
-            sink.close()
+            yield partial
+            close()
             os.replace(partial, target)
         except BaseException:  # Ctrl-C included: the partial file goes, the error stays
             with contextlib.suppress(Exception):
-                sink.close()
+                close()
             partial.unlink(missing_ok=True)
             raise
         self.path = target
+
+    @contextlib.contextmanager
+    def open_sink(self, wire: pa.Schema) -> Iterator[_ArrowSink]:
+        """A Parquet or Feather sink for batches of ``wire`` (see :meth:`_partial`)."""
+        sinks: list[_ArrowSink] = []
+        with self._partial(self._target(wire), lambda: sinks[0].close()) as partial:
+            sinks.append(_ArrowSink(partial, self.format, self._shape(wire)))
+            yield sinks[0]
+
+    @contextlib.contextmanager
+    def open_csv(self) -> Iterator[_CountingFile]:
+        """The CSV file (plain layout only), its header still to be written."""
+        files: list[_CountingFile] = []
+        with self._partial(self.output, lambda: files[0].close()) as partial:
+            files.append(_CountingFile(partial))
+            yield files[0]
+        self.rows = max(0, files[0].lines - 1)
 
     def write_all(self, wire: pa.Schema, batches: Iterable[pa.RecordBatch]) -> None:
         with self.open_sink(wire) as sink:
@@ -326,26 +335,49 @@ class _Export:
                 self.rows += batch.num_rows
 
 
-def _via_socket(export: _Export, socket: str, symbol: str) -> bool:
-    """Export through the service; False when no service answers on ``socket``.
+def _via_socket(export: _Export, socket: str, symbol: str) -> int | None:
+    """Export through the service: the exit status, or None when no service answers on
+    ``socket`` (CSV: the service's CSV body as it is, as ``histdata candles`` prints it).
 
     Raises:
         ClientError: the service refused the request or failed.
     """
     if socket_refused(socket) is not None:
-        return False
+        return None
+    if export.format == "csv":
+        from histdata.commands.read import request_params, stream_from_socket
+
+        kind = "trades" if export.interval is None else "candles"
+        interval = None if export.interval is None else format_interval(export.interval)
+        params = request_params(symbol, export.start, export.end, "csv", "exact", interval)
+        with export.open_csv() as out:
+            status = stream_from_socket(socket, f"/v1/{kind}", params, out)
+            if status:
+                raise _Failed(status)
+        return status
     with Client(socket, timeout_s=None) as client:
+        decimals = export.wire_decimals
         stream = (
-            client.open_trade_stream(symbol, export.start, export.end)
+            client.open_trade_stream(symbol, export.start, export.end, decimals=decimals)
             if export.interval is None
-            else client.open_candle_stream(symbol, export.interval, export.start, export.end)
+            else client.open_candle_stream(
+                symbol, export.interval, export.start, export.end, decimals=decimals
+            )
         )
         try:
             with stream as reader:
                 export.write_all(reader.schema, reader)
         except ServiceNotRunning:
-            return False
-    return True
+            return None
+    return 0
+
+
+class _Failed(Exception):
+    """The service answered an error (already printed); ``status`` is the exit status."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(status)
 
 
 async def _direct(export: _Export, config: Config, symbol: str) -> None:
@@ -353,15 +385,25 @@ async def _direct(export: _Export, config: Config, symbol: str) -> None:
     canonical = registry.canonical(symbol)  # UnknownSymbol: exit 2, before any database
     async with open_command_storage(config, registry, create=False) as storage:
         if export.interval is None:
-            wire = trade_schema(canonical)
-            pages: Any = iter_trade_rows(storage, canonical, export.start, export.end)
+            read: Any = await start_trade_read(storage, canonical, export.start, export.end)
         else:
-            wire = candle_schema(canonical, export.interval)
-            pages = iter_candle_rows(storage, canonical, export.interval, export.start, export.end)
-        with export.open_sink(wire) as sink:
-            async for rows in pages:
-                sink.write(record_batch(wire, rows))
-                export.rows += len(rows)
+            read = await start_candle_read(
+                storage, canonical, export.interval, export.start, export.end
+            )
+        async with read_windows(storage, read) as windows:
+            if export.format == "csv":
+                schema = TRADES if export.interval is None else CANDLES
+                with export.open_csv() as out:
+                    out.write(schema.csv_header)
+                    async for window in windows:
+                        out.write(window)
+                return
+            wire = export.wire_schema(canonical)
+            with export.open_sink(wire) as sink:
+                async for window in windows:
+                    for batch in arrow_batches(wire, window):
+                        sink.write(batch)
+                        export.rows += batch.num_rows
 
 
 def main(args: argparse.Namespace) -> int:
@@ -373,19 +415,23 @@ def main(args: argparse.Namespace) -> int:
         print(f"histdata: {exc}", file=sys.stderr)
         return 2
     try:
-        served = not args.direct and _via_socket(
-            export, args.socket or config.query.socket, args.symbol
+        status = (
+            None
+            if args.direct
+            else _via_socket(export, args.socket or config.query.socket, args.symbol)
         )
+    except _Failed as exc:
+        return exc.status
     except (BadRequest, NotFound) as exc:
         print(f"histdata: {exc}", file=sys.stderr)
         return 2
     except ClientError as exc:
         print(f"histdata export: {exc}", file=sys.stderr)
         return 1
-    except pa.ArrowInvalid as exc:  # a value with more digits than EXACT_SCALES
+    except pa.ArrowInvalid as exc:  # a value finer than its column's exact scale
         print(f"histdata export: {exc} (try --decimals float)", file=sys.stderr)
         return 1
-    if not served:
+    if status is None:
         try:
             trio.run(_direct, export, config, args.symbol)
         except pa.ArrowInvalid as exc:

@@ -56,7 +56,7 @@ __all__ = [
 Connection = psycopg.Connection[Any]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SOURCE_CODE: dict[str, str] = {"live": "w", "rest": "r", "csv": "c"}
-# Trade order and keyset paging (read_trades, reads.iter_trade_rows). The order is
+# Trade order and keyset paging (read_trades, reads.start_trade_read). The order is
 # the key's (time, trade_id, seq; NULL ids last, as a btree sorts them), so a page is an index
 # range scan without a sort; the keyset filter compares with COALESCE, which orders the same
 # (no Kraken id nears the int8 maximum), and ``time >= t`` bounds the scan on the index.
