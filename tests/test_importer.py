@@ -563,6 +563,10 @@ class TestImportCandles:
             "{t},10,11,9,10.5,2",  # a field short
             "{t},10,11,9,10.5,2,3,4",  # a field too many
             "{p},10,11,9,10.5,2,3",  # a minute repeated: the last one wins
+            # Bounds that one double cannot tell apart: exact decimals decide.
+            "{t},10.000000000000000002,10.000000000000000001,9,10,2,3",  # high below open
+            "{t},10.000000000000000001,10.000000000000000002,9,10,2,3",  # high above open
+            "{t},10,10.0,9.0,10.00,2,3",  # equal values written differently: valid
         ]
         minute = (T0 // 60) * 60
         t, lines = minute, []
