@@ -501,6 +501,40 @@ class TestImportTrades:
             report = await coverage_report(storage, symbol, "trades", at(T0), at(end))
             assert report.holes == []
 
+    async def test_blocks_copied_two_at_a_time_store_what_one_at_a_time_does(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """Trades, derived candles and coverage do not depend on how many blocks are copied
+        at once, with a block in the middle that must be written as rows."""
+        seconds = sorted(write_trades3(tmp_path / "XBTUSD.csv", 3_000, seed=12))
+        (tmp_path / "ETHUSD.csv").write_bytes((tmp_path / "XBTUSD.csv").read_bytes())
+        end = seconds[-1] + 60
+        middle = seconds[len(seconds) // 2]
+        for symbol in ("BTC/USD", "ETH/USD"):  # a REST trade sends its block down the row path
+            rest = Trade(symbol, middle * NS_PER_S + 1_000, Decimal("1"), Decimal("1"), trade_id=1)
+            await storage.write_trades([rest], source="rest")
+        for name, workers in (("XBTUSD.csv", 1), ("ETHUSD.csv", 2)):
+            summary = await import_paths(
+                storage, [tmp_path / name], block_bytes=8_000, copy_workers=workers
+            )
+            assert summary.inserted == 3_000
+
+        def trades(rows: list[Trade]) -> list[tuple[int, str, str, int | None, int]]:
+            return [(t.time_ns, str(t.price), str(t.volume), t.trade_id, t.seq) for t in rows]
+
+        btc = await storage.read_trades("BTC/USD", at(T0), at(end))
+        eth = await storage.read_trades("ETH/USD", at(T0), at(end))
+        assert trades(btc) == trades(eth)
+        candles = [
+            [exact_candle(c) for c in await storage.read_candles(s, at(T0), at(end))]
+            for s in ("BTC/USD", "ETH/USD")
+        ]
+        assert candles[0] == candles[1]
+        assert len(candles[0]) > 10
+        for symbol in ("BTC/USD", "ETH/USD"):
+            report = await coverage_report(storage, symbol, "trades", at(T0), at(seconds[-1]))
+            assert report.holes == []
+
     async def test_bad_line_far_into_the_file_keeps_its_line_number(
         self, storage: Storage, tmp_path: Path
     ) -> None:

@@ -1,7 +1,8 @@
 """The import pipeline: stream a CSV, parse it in batches, and write each batch idempotently.
 
-Reading and parsing run in a worker thread, one batch at a time, while the previous batch is
-being written, so the database and the parser overlap. A batch (``batch_rows`` rows, 50,000 by
+Reading and parsing run in a worker thread, one batch at a time, while the previous batches
+are being written (two blocks copied at once, on two connections), so the database and the
+parser overlap. A batch (``batch_rows`` rows, 50,000 by
 default; for 3-column trades a block of ``block_bytes``) is the unit of memory and of commit:
 memory stays flat whatever the file size.
 
