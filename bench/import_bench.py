@@ -12,7 +12,7 @@ Four files are generated (and kept in ``--files``, by default a folder under the
 temporary directory, for the next run). A 3-column Kraken trades file (time,price,volume;
 many trades share a second) of ``--rows``; the same file with a few valid rows in an unusual
 form (volumes in exponent notation, ``6.6496172E-1``; one row in 50,000); a bigger trades
-file of ``--big-rows`` (0 leaves it out); and a 1-minute OHLCVT file
+file of ``--big-rows`` (on TimescaleDB left out unless given); and a 1-minute OHLCVT file
 (time,open,high,low,close,volume,trades; one row a minute).
 
 Two trades baselines load a trades file with ``psql \\copy``: into a plain table of the
@@ -434,7 +434,10 @@ def main() -> None:
     add_common_arguments(parser)
     parser.add_argument("--rows", type=int, help="trades (5,000,000; --quick 100,000)")
     parser.add_argument(
-        "--big-rows", type=int, help="trades of the big file (50,000,000; --quick 0: none)"
+        "--big-rows",
+        type=int,
+        help="trades of the big file (50,000,000 on plain PostgreSQL; 0, none, with --quick"
+        " and on TimescaleDB, where the whole run would not fit in one bench session)",
     )
     parser.add_argument(
         "--candle-rows", type=int, help="1-minute candles (525,600, a year; --quick 50,000)"
@@ -449,7 +452,11 @@ def main() -> None:
     if not args.dsn:
         parser.error("--dsn (or HISTDATA_TEST_DSN) is required")
     rows = args.rows or (100_000 if args.quick else 5_000_000)
-    big_rows = args.big_rows if args.big_rows is not None else (0 if args.quick else 50_000_000)
+    with psycopg.connect(args.dsn) as conn:
+        on_timescale = timescale_available(conn)
+    big_rows = args.big_rows
+    if big_rows is None:
+        big_rows = 0 if args.quick or on_timescale else 50_000_000
     candle_rows = args.candle_rows or (50_000 if args.quick else 525_600)
     where = machine(args.dsn)
     folder: Path = args.files
