@@ -48,7 +48,9 @@ from histdata.errors import DatabaseUnavailable
 from histdata.model import Trade
 from histdata.storage import Storage
 from histdata.storage.fleet import TRADES_CHANNEL, TradeKey, symbol_ids, trades_after
-from histdata.supervisor import ChildSpec, Strategy, Supervisor, current_child_stopping
+from histdata.storage.symbol_table import stored_symbols
+from histdata.storage.trades import last_trade
+from histdata.supervisor import ChildSpec, Strategy, Supervisor, cancel_when, current_child_stopping
 from histdata.symbols import SymbolRegistry
 from histdata.telemetry import Latencies
 
@@ -169,7 +171,7 @@ class QueryNode:
     async def _run_query(self, *, task_status: trio.TaskStatus[None]) -> None:
         stopping = current_child_stopping()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             await nursery.start(self.app.serve, Path(self.config.query.socket))
             task_status.started()
 
@@ -178,7 +180,7 @@ class QueryNode:
         stopping = current_child_stopping()
         task_status.started()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             await self._start_positions()
             try:
                 conn = await trio.to_thread.run_sync(
@@ -211,8 +213,8 @@ class QueryNode:
 
     async def _start_positions(self) -> None:
         """Stream from now on: every stored symbol's newest trade is where its stream starts."""
-        for info in await self.storage.stored_symbols():
-            last = await self.storage.last_trade(info.symbol)
+        for info in await stored_symbols(self.storage):
+            last = await last_trade(self.storage, info.symbol)
             self._last[info.symbol] = _key(last) if last is not None else None
 
     async def _symbols_of(self, ids: set[int]) -> list[str]:
@@ -307,8 +309,3 @@ class _NodeCollector(Collector):
             "histdata_storage_failures", "queries failed", value=storage.failures
         )
         yield from node.latencies.collect()
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

@@ -3,7 +3,7 @@ against the simulator's AssetPairs and WebSocket, into a real database."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from stored import count_trades  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.feeds import slice_symbols
 from histdata.config import (
@@ -101,21 +103,12 @@ async def running(config: Config, conninfo: str) -> AsyncIterator[Service]:
         service.shutdown()
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
-    with trio.fail_after(timeout_s):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
-
-
 async def stored_symbols_with_trades(conninfo: str, symbols: tuple[str, ...]) -> set[str]:
     registry = SymbolRegistry([*SHIPPED_PAIRS, *EXTRA])
     async with open_storage(
         conninfo, registry=registry, pool_max=1, apply_migrations=False
     ) as storage:
-        return {s for s in symbols if await storage.count_trades(s, *FAR) > 0}
+        return {s for s in symbols if await count_trades(storage, s, *FAR) > 0}
 
 
 async def wait_stored(conninfo: str, symbols: tuple[str, ...], timeout_s: float = 30.0) -> None:

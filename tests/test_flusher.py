@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,12 +12,16 @@ import psycopg
 import psycopg.conninfo
 import trio
 from psycopg import sql
+from stored import count_trades, stored_candles  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.buffer import Batch
 from histdata.actors.flusher import Flusher
 from histdata.actors.journal import Journal
-from histdata.model import Candle, Trade
-from histdata.storage import CoverageSpan, Storage, open_storage
+from histdata.model import Candle, CoverageSpan, Trade
+from histdata.storage import Storage, open_storage
+from histdata.storage.coverage import gaps
+from histdata.storage.trades import read_trades
 from histdata.supervisor import Channel, ChildSpec, Overflow, Supervisor
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
@@ -78,15 +82,6 @@ async def running_flusher(
         supervisor.shutdown()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
-    with trio.fail_after(timeout_s):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
-
-
 class TestDirect:
     async def test_writes_trades_candles_and_coverage(
         self, storage: Storage, tmp_path: Path
@@ -103,12 +98,12 @@ class TestDirect:
         cover = (("BTC/USD", CoverageSpan("trades", "live", T0, T0 + timedelta(minutes=1))),)
         async with running_flusher(storage, tmp_path) as (flusher, batches, _):
             await batches.send(Batch(trades(0, 100), (candle,), cover))
-            await wait_for(lambda: flusher.statistics().batches_written == 1)
-        assert await storage.count_trades("BTC/USD", *FAR) == 100
-        (stored,) = await storage.read_candles("BTC/USD", *FAR)
+            await until(lambda: flusher.statistics().batches_written == 1)
+        assert await count_trades(storage, "BTC/USD", *FAR) == 100
+        (stored,) = await stored_candles(storage, "BTC/USD", *FAR)
         assert stored.final is False
         assert stored.trades == 3
-        assert await storage.gaps("BTC/USD", "trades", T0, T0 + timedelta(minutes=1)) == []
+        assert await gaps(storage, "BTC/USD", "trades", T0, T0 + timedelta(minutes=1)) == []
 
 
 class TestOutage:
@@ -120,21 +115,26 @@ class TestOutage:
         async with open_storage(database_url, pool_max=2, connect_timeout_s=0.5) as storage:
             async with running_flusher(storage, tmp_path) as (flusher, batches, _):
                 await batches.send(Batch(trades(0, 50)))
-                await wait_for(lambda: flusher.statistics().trades_written == 50)
+                await until(lambda: flusher.statistics().trades_inserted == 50)
                 await outage.start()
                 try:
                     for k in range(1, 6):
                         await batches.send(Batch(trades(k * 50, 50)))
-                    await wait_for(lambda: flusher.statistics().trades_journaled == 250)
+                    await until(lambda: flusher.statistics().trades_journaled == 250)
                     assert not flusher.statistics().database_up
                     assert flusher.journal.statistics().bytes > 0
                 finally:
                     await outage.end()
-                await wait_for(lambda: flusher.journal.empty and flusher.statistics().database_up)
+                await until(lambda: flusher.journal.empty and flusher.statistics().database_up)
                 await batches.send(Batch(trades(300, 50)))
-                await wait_for(lambda: flusher.statistics().trades_written >= 350)
-            assert await storage.count_trades("BTC/USD", *FAR) == 350
-            stored = await storage.read_trades("BTC/USD", *FAR)
+                await until(
+                    lambda: (
+                        flusher.statistics().trades_inserted + flusher.statistics().trades_present
+                        >= 350
+                    )
+                )
+            assert await count_trades(storage, "BTC/USD", *FAR) == 350
+            stored = await read_trades(storage, "BTC/USD", *FAR)
             assert [t.trade_id for t in stored] == list(range(350))
 
     async def test_stop_during_outage_leaves_journal_for_next_start(
@@ -153,8 +153,8 @@ class TestOutage:
             finally:
                 await outage.end()
             async with running_flusher(storage, tmp_path) as (flusher, _, _):
-                await wait_for(lambda: flusher.journal.empty)
-            assert await storage.count_trades("BTC/USD", *FAR) == 80
+                await until(lambda: flusher.journal.empty)
+            assert await count_trades(storage, "BTC/USD", *FAR) == 80
 
 
 class TestDrain:
@@ -172,9 +172,9 @@ class TestDrain:
             window = (T0 + timedelta(seconds=999), T0 + timedelta(seconds=1001))
             with trio.fail_after(20):
                 while True:
-                    if await storage.count_trades("BTC/USD", *window) == 10:
+                    if await count_trades(storage, "BTC/USD", *window) == 10:
                         break
                     await trio.sleep(0.01)
             assert not flusher.journal.empty, "the new batch waited for the whole backlog"
-            await wait_for(lambda: flusher.journal.empty, timeout_s=60)
-        assert await storage.count_trades("BTC/USD", *FAR) == 200_010
+            await until(lambda: flusher.journal.empty, timeout_s=60)
+        assert await count_trades(storage, "BTC/USD", *FAR) == 200_010

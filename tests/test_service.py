@@ -22,9 +22,11 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+from stored import count_trades  # type: ignore[import-not-found]
 
 # pytest puts tests/ on sys.path (no package): the outage helper lives with the flusher tests.
 from test_flusher import Outage  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.buffer import Batch
 from histdata.actors.journal import Journal
@@ -40,6 +42,8 @@ from histdata.config import (
 from histdata.service import Service
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage, open_storage
+from histdata.storage.coverage import covered
+from histdata.storage.trades import read_trades
 
 FAR = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 SYMBOL = "BTC/USD"
@@ -75,17 +79,8 @@ async def running(config: Config, conninfo: str) -> AsyncIterator[Service]:
         service.shutdown()
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
-    with trio.fail_after(timeout_s):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
-
-
 async def stored_ids(storage: Storage) -> list[int]:
-    return [t.trade_id for t in await storage.read_trades(SYMBOL, *FAR) if t.trade_id is not None]
+    return [t.trade_id for t in await read_trades(storage, SYMBOL, *FAR) if t.trade_id is not None]
 
 
 def truth_between(sim: Any, low: int, high: int) -> set[int]:
@@ -121,13 +116,13 @@ async def assert_coverage_honest(sim: Any, conninfo: str, accounted: set[int], t
     """No trade the simulator emitted up to ``through`` that is neither stored nor journaled
     (``accounted``) lies inside a range coverage calls observed; returns how many are missing."""
     async with open_storage(conninfo, pool_max=1) as storage:
-        covered = await storage.covered(SYMBOL, "trades", *FAR)
+        observed = await covered(storage, SYMBOL, "trades", *FAR)
     missing = [
         t
         for t in sim.market.trades(SYMBOL)
         if min(accounted) <= t.trade_id <= through and t.trade_id not in accounted
     ]
-    lying = [t for t in missing if any(a <= t.time < b for a, b in covered)]
+    lying = [t for t in missing if any(a <= t.time < b for a, b in observed)]
     assert not lying, (
         f"{len(lying)} of {len(missing)} missing trades lie inside observed coverage,"
         f" e.g. id {lying[0].trade_id} at {lying[0].time}"
@@ -142,7 +137,7 @@ async def run_with_outage(
     async with simulator(2000.0) as sim:
         config = make_config(tmp_path, sim)
         async with running(config, database_url) as service:
-            await until(lambda: service.flusher.statistics().trades_written > 1000)
+            await until(lambda: service.flusher.statistics().trades_inserted > 1000)
             await trio.sleep((seconds - outage_s) / 2)
             await outage.start()
             try:
@@ -186,7 +181,7 @@ class TestFaults:
                 await trio.sleep(0.3)
                 sim.faults.close_ws(code)
             await until(lambda: service.feed.statistics().sessions == 4)
-            await until(lambda: service.flusher.statistics().trades_written > 0)
+            await until(lambda: service.flusher.statistics().trades_inserted > 0)
             stats = service.feed.statistics()
             assert stats.closes == {"close_1006": 1, "close_1001": 1, "close_1011": 1}
             assert stats.catch_ups_requested == 3
@@ -200,12 +195,12 @@ class TestFaults:
             sim.faults.malformed_ratio = 0.2
             async with running(make_config(tmp_path, sim), database_url) as service:
                 await until(lambda: sum(service.feed.statistics().rejections.values()) >= 5)
-                await until(lambda: service.flusher.statistics().trades_written > 200)
+                await until(lambda: service.flusher.statistics().trades_inserted > 200)
                 assert service.feed.statistics().sessions == 1
                 snapshot = service.status()
                 assert snapshot["drops"]["rejected input"] >= 5
         async with open_storage(database_url, pool_max=1) as storage:
-            stored = await storage.read_trades(SYMBOL, *FAR)
+            stored = await read_trades(storage, SYMBOL, *FAR)
         assert stored
         assert set(stored) <= set(sim.market.trades(SYMBOL))
 
@@ -215,7 +210,7 @@ class TestFaults:
         async with simulator(2000.0) as sim:
             config = make_config(tmp_path, sim, overflow="drop_oldest", buffer_capacity=300)
             async with running(config, database_url) as service:
-                await until(lambda: service.flusher.statistics().trades_written > 500)
+                await until(lambda: service.flusher.statistics().trades_inserted > 500)
                 # Stall every write: the flusher blocks, the buffer backs up, the channel drops.
                 await trio.to_thread.run_sync(lock_trades, database_url, 2.0)
                 await until(lambda: service.trades.statistics().depth == 0)
@@ -239,7 +234,7 @@ class TestFaults:
         async with simulator(2000.0) as sim:
             config = make_config(tmp_path, sim, overflow="spill", buffer_capacity=300)
             async with running(config, database_url) as service:
-                await until(lambda: service.flusher.statistics().trades_written > 500)
+                await until(lambda: service.flusher.statistics().trades_inserted > 500)
                 await trio.to_thread.run_sync(lock_trades, database_url, 2.0)
                 await until(lambda: service.journal.empty, timeout_s=60)
                 last = await settle(sim, database_url)
@@ -365,7 +360,7 @@ async def wait_stored(conninfo: str, count: int) -> None:
     async with open_storage(conninfo, pool_max=1, apply_migrations=False) as storage:
         with trio.fail_after(30):
             while True:
-                if await storage.count_trades(SYMBOL, *FAR) >= count:
+                if await count_trades(storage, SYMBOL, *FAR) >= count:
                     return
                 await trio.sleep(0.2)
 
@@ -423,7 +418,7 @@ class TestStops:
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(run_service)
-                await until(lambda: service.flusher.statistics().trades_written > 1000)
+                await until(lambda: service.flusher.statistics().trades_inserted > 1000)
                 nursery.start_soon(
                     partial(trio.to_thread.run_sync, lock_trades, database_url, 20.0)
                 )

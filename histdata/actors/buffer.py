@@ -34,8 +34,7 @@ from datetime import datetime
 import structlog
 import trio
 
-from histdata.model import Candle, Trade
-from histdata.storage import CoverageSpan
+from histdata.model import Candle, CoverageSpan, Trade
 from histdata.supervisor import Channel, current_child_stopping
 
 __all__ = ["Batch", "Buffer", "BufferStatistics", "CoverageMark", "LiveItem", "live_weight"]

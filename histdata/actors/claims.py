@@ -35,8 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from histdata.model import Candle, Trade, datetime_to_ns, ns_to_datetime
-from histdata.storage import CoverageSpan, Stream
+from histdata.model import Candle, CoverageSpan, Stream, Trade, datetime_to_ns, ns_to_datetime
 
 __all__ = ["ClaimRule", "Claims"]
 

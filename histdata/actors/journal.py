@@ -70,8 +70,15 @@ import structlog
 import trio
 
 from histdata.actors.buffer import Batch, CoverageMark, LiveItem
-from histdata.model import Candle, CandleSource, Side, Trade, datetime_to_ns, ns_to_datetime
-from histdata.storage import CoverageSpan
+from histdata.model import (
+    Candle,
+    CandleSource,
+    CoverageSpan,
+    Side,
+    Trade,
+    datetime_to_ns,
+    ns_to_datetime,
+)
 
 __all__ = ["Journal", "JournalSpill", "JournalStatistics", "decode_batch", "encode_batch"]
 
