@@ -22,7 +22,7 @@ import structlog
 import trio
 
 # pytest puts tests/ on sys.path (no package): the polling helper lives with the service tests.
-from test_service import until  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.maintenance import MaintenanceActor
 from histdata.config import (
