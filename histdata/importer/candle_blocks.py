@@ -8,12 +8,12 @@ column by column, and the text of every number goes to ``COPY`` as it is in the 
 The column checks take a line as it is only when
 :func:`~histdata.importer.rows.parse_ohlcvt` would take it unchanged: a whole-second time on
 the interval's boundary between 2010 and now, plain unsigned decimals (prices above zero,
-volume zero or more; at most 20 integer and 18 fraction digits, so that they compare exactly
-as ``decimal128``), a trade count below 2³¹, high and low bounding open and close, seven
-fields. The few other lines go through ``parse_ohlcvt`` one by one: they are rejected with
-its reasons or normalised and kept. A block holding a blank line takes the row path. A
-minute repeated in the file needs no check here: ``COPY`` refuses it, and the row write
-that follows keeps the last, as the row path does.
+volume zero or more; at most 20 integer and 18 fraction digits), a trade count below 2³¹,
+high and low bounding open and close, seven fields. The few other lines go through
+``parse_ohlcvt`` one by one: they are rejected with its reasons or normalised and kept. A
+block holding a blank line takes the row path. A minute repeated in the file needs no check
+here: ``COPY`` refuses it, and the row write that follows keeps the last, as the row path
+does.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ __all__ = ["CandleBlock", "read_ohlcvt_block"]
 
 _COLUMNS = ("time", "open", "high", "low", "close", "volume", "trades")
 _PLAIN = r"^[0-9]{1,20}(?:\.[0-9]{0,18})?$"
-_ZERO = r"^[0.]*$"
-_EXACT = pa.decimal128(38, 18)
 _WRITE = pa_csv.WriteOptions(include_header=False, quoting_style="none")
 
 
@@ -104,26 +102,37 @@ def _fast_rows(columns: list[pa.Array], interval_min: int, max_ns: int, max_line
     step = interval_min * 60  # integer division of int64 arrays truncates
     on_boundary = pc.equal(pc.subtract(seconds, pc.multiply(pc.divide(seconds, step), step)), 0)
     ok = pc.and_kleene(ok, on_boundary)
-    for price in (o, h, lo, c):
-        ok = pc.and_kleene(ok, pc.match_substring_regex(price, _PLAIN))
-        ok = pc.and_kleene(ok, pc.invert(pc.match_substring_regex(price, _ZERO)))
-    ok = pc.and_kleene(ok, pc.match_substring_regex(volume, _PLAIN))
+    for number in (o, h, lo, c, volume):
+        ok = pc.and_kleene(ok, pc.match_substring_regex(number, _PLAIN))
     ok = pc.and_kleene(ok, pc.ascii_is_decimal(count))
     ok = pc.and_kleene(ok, pc.less_equal(pc.utf8_length(count), 9))  # below 2**31 surely
     length = pc.add(_sum_lengths(columns), len(columns) - 1)
     ok = pc.and_kleene(ok, pc.less_equal(length, max_line))
-    # Exact comparisons of the plain numbers; rows failing so far compare placeholders.
-    exact = [pc.if_else(ok, price, "1").cast(_EXACT) for price in (o, h, lo, c)]
-    eo, eh, el, ec = exact
-    for bound in (
-        pc.greater_equal(eh, eo),
-        pc.greater_equal(eh, ec),
-        pc.greater_equal(eh, el),
-        pc.less_equal(el, eo),
-        pc.less_equal(el, ec),
+    # Order and sign by float64, which rounds a decimal to the nearest double: monotone, so
+    # a > b as floats means a > b exactly, and every plain number here that is not zero is
+    # far above the smallest double. Equal floats prove equality only for equal texts;
+    # other ties go to the exact check. Rows failing so far compare placeholders.
+    prices = (o, h, lo, c) if _all(ok) else tuple(pc.if_else(ok, p, "1") for p in (o, h, lo, c))
+    fo, fh, fl, fc = (price.cast(pa.float64()) for price in prices)
+    for price in (fo, fh, fl, fc):
+        ok = pc.and_kleene(ok, pc.greater(price, 0))
+    for (high, high_text), (low, low_text) in (
+        ((fh, prices[1]), (fo, prices[0])),
+        ((fh, prices[1]), (fc, prices[3])),
+        ((fh, prices[1]), (fl, prices[2])),
+        ((fo, prices[0]), (fl, prices[2])),
+        ((fc, prices[3]), (fl, prices[2])),
     ):
-        ok = pc.and_kleene(ok, bound)
+        above = pc.or_kleene(
+            pc.greater(high, low),
+            pc.and_kleene(pc.equal(high, low), pc.equal(high_text, low_text)),
+        )
+        ok = pc.and_kleene(ok, above)
     return ok
+
+
+def _all(mask: pa.Array) -> bool:
+    return bool(pc.all(mask).as_py())
 
 
 def _sum_lengths(columns: list[pa.Array]) -> pa.Array:

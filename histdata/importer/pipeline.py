@@ -1,7 +1,8 @@
 """The import pipeline: stream a CSV, parse it in batches, and write each batch idempotently.
 
-Reading and parsing run in a worker thread, one batch at a time, while the previous batch is
-being written, so the database and the parser overlap. A batch (``batch_rows`` rows, 50,000 by
+Reading and parsing run in a worker thread, one batch at a time, while the previous batches
+are being written (two blocks copied at once, on two connections), so the database and the
+parser overlap. A batch (``batch_rows`` rows, 50,000 by
 default; for 3-column trades a block of ``block_bytes``) is the unit of memory and of commit:
 memory stays flat whatever the file size.
 
@@ -50,12 +51,13 @@ from __future__ import annotations
 
 import time
 import zipfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import structlog
 import trio
@@ -71,7 +73,15 @@ from histdata.importer.sources import (
     ImportSource,
     discover_sources,
 )
-from histdata.model import NS_PER_S, Candle, CoverageSpan, Trade, ns_to_datetime
+from histdata.model import (
+    NS_PER_S,
+    Candle,
+    CandleWriteResult,
+    CoverageSpan,
+    Trade,
+    WriteResult,
+    ns_to_datetime,
+)
 from histdata.storage.candles import (
     CandleMismatch,
     compare_coarse_candles,
@@ -192,11 +202,15 @@ async def import_source(
     strict_span: bool = False,
     candles: bool = True,
     max_line_bytes: int = 1 << 20,
+    copy_workers: int = 2,
 ) -> FileSummary:
     """Import one CSV (loose or a ZIP member) and return its summary.
 
     A batch is ``batch_rows`` rows, except in 3-column trade files, which are read in blocks
     of about ``block_bytes`` bytes (8 MiB is about 270,000 rows) ending at a change of second.
+
+    Blocks that go by ``COPY`` are copied ``copy_workers`` at a time, each on its own
+    connection (see :class:`_Writer`); 1 copies them one after the other.
 
     A line longer than ``max_line_bytes`` (``[import] max_line_bytes``) is rejected as
     ``line_too_long`` with its line number and never held whole, whatever its length.
@@ -241,30 +255,38 @@ async def import_source(
         if isinstance(reader, BlockReader | CandleBlockReader):
             reader.symbol_id = await register_symbol(storage, parser.symbol)
         writer = _Writer(
-            storage, parser, batch_rows=batch_rows, strict_span=strict_span, candles=candles
+            storage,
+            parser,
+            batch_rows=batch_rows,
+            strict_span=strict_span,
+            candles=candles,
+            copy_workers=copy_workers,
         )
         send, receive = trio.open_memory_channel[Batch](1)
 
-        async def produce() -> None:
-            async with send:
-                while (batch := await trio.to_thread.run_sync(reader.next_batch)) is not None:
-                    await send.send(batch)
-
         error = ""
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(produce)
-                writer.nursery = nursery
-                async with receive:
-                    async for batch in receive:
-                        await writer.write(batch)
-                        if on_progress is not None:
-                            on_progress(source, batch.bytes_read)
-        except* (zipfile.BadZipFile, EOFError) as group:
-            # A member whose data do not match its header: zipfile stops at the declared
-            # size and fails the CRC (or the stream ends early). What was read before is
-            # valid, committed, and counted; the rest of the member is refused.
-            error = f"damaged ZIP member, read stopped: {group.exceptions[0]}"
+
+        async def produce() -> None:
+            nonlocal error
+            async with send:
+                try:
+                    while (batch := await trio.to_thread.run_sync(reader.next_batch)) is not None:
+                        await send.send(batch)
+                except (zipfile.BadZipFile, EOFError) as exc:
+                    # A member whose data do not match its header: zipfile stops at the
+                    # declared size and fails the CRC (or the stream ends early). What was
+                    # read before is valid, committed, and counted; the rest is refused.
+                    error = f"damaged ZIP member, read stopped: {exc}"
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            writer.nursery = nursery
+            async with receive:
+                async for batch in receive:
+                    await writer.write(batch)
+                    if on_progress is not None:
+                        on_progress(source, batch.bytes_read)
+            await writer.drain()
         parser.end()
         await writer.finish()
     if on_progress is not None:
@@ -306,8 +328,29 @@ async def import_source(
     return summary
 
 
+@dataclass(slots=True)
+class _Copy:
+    """A block's ``COPY`` under way; ``span`` is the coverage it claims, ``covered_before``
+    where coverage stood before it claimed it."""
+
+    block: TradeBlock | CandleBlock
+    low: datetime
+    span: tuple[datetime, datetime]
+    covered_before: datetime | None
+    done: trio.Event = field(default_factory=trio.Event)
+    result: WriteResult | CandleWriteResult | None = None
+    error: Exception | None = None
+
+
 class _Writer:
-    """Writes a reader's batches and accumulates the counts; coverage runs contiguously."""
+    """Writes a reader's batches and accumulates the counts; coverage runs contiguously.
+
+    Up to ``copy_workers`` blocks are copied at once, each on its own pool connection and in
+    its own transaction with its own span of coverage, and settled (counted, derived, or
+    written as rows when the ``COPY`` declined) in file order. Their seconds (minutes) are
+    disjoint, so no two of them touch the same key; a block that commits before an earlier
+    one leaves a hole in coverage, not coverage without rows, until the earlier one commits.
+    """
 
     def __init__(
         self,
@@ -317,10 +360,13 @@ class _Writer:
         batch_rows: int,
         strict_span: bool,
         candles: bool,
+        copy_workers: int,
     ) -> None:
         self.storage = storage
         self.parser = parser
         self.batch_rows = batch_rows
+        self.copy_workers = copy_workers
+        self._copies: deque[_Copy] = deque()
         self.strict_span = strict_span
         self.candles = candles
         self.inserted = self.updated = self.present = self.cross_source = 0
@@ -375,13 +421,13 @@ class _Writer:
         self.candle_holes = _merged(sorted(holes))
         self._derived_to = max(end, self._derived_to or end)
 
-    async def _written(self, low: datetime) -> None:
-        """After a trades write: derive every minute that no later row can still reach (the
-        minute of the last second written may get more rows from the next batch), in the
-        background once the previous block's derivation is done."""
-        assert self._covered_to is not None
+    async def _written(self, low: datetime, covered_to: datetime) -> None:
+        """After a trades write whose coverage ends at ``covered_to``: derive every minute
+        that no later row can still reach (the minute of the last second written may get more
+        rows from the next batch), in the background once the previous block's derivation is
+        done."""
         assert self.nursery is not None
-        end = floor_to(self._covered_to - _SECOND, _MINUTE)
+        end = floor_to(covered_to - _SECOND, _MINUTE)
         await self._derived.wait()
         done = self._derived = trio.Event()
 
@@ -394,6 +440,7 @@ class _Writer:
     async def finish(self) -> None:
         """Close the file's span: round its end out to a whole minute (unless strict) and
         derive the minutes left."""
+        await self.drain()
         await self._derived.wait()
         if self.parser.layout not in _TRADES or self._covered_to is None:
             return
@@ -410,11 +457,15 @@ class _Writer:
     async def write(self, batch: Batch) -> None:
         rows = batch.rows
         symbol = self.parser.symbol
+        if isinstance(rows, TradeBlock | CandleBlock) and batch.copy_csv is not None:
+            await self._start_copy(rows, batch.copy_csv)
+            return
+        await self.drain()
         if isinstance(rows, TradeBlock):
-            await self._write_block(rows, batch.copy_csv)
+            await self._write_block_rows(rows)
             return
         if isinstance(rows, CandleBlock):
-            await self._write_candle_block(rows, batch.copy_csv)
+            await self._write_candle_rows(rows, self._candle_coverage(rows))
             return
         if not rows:
             return
@@ -444,21 +495,84 @@ class _Writer:
         self.updated += written.updated
         self.present += written.unchanged
 
-    async def _write_candle_block(self, block: CandleBlock, copy_csv: memoryview | None) -> None:
-        """COPY the block in when its minutes hold no candle (see :func:`copy_new_candles`),
-        else upsert it as rows, ``batch_rows`` at a time."""
+    async def _start_copy(self, block: TradeBlock | CandleBlock, copy_csv: memoryview) -> None:
+        """Start copying ``block`` in the background, once fewer than ``copy_workers`` are."""
+        while len(self._copies) >= self.copy_workers:
+            await self._settle()
+        unit = _SECOND if isinstance(block, TradeBlock) else _MINUTE
+        low = ns_to_datetime(block.first_s * NS_PER_S)
+        high = ns_to_datetime(block.last_s * NS_PER_S) + unit
+        covered = self._covered_to
+        copy = _Copy(block, low, self._span(low, high), covered)
         symbol = self.parser.symbol
+        coverage = [(symbol, self._coverage(copy))]
+
+        async def run() -> None:
+            try:
+                if isinstance(block, TradeBlock):
+                    copy.result = await copy_new_trades(
+                        self.storage, symbol, low, high, copy_csv, block.rows, coverage=coverage
+                    )
+                else:
+                    copy.result = await copy_new_candles(
+                        self.storage, symbol, low, high, copy_csv, block.rows, coverage=coverage
+                    )
+            except Exception as exc:  # raised where the block is settled, in file order
+                copy.error = exc
+            finally:
+                copy.done.set()
+
+        assert self.nursery is not None
+        self.nursery.start_soon(run)
+        self._copies.append(copy)
+
+    async def drain(self) -> None:
+        """Settle every block being copied."""
+        while self._copies:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait for the oldest block being copied and count it; write it as rows when the
+        ``COPY`` declined (its seconds or minutes were not empty)."""
+        copy = self._copies[0]
+        await copy.done.wait()
+        self._copies.popleft()
+        if copy.error is not None:
+            raise copy.error
+        block, result = copy.block, copy.result
+        if isinstance(result, CandleWriteResult):
+            self.inserted += result.inserted
+            return
+        if isinstance(result, WriteResult):
+            self.inserted += result.inserted
+            self.present += result.present
+            await self._written(copy.low, copy.span[1])
+            return
+        if isinstance(block, CandleBlock):
+            await self._write_candle_rows(block, [(self.parser.symbol, self._coverage(copy))])
+            return
+        # The rows claim the block's span again, as if the blocks after it were not started.
+        claimed = self._covered_to
+        self._covered_to = copy.covered_before
+        await self._write_block_rows(block)
+        self._covered_to = claimed
+
+    def _coverage(self, copy: _Copy) -> CoverageSpan:
+        stream: Literal["trades", "candles"] = (
+            "trades" if isinstance(copy.block, TradeBlock) else "candles"
+        )
+        return CoverageSpan(stream, "csv", *copy.span)
+
+    def _candle_coverage(self, block: CandleBlock) -> list[tuple[str, CoverageSpan]]:
         low = ns_to_datetime(block.first_s * NS_PER_S)
         high = ns_to_datetime(block.last_s * NS_PER_S) + _MINUTE
-        start, end = self._span(low, high)
-        coverage = [(symbol, CoverageSpan("candles", "csv", start, end))]
-        assert copy_csv is not None
-        copied = await copy_new_candles(
-            self.storage, symbol, low, high, copy_csv, block.rows, coverage=coverage
-        )
-        if copied is not None:
-            self.inserted += copied.inserted
-            return
+        return [(self.parser.symbol, CoverageSpan("candles", "csv", *self._span(low, high)))]
+
+    async def _write_candle_rows(
+        self, block: CandleBlock, coverage: list[tuple[str, CoverageSpan]]
+    ) -> None:
+        """Upsert the block as rows, ``batch_rows`` at a time, ``coverage`` with the last."""
+        symbol = self.parser.symbol
         for offset in range(0, block.rows, self.batch_rows):
             candles = await trio.to_thread.run_sync(
                 block.to_candles, symbol, offset, self.batch_rows
@@ -469,31 +583,9 @@ class _Writer:
             self.updated += written.updated
             self.present += written.unchanged
 
-    async def _write_block(self, block: TradeBlock, copy_csv: memoryview | None) -> None:
-        """COPY the block in when its seconds hold no stored trade with a Kraken id (see
-        :func:`~histdata.storage.trades.copy_new_trades`), else write it as rows with the
-        cross-source check."""
-        low_s, high_s = block.first_s, block.last_s + 1
-        low, high = ns_to_datetime(low_s * NS_PER_S), ns_to_datetime(high_s * NS_PER_S)
-        if copy_csv is not None:
-            covered = self._covered_to
-            start, end = self._span(low, high)
-            result = await copy_new_trades(
-                self.storage,
-                self.parser.symbol,
-                low,
-                high,
-                copy_csv,
-                block.rows,
-                coverage=[(self.parser.symbol, CoverageSpan("trades", "csv", start, end))],
-            )
-            if result is not None:
-                self.inserted += result.inserted
-                self.present += result.present
-                await self._written(low)
-                return
-            self._covered_to = covered  # nothing was written: the span is claimed again
-        # As rows, in batches of batch_rows: a block's Trades would take ~1 KB of memory each.
+    async def _write_block_rows(self, block: TradeBlock) -> None:
+        """Write the block as rows with the cross-source check, in batches of batch_rows:
+        a block's Trades would take ~1 KB of memory each."""
         for offset in range(0, block.rows, self.batch_rows):
             trades = await trio.to_thread.run_sync(
                 block.to_trades, self.parser.symbol, offset, self.batch_rows
@@ -516,7 +608,7 @@ class _Writer:
         self.inserted += result.inserted
         self.present += result.present + dropped
         self.cross_source += dropped
-        await self._written(ns_to_datetime(low_s * NS_PER_S))
+        await self._written(ns_to_datetime(low_s * NS_PER_S), end)
 
 
 async def import_paths(
@@ -531,6 +623,7 @@ async def import_paths(
     strict_span: bool = False,
     candles: bool = True,
     max_line_bytes: int = 1 << 20,
+    copy_workers: int = 2,
 ) -> ImportSummary:
     """Import every CSV found under ``paths`` (files, ZIPs, folders), one file at a time,
     then bring the rollups (5m … 1w) up to date, so every timeframe reads at once.
@@ -558,6 +651,7 @@ async def import_paths(
                 strict_span=strict_span,
                 candles=candles,
                 max_line_bytes=max_line_bytes,
+                copy_workers=copy_workers,
             )
         )
     started = time.monotonic()
