@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 import orjson
 import pyarrow as pa
 
-from histdata.model import Candle, Trade, datetime_to_ns
+from histdata.model import Candle, LiveTrade, Trade, datetime_to_ns
 from histdata.storage.reads import CandleRow, TradeRow
 from histdata.timeutil import format_interval, format_time
 
@@ -141,13 +141,13 @@ def format_time_ns(time_ns: int) -> str:
     return f"{base}.{ns:09d}Z"
 
 
-def trade_row(trade: Trade) -> TradeRow:
-    """A trade as the text row the encoders write."""
+def trade_row(trade: Trade | LiveTrade) -> TradeRow:
+    """A trade as the text row the encoders write (a live trade's text is already plain)."""
     return (
         trade.time_ns,
         format_time_ns(trade.time_ns),
-        decimal_text(trade.price),
-        decimal_text(trade.volume),
+        trade.price if isinstance(trade.price, str) else decimal_text(trade.price),
+        trade.volume if isinstance(trade.volume, str) else decimal_text(trade.volume),
         trade.side.value if trade.side is not None else None,
         trade.trade_id,
     )
@@ -292,7 +292,7 @@ def trade_encoder(fmt: Format, symbol: str) -> Encoder:
     return _Arrow(trade_schema(symbol))
 
 
-def trade_event(trade: Trade) -> bytes:
+def trade_event(trade: Trade | LiveTrade) -> bytes:
     """One NDJSON line of the live stream for a trade."""
     r = trade_row(trade)
     return (

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from histdata.model import Candle, Trade, datetime_to_ns, ns_to_datetime
+from histdata.model import Candle, LiveTrade, Trade, datetime_to_ns, ns_to_datetime
 from histdata.storage import CoverageSpan, Stream
 
 __all__ = ["ClaimRule", "Claims"]
@@ -78,7 +78,9 @@ class Claims:
         """Any frame arrived (heartbeats included)."""
         self._last_message_ns = max(self._last_message_ns, received_ns)
 
-    def on_trades(self, trades: Iterable[Trade], received_ns: int, *, snapshot: bool) -> None:
+    def on_trades(
+        self, trades: Iterable[Trade | LiveTrade], received_ns: int, *, snapshot: bool
+    ) -> None:
         """Trades were received (and are queued ahead of any later mark)."""
         newest_in_frame: int | None = None
         for trade in trades:

@@ -70,7 +70,15 @@ import structlog
 import trio
 
 from histdata.actors.buffer import Batch, CoverageMark, LiveItem
-from histdata.model import Candle, CandleSource, Side, Trade, datetime_to_ns, ns_to_datetime
+from histdata.model import (
+    Candle,
+    CandleSource,
+    LiveTrade,
+    Side,
+    Trade,
+    datetime_to_ns,
+    ns_to_datetime,
+)
 from histdata.storage import CoverageSpan
 
 __all__ = ["Journal", "JournalSpill", "JournalStatistics", "decode_batch", "encode_batch"]
@@ -780,7 +788,7 @@ class Journal:
 
 def _groups(batches: Iterable[Batch], group_trades: int) -> Iterable[Batch]:
     """Merge consecutive batches into writes of about ``group_trades`` trades, in order."""
-    trades: list[Trade] = []
+    trades: list[Trade | LiveTrade] = []
     candles: dict[tuple[str, object], Candle] = {}
     coverage: list[tuple[str, CoverageSpan]] = []
     for batch in batches:
