@@ -28,7 +28,7 @@ dropped trade always leaves its stretch uncovered and the gap filler will see th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -39,7 +39,15 @@ from histdata.model import Candle, LiveTrade, Trade
 from histdata.storage import CoverageSpan
 from histdata.supervisor import Channel, current_child_stopping
 
-__all__ = ["Batch", "Buffer", "BufferStatistics", "CoverageMark", "LiveItem", "live_weight"]
+__all__ = [
+    "Batch",
+    "Buffer",
+    "BufferStatistics",
+    "CoverageMark",
+    "LiveItem",
+    "live_weight",
+    "merge_batches",
+]
 
 _log = structlog.get_logger("histdata.actors.buffer", actor="buffer")
 
@@ -76,6 +84,21 @@ class Batch:
     def empty(self) -> bool:
         """True when there is nothing to write."""
         return not (self.trades or self.candles or self.coverage)
+
+
+def merge_batches(batches: Iterable[Batch]) -> Batch:
+    """Consecutive batches as one write: trades in order, the latest version of each candle,
+    and the coverage after all of them (coverage never moves ahead of trades it follows)."""
+    trades: list[Trade | LiveTrade] = []
+    candles: dict[tuple[str, datetime], Candle] = {}
+    coverage: list[tuple[str, CoverageSpan]] = []
+    for batch in batches:
+        trades.extend(batch.trades)
+        for candle in batch.candles:
+            candles.pop((candle.symbol, candle.time), None)  # keep the latest, in order
+            candles[(candle.symbol, candle.time)] = candle
+        coverage.extend(batch.coverage)
+    return Batch(tuple(trades), tuple(candles.values()), tuple(coverage))
 
 
 def live_weight(item: LiveItem) -> int:
