@@ -17,6 +17,7 @@ import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 __all__ = [
     "NS_PER_S",
@@ -74,14 +75,15 @@ class Trade:
         return ns_to_datetime(self.time_ns)
 
 
-@dataclass(frozen=True, slots=True)
-class LiveTrade:
+class LiveTrade(NamedTuple):
     """One trade from the WebSocket, with ``price`` and ``volume`` as plain decimal text.
 
     The text is what :func:`histdata.kraken.parse.parse_number_text` accepted: ASCII digits
     with an optional fraction, no sign, exponent or leading zero, and not zero; so it is
     exact, and PostgreSQL's ``numeric`` input reads it digit for digit. Only the live path
     makes these; everything read back (the journal, the database) is a :class:`Trade`.
+    A named tuple rather than a frozen dataclass: it is made once per trade, and a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) cost several times more.
     """
 
     symbol: str

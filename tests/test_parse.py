@@ -102,6 +102,24 @@ class TestTimes:
         """A ns RFC 3339 time keeps all nine fraction digits."""
         assert parse_rfc3339_ns("2026-10-06T18:06:02.264627814Z") == 1791309962_264627814
 
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            "2021-05-11T19:47:09.Z",
+            "2021-05-11T19:47:09.8968601234Z",
+            "2021-05-11T19:47:09.89x860Z",
+            "2021-05-11T19:47:09.\u0663\u0663Z",
+            "2021-05-11T19:47:09.896860z9",
+        ],
+    )
+    def test_second_already_seen_still_checks_the_rest(self, bad: str) -> None:
+        """After a good stamp of the same second, a bad fraction is still rejected."""
+        assert parse_rfc3339_ns("2021-05-11T19:47:09.1Z") == 1620762429_100000000
+        with pytest.raises(RejectedInput) as info:
+            parse_rfc3339_ns(bad)
+        assert info.value.reason == "bad_time"
+        assert parse_rfc3339_ns("2021-05-11T19:47:09.123456789Z") == 1620762429_123456789
+
     def test_offset_and_no_fraction(self) -> None:
         """A numeric offset is applied and a missing fraction means zero."""
         assert parse_rfc3339_ns("2021-05-11T21:47:09+02:00") == 1620762429_000000000
