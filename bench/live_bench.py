@@ -95,6 +95,8 @@ class Step:
     service_cpu: float
     sim_cpu: float
     db_cpu: float
+    service_us_per_trade: float  # service CPU over trading and drain, per stored trade
+    db_us_per_trade: float
     peak_rss: int
     sessions: int
     slow_client_drops: int
@@ -277,6 +279,8 @@ def _measure(
             break
         time.sleep(0.1)
     drain_s = time.monotonic() - stopped
+    cpu2 = _cpu(service.pid)
+    pg2 = _backend_cpu(dsn)
     status = _healthz(socket)
     peak = _peak_rss(service.pid)
     p50, p99, worst = _latency(dsn)
@@ -302,6 +306,10 @@ def _measure(
         service_cpu=(cpu1[0] - cpu0[0]) / seconds,
         sim_cpu=(cpu1[1] - cpu0[1]) / seconds,
         db_cpu=sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items()) / seconds,
+        service_us_per_trade=(cpu2 - cpu0[0]) / max(ids, 1) * 1e6,
+        db_us_per_trade=sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg2.items())
+        / max(ids, 1)
+        * 1e6,
         peak_rss=peak,
         sessions=int(ws["connections"]),
         slow_client_drops=int(ws["slow_clients_dropped"]),
@@ -373,6 +381,7 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
             f"{s.journaled:,}",
             f"{s.stored_ids / (s.seconds + s.drain_s):,.0f}/s" if s.drained else "–",
             f"{s.service_cpu:.0%} / {s.db_cpu:.0%} / {s.sim_cpu:.0%}",
+            f"{s.service_us_per_trade:.1f} / {s.db_us_per_trade:.1f}",
             f"{s.peak_rss / 2**20:,.0f} MiB",
             f"{s.sessions} / {s.slow_client_drops}",
             "pass" if not failures(s) else "fail: " + ", ".join(failures(s)),
@@ -433,7 +442,9 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
         "backpressure and larger batches, and the journal is for a database that is away.",
         "CPU is process time over the trading window in % of one core (PostgreSQL: the backends "
         "serving the scratch database); the simulator, the service and PostgreSQL share 2 "
-        "cores. WS sessions / slow-client drops: the simulator "
+        "cores. CPU per trade is process time from trading's start to the last trade stored, "
+        "over the trades stored: the cost of a trade, which a shared machine disturbs less "
+        "than it does the shares. WS sessions / slow-client drops: the simulator "
         "disconnects a client whose outbox holds 2,048 unsent frames; each drop loses what was "
         "queued unless the service repairs it (gap filling is off here).",
     ]
@@ -453,6 +464,7 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
             "journaled",
             "store rate",
             "CPU service / PostgreSQL / sim",
+            "CPU µs per trade service / PostgreSQL",
             "service peak RSS",
             "WS sessions / drops",
             "verdict",

@@ -401,16 +401,18 @@ def parse_ws_trades(
 def _ws_trade(row: object, registry: SymbolRegistry, where: str, now_ns: int) -> LiveTrade:
     if type(row) is not dict and not isinstance(row, Mapping):  # the ABC check is the slow one
         raise RejectedInput("bad_row", f"trade row must be an object, got {row!r}", where=where)
-    symbol = _ws_symbol(_field(row, "symbol", where), registry, where)
-    price = parse_number_text(_field(row, "price", where), "price", reason="bad_price", where=where)
-    volume = parse_number_text(_field(row, "qty", where), "qty", reason="bad_volume", where=where)
-    raw_side = _field(row, "side", where)
+    # One lookup each, and one handler for a missing field: this runs per trade.
+    try:
+        raw_symbol, raw_price, raw_qty = row["symbol"], row["price"], row["qty"]
+        raw_side, ord_type, stamp = row["side"], row["ord_type"], row["timestamp"]
+    except KeyError as exc:
+        raise RejectedInput("missing_field", f"row has no {exc.args[0]!r}", where=where) from None
+    symbol = _ws_symbol(raw_symbol, registry, where)
+    price = parse_number_text(raw_price, "price", reason="bad_price", where=where)
+    volume = parse_number_text(raw_qty, "qty", reason="bad_volume", where=where)
     side = _WS_SIDES.get(raw_side) if isinstance(raw_side, str) else None
     if side is None:
-        raise RejectedInput(
-            "bad_side", f"side must be buy or sell, got {row['side']!r}", where=where
-        )
-    ord_type = _field(row, "ord_type", where)
+        raise RejectedInput("bad_side", f"side must be buy or sell, got {raw_side!r}", where=where)
     if not isinstance(ord_type, str) or ord_type not in _WS_ORD_TYPES:
         raise RejectedInput(
             "bad_ord_type", f"ord_type must be market or limit, got {ord_type!r}", where=where
@@ -418,7 +420,7 @@ def _ws_trade(row: object, registry: SymbolRegistry, where: str, now_ns: int) ->
     trade_id = row.get("trade_id")
     if trade_id is not None:
         trade_id = _count(trade_id, "trade_id", "bad_trade_id", where)
-    time_ns = parse_rfc3339_ns(_field(row, "timestamp", where), where=where)
+    time_ns = parse_rfc3339_ns(stamp, where=where)
     _check_time_range(time_ns, now_ns, where)
     return LiveTrade(symbol, time_ns, price, volume, side, ord_type, trade_id)
 
