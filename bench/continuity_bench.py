@@ -24,6 +24,7 @@ import trio
 from bench.common import Result, add_common_arguments, emit, machine, say, scratch_database, today
 from histdata.storage import open_storage
 from histdata.storage.continuity import audit_trade_ids
+from histdata.storage.symbol_table import register_symbol
 
 SYMBOL = "BTC/USD"
 _INSERT = (
@@ -41,7 +42,7 @@ def _fill(conninfo: str, sid: int, low: int, high: int) -> None:
 
 async def _run(conninfo: str, rows: int) -> dict[str, Any]:
     async with open_storage(conninfo, pool_max=2) as storage:
-        sid = await storage.register_symbol(SYMBOL)
+        sid = await register_symbol(storage, SYMBOL)
         began = time.perf_counter()
         await trio.to_thread.run_sync(_fill, conninfo, sid, 1, rows)
         filled_s = time.perf_counter() - began

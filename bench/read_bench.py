@@ -47,9 +47,10 @@ from histdata.httpserver import Request, Response, open_unix_listener, serve_htt
 from histdata.importer import import_paths
 from histdata.model import Candle, CandleSource
 from histdata.storage import Storage, open_storage
-from histdata.storage.database import KEY_ORDER_SCAN, TRADE_ORDER
+from histdata.storage.candles import write_candles
 from histdata.storage.reads import _TRADE_PAGE, _query, base_interval
 from histdata.storage.rollups import BUCKET_ORIGIN, rollup_pass
+from histdata.storage.trades import KEY_ORDER_SCAN, TRADE_ORDER
 from histdata.symbols import SymbolRegistry
 
 START = datetime(2023, 1, 1, tzinfo=UTC)
@@ -147,7 +148,7 @@ async def bench(storage: Storage, dsn: str, repeat: int, days: int, trades: int)
     candles = candles_for(days)
     began = time.perf_counter()
     for i in range(0, len(candles), 50_000):
-        await storage.write_candles(candles[i : i + 50_000])
+        await write_candles(storage, candles[i : i + 50_000])
     say(f"reads: wrote {len(candles):,} candles in {time.perf_counter() - began:.1f} s")
     began = time.perf_counter()
     while (await rollup_pass(storage, limit=1000)).claimed:

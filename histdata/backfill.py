@@ -23,14 +23,11 @@ import structlog
 import trio
 
 from histdata.kraken.rest import KrakenRest
-from histdata.model import NS_PER_S, ns_to_datetime
-from histdata.storage.database import CoverageSpan, Storage
-from histdata.storage.history import (
-    DeriveResult,
-    derive_candles,
-    drop_cross_source_duplicates,
-    trade_span,
-)
+from histdata.model import NS_PER_S, CoverageSpan, ns_to_datetime
+from histdata.storage.candles import DeriveResult, derive_candles
+from histdata.storage.cursors import delete_cursor, get_cursor
+from histdata.storage.database import Storage
+from histdata.storage.trades import drop_cross_source_duplicates, trade_span, write_trades
 
 __all__ = [
     "FetchProgress",
@@ -116,7 +113,7 @@ async def fetch_trades(
         DatabaseUnavailable: the database is down (likewise).
     """
     symbol = storage.registry.canonical(symbol)
-    resumed = await storage.get_cursor(cursor_name) if cursor_name else None
+    resumed = await get_cursor(storage, cursor_name) if cursor_name else None
     cursor = resumed if resumed is not None else str(since_ns)
     start_ns = position = int(cursor)
     target_ns = until_ns if until_ns is not None else time.time_ns()
@@ -150,7 +147,8 @@ async def fetch_trades(
                         ),
                     )
                 )
-            result = await storage.write_trades(
+            result = await write_trades(
+                storage,
                 kept,
                 source="rest",
                 coverage=coverage,
@@ -178,7 +176,7 @@ async def fetch_trades(
     finally:
         await iterator.aclose()  # type: ignore[attr-defined]
     if cursor_name:
-        await storage.delete_cursor(cursor_name)
+        await delete_cursor(storage, cursor_name)
     _log.info(
         "trades_fetched",
         symbol=symbol,

@@ -19,7 +19,7 @@ hole is the part of the timeline no source observed. For one symbol over ``[star
    point; it is upserted by the next run or the live feed.
 3. **Candles, from trades.** For the rest of each hole, exact candles are derived from stored
    trades wherever trades coverage spans the whole minute
-   (:func:`~histdata.storage.history.derive_candles`); where Kraken's candles exist for the same
+   (:func:`~histdata.storage.candles.derive_candles`); where Kraken's candles exist for the same
    minutes, the two are compared and mismatches returned.
 4. **Unrecoverable.** A candle hole that is still open, lies entirely before the REST window and
    has no trades to derive from is marked in ``gap_marks``: it is reported as unrecoverable and
@@ -36,18 +36,11 @@ import structlog
 
 from histdata.backfill import fetch_trades
 from histdata.kraken.rest import KrakenRest
-from histdata.model import datetime_to_ns, ns_to_datetime
-from histdata.storage.candles import refetch_minutes
+from histdata.model import CoverageSpan, datetime_to_ns, ns_to_datetime
+from histdata.storage.candles import CandleMismatch, derive_candles, refetch_minutes, write_candles
 from histdata.storage.continuity import audit_trade_ids, mark_unfillable
-from histdata.storage.database import CoverageSpan, Storage
-from histdata.storage.history import (
-    CandleMismatch,
-    Range,
-    coverage_report,
-    derive_candles,
-    intersect,
-    mark_unrecoverable,
-)
+from histdata.storage.coverage import Range, coverage_report, intersect, mark_unrecoverable
+from histdata.storage.database import Storage
 
 __all__ = ["REST_OHLC_WINDOW", "RepairResult", "catch_up", "repair_symbol"]
 
@@ -274,7 +267,8 @@ async def _fill_from_ohlc(
         for c in final
         if c.trades > 0 and any(low <= c.time and c.end <= high for low, high in inside)
     ]
-    written = await storage.write_candles(
+    written = await write_candles(
+        storage,
         wanted,
         coverage=[(symbol, CoverageSpan("candles", "rest", low, high)) for low, high in inside],
     )

@@ -1,4 +1,12 @@
-"""The Trade type, its live twin, and the one Candle type of histdata.
+"""The vocabulary every layer of histdata shares: trades, candles, where they came from,
+the streams and coverage spans they are recorded in, and what a write stored.
+
+Storage imports these types, never the reverse, so the feed, the buffer, backfill and the
+importer speak of a :class:`CoverageSpan` or a :class:`WriteResult` without importing the
+database layer. They live here beside :class:`Trade` and :class:`Candle` rather than in a
+module of their own because each is a few lines and they are one vocabulary:
+:data:`TradeSource` is the twin of :class:`CandleSource`, a span covers a :data:`Stream` of
+trades or candles.
 
 Prices and volumes are :class:`decimal.Decimal`, never floats: they are parsed from the text
 Kraken sent and stored as PostgreSQL ``numeric``, so what goes in comes out digit for digit.
@@ -17,15 +25,21 @@ import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 __all__ = [
     "NS_PER_S",
     "Candle",
     "CandleSource",
+    "CandleWriteResult",
+    "CoverageSource",
+    "CoverageSpan",
     "LiveTrade",
     "Side",
+    "Stream",
     "Trade",
+    "TradeSource",
+    "WriteResult",
     "datetime_to_ns",
     "ns_to_datetime",
 ]
@@ -48,6 +62,14 @@ class CandleSource(enum.StrEnum):
     REST = "rest"  # REST OHLC endpoint
     CSV = "csv"  # Kraken's downloadable OHLCVT files
     TRADES = "trades"  # derived by histdata from stored trades
+
+
+# What coverage is recorded for: the trades stream or the 1-minute candles stream.
+Stream = Literal["trades", "candles"]
+# Where a trade came from; stored with the trade (REST backfill, the live feed, a CSV file).
+TradeSource = Literal["live", "rest", "csv"]
+# Where an observed span came from: a trade source, or ``derived`` for candles we computed.
+CoverageSource = Literal["live", "rest", "csv", "derived"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +162,33 @@ class Candle:
     def end(self) -> datetime:
         """The exclusive end of the candle's interval."""
         return self.time + timedelta(minutes=self.interval_min)
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageSpan:
+    """A half-open time range ``[start, end)`` of one stream observed from one source."""
+
+    stream: Stream
+    source: CoverageSource
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Rows of a trade batch that were new (``inserted``) or already stored (``present``)."""
+
+    inserted: int
+    present: int
+
+
+@dataclass(frozen=True, slots=True)
+class CandleWriteResult:
+    """Candles that were new, changed an existing row, or matched what was stored."""
+
+    inserted: int
+    updated: int
+    unchanged: int
 
 
 def ns_to_datetime(time_ns: int) -> datetime:

@@ -48,6 +48,8 @@ from histdata.errors import DatabaseUnavailable
 from histdata.model import Trade
 from histdata.storage import Storage
 from histdata.storage.fleet import TRADES_CHANNEL, TradeKey, symbol_ids, trades_after
+from histdata.storage.symbol_table import stored_symbols
+from histdata.storage.trades import last_trade
 from histdata.supervisor import ChildSpec, Strategy, Supervisor, current_child_stopping
 from histdata.symbols import SymbolRegistry
 from histdata.telemetry import Latencies
@@ -211,8 +213,8 @@ class QueryNode:
 
     async def _start_positions(self) -> None:
         """Stream from now on: every stored symbol's newest trade is where its stream starts."""
-        for info in await self.storage.stored_symbols():
-            last = await self.storage.last_trade(info.symbol)
+        for info in await stored_symbols(self.storage):
+            last = await last_trade(self.storage, info.symbol)
             self._last[info.symbol] = _key(last) if last is not None else None
 
     async def _symbols_of(self, ids: set[int]) -> list[str]:

@@ -74,6 +74,7 @@ from histdata.kraken import KrakenRest, RateLimiter, open_kraken_rest
 from histdata.model import Candle, datetime_to_ns
 from histdata.storage import Storage, open_storage
 from histdata.storage.fleet import host_budget
+from histdata.storage.symbol_table import register_symbols
 from histdata.supervisor import (
     Backoff,
     Channel,
@@ -193,7 +194,7 @@ class StorageActor:
             reader_role=db.readonly_role,
         ) as storage:
             # Registered in their own committed transaction before any write uses them.
-            await storage.register_symbols(self._symbols())
+            await register_symbols(storage, self._symbols())
             self.storage = storage
             self.down_since = None
             self.last_error = None

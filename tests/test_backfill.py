@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+from stored import stored_candles  # type: ignore[import-not-found]
 
 from histdata.actors.backfiller import Backfiller
 from histdata.backfill import FetchProgress, backfill_cursor_name, backfill_trades, fetch_trades
@@ -17,7 +18,9 @@ from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Trade, ns_to_datetime
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage
-from histdata.storage.history import coverage_report
+from histdata.storage.coverage import coverage_report
+from histdata.storage.cursors import get_cursor
+from histdata.storage.trades import read_trades
 from histdata.supervisor.backoff import Backoff
 from histdata.symbols import SymbolRegistry
 
@@ -52,10 +55,7 @@ async def rest(sim: Any) -> AsyncIterator[KrakenRest]:
 
 async def stored(storage: Storage, truth: list[Trade]) -> list[Trade]:
     first, last = truth[0].time, ns_to_datetime(truth[-1].time_ns + 1000)
-    out: list[Trade] = []
-    async for chunk in storage.iter_trades(truth[0].symbol, first, last):
-        out.extend(chunk)
-    return out
+    return await read_trades(storage, truth[0].symbol, first, last)
 
 
 class TestBackfill:
@@ -76,7 +76,7 @@ class TestBackfill:
                     scope.cancel()
 
             await backfill_trades(storage, rest, "BTC/USD", since_ns=0, on_page=kill_after_five)
-        cursor = await storage.get_cursor(backfill_cursor_name("BTC/USD", 0, None))
+        cursor = await get_cursor(storage, backfill_cursor_name("BTC/USD", 0, None))
         assert cursor is not None
         assert cursor.isdigit()
         assert len(cursor) == 19
@@ -86,7 +86,7 @@ class TestBackfill:
         result = await backfill_trades(storage, rest, "BTC/USD", since_ns=0)
         assert result.resumed_from == cursor
         assert [key(t) for t in await stored(storage, truth)] == [key(t) for t in truth]
-        assert await storage.get_cursor(backfill_cursor_name("BTC/USD", 0, None)) is None
+        assert await get_cursor(storage, backfill_cursor_name("BTC/USD", 0, None)) is None
         assert rest.statistics().rate_limited >= 5
         assert rest.statistics().duplicates_dropped > 0
 
@@ -114,7 +114,7 @@ class TestBackfill:
         first = ns_to_datetime(since).replace(second=0, microsecond=0) + timedelta(minutes=1)
         last = ns_to_datetime(until).replace(second=0, microsecond=0)
         expected = [c for c in sim.market.candles("BTC/USD") if first <= c.time < last]
-        got = await storage.read_candles("BTC/USD", first, last)
+        got = await stored_candles(storage, "BTC/USD", first, last)
         assert expected
         assert [(c.time, c.open, c.high, c.low, c.close, c.volume, c.trades) for c in got] == [
             (c.time, c.open, c.high, c.low, c.close, c.volume, c.trades) for c in expected

@@ -11,8 +11,7 @@ import trio
 import trio.testing
 
 from histdata.actors.buffer import Batch, Buffer, CoverageMark, LiveItem, live_weight
-from histdata.model import Candle, Trade
-from histdata.storage import CoverageSpan
+from histdata.model import Candle, CoverageSpan, Trade
 from histdata.supervisor import Channel, ChildSpec, Overflow, Supervisor
 
 MINUTE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -30,8 +30,10 @@ from histdata.client import (
     StreamDropped,
 )
 from histdata.formats import CANDLE_FIELDS
-from histdata.model import Candle, CandleSource, Side, Trade
-from histdata.storage import CoverageSpan, Storage
+from histdata.model import Candle, CandleSource, CoverageSpan, Side, Trade
+from histdata.storage import Storage
+from histdata.storage.candles import write_candles
+from histdata.storage.trades import write_trades
 from histdata.symbols import SymbolRegistry
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)
@@ -107,8 +109,9 @@ def make_app(storage: Storage, hub: LiveHub, *, healthy: bool = True, queue: int
 async def served(
     storage: Storage, socket_path: Path, nursery: trio.Nursery
 ) -> AsyncIterator[Served]:
-    await storage.write_candles(candles(120))
-    await storage.write_trades(
+    await write_candles(storage, candles(120))
+    await write_trades(
+        storage,
         trades(4),
         source="rest",
         coverage=[("ETH/USD", CoverageSpan("trades", "rest", T0, T0 + timedelta(hours=1)))],

@@ -32,11 +32,12 @@ import trio
 
 from histdata.cli import main
 from histdata.commands.status import render
-from histdata.model import NS_PER_S, Trade
+from histdata.model import NS_PER_S, CoverageSpan, Trade
 from histdata.runlock import hold_run_lock
 from histdata.sim import SimConfig, Simulator, open_simulator
-from histdata.storage import CoverageSpan, open_storage
-from histdata.storage.history import mark_unrecoverable
+from histdata.storage import open_storage
+from histdata.storage.coverage import mark_unrecoverable
+from histdata.storage.trades import read_trades, write_trades
 from histdata.timeutil import format_time
 
 T = TypeVar("T")
@@ -149,7 +150,7 @@ def run_simulator(config: SimConfig) -> Iterator[SimThread]:
 def stored_trades(database_url: str, start: datetime, end: datetime) -> list[Trade]:
     async def read() -> list[Trade]:
         async with open_storage(database_url, pool_max=1, apply_migrations=False) as storage:
-            return await storage.read_trades(SYMBOL, start, end)
+            return await read_trades(storage, SYMBOL, start, end)
 
     return trio.run(read)
 
@@ -699,7 +700,8 @@ def store_listing_fixture(database_url: str) -> None:
 
     async def write() -> None:
         async with open_storage(database_url, pool_max=1) as storage:
-            await storage.write_trades(
+            await write_trades(
+                storage,
                 trades,
                 source="csv",
                 coverage=[(SYMBOL, CoverageSpan("trades", "csv", a, b)) for a, b in spans],

@@ -9,6 +9,7 @@ from decimal import Decimal
 from histdata.model import Trade, datetime_to_ns, ns_to_datetime
 from histdata.storage import Storage
 from histdata.storage.continuity import audit_trade_ids, id_holes, mark_unfillable, open_holes
+from histdata.storage.trades import write_trades
 
 SYMBOL = "BTC/USD"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -28,7 +29,7 @@ def trades(ids: Iterable[int]) -> list[Trade]:
 
 
 async def store(storage: Storage, ids: Iterable[int]) -> None:
-    await storage.write_trades(trades(ids), source="live")
+    await write_trades(storage, trades(ids), source="live")
 
 
 def spans(holes: Iterable[object]) -> list[tuple[int, int]]:
@@ -55,7 +56,7 @@ class TestReadView:
         """CSV rows without ids neither make nor hide a hole."""
         await store(storage, [1, 2, 3])
         csv = [Trade(SYMBOL, datetime_to_ns(at(5)), Decimal("1"), Decimal("1"))]
-        await storage.write_trades(csv, source="csv")
+        await write_trades(storage, csv, source="csv")
         assert await id_holes(storage, SYMBOL, *FAR) == []
 
     async def test_unknown_symbol_has_no_holes(self, storage: Storage) -> None:

@@ -7,10 +7,25 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from stored import count_trades, stored_candles  # type: ignore[import-not-found]
 
 from histdata.errors import StorageNotOpen, UnknownSymbol
-from histdata.model import NS_PER_S, Candle, CandleSource, LiveTrade, Side, Trade, datetime_to_ns
-from histdata.storage import CoverageSpan, Storage, open_storage
+from histdata.model import (
+    NS_PER_S,
+    Candle,
+    CandleSource,
+    CoverageSpan,
+    LiveTrade,
+    Side,
+    Trade,
+    datetime_to_ns,
+)
+from histdata.storage import Storage, open_storage
+from histdata.storage.candles import write_candles
+from histdata.storage.coverage import add_coverage, covered, gaps
+from histdata.storage.cursors import delete_cursor, get_cursor, set_cursor
+from histdata.storage.symbol_table import register_symbol, register_symbols, stored_symbols
+from histdata.storage.trades import last_trade, read_trades, write_trades
 from histdata.symbols import SymbolRegistry
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -64,9 +79,9 @@ class TestTradeWrites:
             ord_type="market",
             trade_id=42,
         )
-        result = await storage.write_trades([live, trade(1)], source="live")
+        result = await write_trades(storage, [live, trade(1)], source="live")
         assert result.inserted == 2
-        stored = await storage.read_trades("BTC/USD", T0, END)
+        stored = await read_trades(storage, "BTC/USD", T0, END)
         assert [str(t.price) for t in stored] == ["61000.10", "61001.1"]
         assert [str(t.volume) for t in stored] == ["0.00012000", "0.00012345"]
         assert stored[0] == live.to_trade()
@@ -74,18 +89,18 @@ class TestTradeWrites:
     async def test_same_batch_twice_adds_nothing(self, storage: Storage) -> None:
         """Writing the same batch again stores no new rows and reports them as present."""
         batch = [trade(i) for i in range(100)]
-        first = await storage.write_trades(batch, source="rest")
-        second = await storage.write_trades(batch, source="rest")
+        first = await write_trades(storage, batch, source="rest")
+        second = await write_trades(storage, batch, source="rest")
         assert (first.inserted, first.present) == (100, 0)
         assert (second.inserted, second.present) == (0, 100)
-        assert await storage.count_trades("BTC/USD", T0, END) == 100
+        assert await count_trades(storage, "BTC/USD", T0, END) == 100
 
     async def test_one_duplicate_keeps_the_rest(self, storage: Storage) -> None:
         """A batch containing one already-stored trade still stores all the others."""
-        await storage.write_trades([trade(5)], source="live")
-        result = await storage.write_trades([trade(i) for i in range(10)], source="live")
+        await write_trades(storage, [trade(5)], source="live")
+        result = await write_trades(storage, [trade(i) for i in range(10)], source="live")
         assert (result.inserted, result.present) == (9, 1)
-        stored = await storage.read_trades("BTC/USD", T0, END)
+        stored = await read_trades(storage, "BTC/USD", T0, END)
         assert [t.trade_id for t in stored] == [1000 + i for i in range(10)]
 
     async def test_same_trade_from_another_source_with_coarser_time_is_a_duplicate(
@@ -94,17 +109,17 @@ class TestTradeWrites:
         """A trade id already stored with a REST stamp is not re-added from its µs WS stamp."""
         rest = trade(1, time_ns=T0_NS + 827_736_900)
         ws = trade(1, time_ns=T0_NS + 827_736_000)
-        await storage.write_trades([rest], source="rest")
-        result = await storage.write_trades([ws], source="live")
+        await write_trades(storage, [rest], source="rest")
+        result = await write_trades(storage, [ws], source="live")
         assert result.inserted == 0
-        assert await storage.count_trades("BTC/USD", T0, END) == 1
+        assert await count_trades(storage, "BTC/USD", T0, END) == 1
 
     async def test_trades_sharing_a_second_are_all_kept(self, storage: Storage) -> None:
         """Id-less CSV trades with identical time, price and volume are distinct rows by seq."""
         same = [Trade("BTC/USD", T0_NS, Decimal("50000"), Decimal("1"), seq=i) for i in range(5)]
-        assert (await storage.write_trades(same, source="csv")).inserted == 5
-        assert (await storage.write_trades(same, source="csv")).inserted == 0
-        stored = await storage.read_trades("BTC/USD", T0, END)
+        assert (await write_trades(storage, same, source="csv")).inserted == 5
+        assert (await write_trades(storage, same, source="csv")).inserted == 0
+        stored = await read_trades(storage, "BTC/USD", T0, END)
         assert [t.seq for t in stored] == [0, 1, 2, 3, 4]
 
     async def test_decimals_and_nanoseconds_round_trip_exactly(self, storage: Storage) -> None:
@@ -118,87 +133,95 @@ class TestTradeWrites:
             "market",
             61_044_952,
         )
-        await storage.write_trades([original], source="rest")
-        stored = await storage.read_trades(
-            "ETH/USD", datetime(2023, 7, 6, tzinfo=UTC), datetime(2023, 7, 7, tzinfo=UTC)
+        await write_trades(storage, [original], source="rest")
+        stored = await read_trades(
+            storage, "ETH/USD", datetime(2023, 7, 6, tzinfo=UTC), datetime(2023, 7, 7, tzinfo=UTC)
         )
         assert stored == [original]
         assert str(stored[0].price) == "30243.40000"
 
-    async def test_iter_trades_pages_through_everything_in_order(self, storage: Storage) -> None:
+    async def test_keyset_pages_go_through_everything_in_order(self, storage: Storage) -> None:
         """Keyset paging returns every trade once, in trade order, including id-less rows."""
         with_ids = [trade(i) for i in range(25)]
         id_less = [Trade("BTC/USD", T0_NS, Decimal("1"), Decimal("1"), seq=i) for i in range(7)]
-        await storage.write_trades(with_ids, source="rest")
-        await storage.write_trades(id_less, source="csv")
-        chunks = [chunk async for chunk in storage.iter_trades("BTC/USD", T0, END, chunk=4)]
-        flat = [t for chunk in chunks for t in chunk]
-        assert flat == await storage.read_trades("BTC/USD", T0, END)
+        await write_trades(storage, with_ids, source="rest")
+        await write_trades(storage, id_less, source="csv")
+        flat: list[Trade] = []
+        while page := await read_trades(
+            storage,
+            "BTC/USD",
+            T0,
+            END,
+            limit=4,
+            after=(flat[-1].time, flat[-1].trade_id, flat[-1].seq) if flat else None,
+        ):
+            flat.extend(page)
+        assert flat == await read_trades(storage, "BTC/USD", T0, END)
         assert len(flat) == 32
 
     async def test_last_trade_is_the_newest(self, storage: Storage) -> None:
         """last_trade returns the trade with the greatest time and id, or None when empty."""
-        assert await storage.last_trade("BTC/USD") is None
-        await storage.write_trades([trade(i) for i in range(10)], source="live")
-        last = await storage.last_trade("XBTUSD")
+        assert await last_trade(storage, "BTC/USD") is None
+        await write_trades(storage, [trade(i) for i in range(10)], source="live")
+        last = await last_trade(storage, "XBTUSD")
         assert last is not None
         assert last.trade_id == 1009
 
     async def test_unknown_symbol_is_refused(self, storage: Storage) -> None:
         """A trade for a pair the registry does not know raises UnknownSymbol, storing nothing."""
         with pytest.raises(UnknownSymbol):
-            await storage.write_trades([trade(0, symbol="NOPE/USD")], source="live")
+            await write_trades(storage, [trade(0, symbol="NOPE/USD")], source="live")
 
 
 class TestSymbolRows:
     async def test_many_registered_at_once(self, storage: Storage) -> None:
         """Several pairs get their rows (and distinct ids) in one call, any spelling."""
-        ids = await storage.register_symbols(["BTC/USD", "XETHZUSD", "XRP/EUR"])
+        ids = await register_symbols(storage, ["BTC/USD", "XETHZUSD", "XRP/EUR"])
         assert sorted(ids) == ["BTC/USD", "XETHZUSD", "XRP/EUR"]
         assert len(set(ids.values())) == 3
-        assert await storage.register_symbol("ETH/USD") == ids["XETHZUSD"]
+        assert await register_symbol(storage, "ETH/USD") == ids["XETHZUSD"]
 
     async def test_an_unknown_one_registers_none(self, storage: Storage) -> None:
         """One unknown pair among them raises and leaves no row behind."""
         with pytest.raises(UnknownSymbol):
-            await storage.register_symbols(["BTC/USD", "NOPE/USD"])
-        assert await storage.stored_symbols() == []
+            await register_symbols(storage, ["BTC/USD", "NOPE/USD"])
+        assert await stored_symbols(storage) == []
 
 
 class TestCandleWrites:
     async def test_in_progress_candle_is_upserted(self, storage: Storage) -> None:
         """Successive versions of a live minute replace each other; the final one stays."""
-        await storage.write_candles([candle(0, source=CandleSource.LIVE, final=False, trades=1)])
-        await storage.write_candles([candle(0, source=CandleSource.LIVE, final=False, trades=2)])
-        result = await storage.write_candles([candle(0, source=CandleSource.LIVE, trades=3)])
+        await write_candles(storage, [candle(0, source=CandleSource.LIVE, final=False, trades=1)])
+        await write_candles(storage, [candle(0, source=CandleSource.LIVE, final=False, trades=2)])
+        result = await write_candles(storage, [candle(0, source=CandleSource.LIVE, trades=3)])
         assert (result.inserted, result.updated) == (0, 1)
-        [stored] = await storage.read_candles("BTC/USD", T0, END)
+        [stored] = await stored_candles(storage, "BTC/USD", T0, END)
         assert (stored.trades, stored.final) == (3, True)
 
     async def test_final_candle_is_not_overwritten_by_another_source(
         self, storage: Storage
     ) -> None:
         """A final Kraken candle survives a candle derived from trades for the same minute."""
-        await storage.write_candles([candle(0)])
-        result = await storage.write_candles([candle(0, source=CandleSource.TRADES, trades=99)])
+        await write_candles(storage, [candle(0)])
+        result = await write_candles(storage, [candle(0, source=CandleSource.TRADES, trades=99)])
         assert result.unchanged == 1
-        [stored] = await storage.read_candles("BTC/USD", T0, END)
+        [stored] = await stored_candles(storage, "BTC/USD", T0, END)
         assert stored.trades == 7
 
     async def test_rewrite_is_unchanged_and_exact(self, storage: Storage) -> None:
         """Re-importing the same candles changes nothing and values round-trip exactly."""
         batch = [candle(i, vwap=None, source=CandleSource.CSV) for i in range(3)]
-        assert (await storage.write_candles(batch)).inserted == 3
-        again = await storage.write_candles(batch)
+        assert (await write_candles(storage, batch)).inserted == 3
+        again = await write_candles(storage, batch)
         assert (again.inserted, again.updated, again.unchanged) == (0, 0, 3)
-        assert await storage.read_candles("BTC/USD", T0, END) == batch
+        assert await stored_candles(storage, "BTC/USD", T0, END) == batch
 
     async def test_changed_minutes_are_logged_for_rollups(
         self, storage: Storage, database_url: str
     ) -> None:
         """Every write that changes candles appends a dirty range covering them."""
-        await storage.write_candles([candle(3), candle(7)])
-        await storage.write_candles([candle(3)])  # unchanged: no new dirty range
+        await write_candles(storage, [candle(3), candle(7)])
+        await write_candles(storage, [candle(3)])  # unchanged: no new dirty range
         with psycopg.connect(database_url) as conn:
             rows = conn.execute("SELECT start_time, end_time FROM rollup_dirty").fetchall()
         assert rows == [(T0 + timedelta(minutes=3), T0 + timedelta(minutes=8))]
@@ -206,7 +229,7 @@ class TestCandleWrites:
     async def test_rollup_intervals_are_refused(self, storage: Storage) -> None:
         """Only 1-minute candles are stored directly."""
         with pytest.raises(ValueError, match="1-minute"):
-            await storage.write_candles([candle(0, interval_min=5)])
+            await write_candles(storage, [candle(0, interval_min=5)])
 
 
 class TestCoverage:
@@ -216,29 +239,32 @@ class TestCoverage:
         """Adjacent observations merge into one range; gaps list exactly the unobserved parts."""
         hour = timedelta(hours=1)
         for start, end in [(0, 1), (1, 2), (4, 5)]:
-            await storage.add_coverage(
-                "BTC/USD", CoverageSpan("trades", "live", T0 + start * hour, T0 + end * hour)
+            await add_coverage(
+                storage,
+                "BTC/USD",
+                CoverageSpan("trades", "live", T0 + start * hour, T0 + end * hour),
             )
-        await storage.add_coverage(
-            "BTC/USD", CoverageSpan("trades", "rest", T0 + 3 * hour, T0 + 4 * hour)
+        await add_coverage(
+            storage, "BTC/USD", CoverageSpan("trades", "rest", T0 + 3 * hour, T0 + 4 * hour)
         )
-        covered = await storage.covered("BTC/USD", "trades", T0, T0 + 6 * hour)
-        assert covered == [(T0, T0 + 2 * hour), (T0 + 3 * hour, T0 + 5 * hour)]
-        gaps = await storage.gaps("BTC/USD", "trades", T0, T0 + 6 * hour)
-        assert gaps == [(T0 + 2 * hour, T0 + 3 * hour), (T0 + 5 * hour, T0 + 6 * hour)]
-        assert await storage.gaps("BTC/USD", "candles", T0, T0 + hour) == [(T0, T0 + hour)]
+        observed = await covered(storage, "BTC/USD", "trades", T0, T0 + 6 * hour)
+        assert observed == [(T0, T0 + 2 * hour), (T0 + 3 * hour, T0 + 5 * hour)]
+        holes = await gaps(storage, "BTC/USD", "trades", T0, T0 + 6 * hour)
+        assert holes == [(T0 + 2 * hour, T0 + 3 * hour), (T0 + 5 * hour, T0 + 6 * hour)]
+        assert await gaps(storage, "BTC/USD", "candles", T0, T0 + hour) == [(T0, T0 + hour)]
 
     async def test_coverage_and_cursor_commit_with_the_trades(self, storage: Storage) -> None:
         """A page's trades, its coverage and its cursor are stored together."""
         span = CoverageSpan("trades", "rest", T0, T0 + timedelta(seconds=3))
-        await storage.write_trades(
+        await write_trades(
+            storage,
             [trade(i) for i in range(10)],
             source="rest",
             coverage=[("BTC/USD", span)],
             cursor=("backfill:BTC/USD", "1709294402500000000"),
         )
-        assert await storage.get_cursor("backfill:BTC/USD") == "1709294402500000000"
-        assert await storage.covered("BTC/USD", "trades", T0, END) == [(span.start, span.end)]
+        assert await get_cursor(storage, "backfill:BTC/USD") == "1709294402500000000"
+        assert await covered(storage, "BTC/USD", "trades", T0, END) == [(span.start, span.end)]
 
     async def test_one_write_covers_many_symbols_merging_each(self, storage: Storage) -> None:
         """A mark over several symbols merges each symbol's spans with its own ranges only:
@@ -248,9 +274,10 @@ class TestCoverage:
         def span(start: int, end: int) -> CoverageSpan:
             return CoverageSpan("trades", "live", T0 + start * hour, T0 + end * hour)
 
-        await storage.add_coverage("BTC/USD", span(0, 1))
-        await storage.add_coverage("ETH/USD", span(2, 3))
-        await storage.write_trades(
+        await add_coverage(storage, "BTC/USD", span(0, 1))
+        await add_coverage(storage, "ETH/USD", span(2, 3))
+        await write_trades(
+            storage,
             [],
             source="live",
             coverage=[
@@ -262,13 +289,13 @@ class TestCoverage:
             ],
         )
         end = T0 + 10 * hour
-        assert await storage.covered("BTC/USD", "trades", T0, end) == [(T0, T0 + 3 * hour)]
-        assert await storage.covered("ETH/USD", "trades", T0, end) == [
+        assert await covered(storage, "BTC/USD", "trades", T0, end) == [(T0, T0 + 3 * hour)]
+        assert await covered(storage, "ETH/USD", "trades", T0, end) == [
             (T0 + 2 * hour, T0 + 4 * hour),
             (T0 + 5 * hour, T0 + 6 * hour),
         ]
-        assert await storage.covered("XRP/EUR", "trades", T0, end) == [(T0, T0 + hour)]
-        assert await storage.covered("XRP/EUR", "candles", T0, end) == []
+        assert await covered(storage, "XRP/EUR", "trades", T0, end) == [(T0, T0 + hour)]
+        assert await covered(storage, "XRP/EUR", "candles", T0, end) == []
         rows = await storage.run(lambda c: c.execute("SELECT count(*) FROM coverage").fetchone())
         assert rows == (4,)  # stored merged: BTC one range, ETH two, XRP one
 
@@ -276,12 +303,12 @@ class TestCoverage:
 class TestCursors:
     async def test_cursor_round_trip_is_exact_text(self, storage: Storage) -> None:
         """A 19-digit nanosecond cursor is stored and returned unchanged, and can be deleted."""
-        assert await storage.get_cursor("c") is None
-        await storage.set_cursor("c", "1616666442301045766")
-        await storage.set_cursor("c", "1616666442301045767")
-        assert await storage.get_cursor("c") == "1616666442301045767"
-        await storage.delete_cursor("c")
-        assert await storage.get_cursor("c") is None
+        assert await get_cursor(storage, "c") is None
+        await set_cursor(storage, "c", "1616666442301045766")
+        await set_cursor(storage, "c", "1616666442301045767")
+        assert await get_cursor(storage, "c") == "1616666442301045767"
+        await delete_cursor(storage, "c")
+        assert await get_cursor(storage, "c") is None
 
 
 class TestLifecycle:
@@ -290,7 +317,7 @@ class TestLifecycle:
         async with open_storage(database_url, registry=SymbolRegistry.shipped()) as opened:
             await opened.ping()
         with pytest.raises(StorageNotOpen, match="not open"):
-            await opened.read_trades("BTC/USD", T0, END)
+            await read_trades(opened, "BTC/USD", T0, END)
 
     async def test_unreachable_database_is_transient(self) -> None:
         """A server that refuses connections raises DatabaseUnavailable within the timeout."""
@@ -308,7 +335,7 @@ class TestDirtyRanges:
         self, storage: Storage, database_url: str
     ) -> None:
         """A repaired old minute and a current one in one batch do not dirty the span between."""
-        await storage.write_candles([candle(0), candle(1), candle(60 * 24 * 30)])
+        await write_candles(storage, [candle(0), candle(1), candle(60 * 24 * 30)])
         with psycopg.connect(database_url) as conn:
             rows = conn.execute(
                 "SELECT start_time, end_time FROM rollup_dirty ORDER BY start_time"
@@ -325,10 +352,10 @@ class TestReadOnlyPaths:
         self, storage: Storage, database_url: str
     ) -> None:
         """Reading a known but never-stored symbol returns empty results and writes no row."""
-        assert await storage.read_trades("ETH/USD", T0, END) == []
-        assert await storage.read_candles("ETH/USD", T0, END) == []
-        assert await storage.covered("ETH/USD", "trades", T0, END) == []
-        assert await storage.last_trade("ETH/USD") is None
+        assert await read_trades(storage, "ETH/USD", T0, END) == []
+        assert await stored_candles(storage, "ETH/USD", T0, END) == []
+        assert await covered(storage, "ETH/USD", "trades", T0, END) == []
+        assert await last_trade(storage, "ETH/USD") is None
         with psycopg.connect(database_url) as conn:
             assert conn.execute("SELECT count(*) FROM symbols").fetchone() == (0,)
 
@@ -348,9 +375,9 @@ class TestSymbolRegistration:
             await storage.run(register_then_fail)
         # Another process takes the id the rolled-back insert had used.
         async with open_storage(database_url, pool_max=1) as other:
-            await other.register_symbol("SOL/USD")
+            await register_symbol(other, "SOL/USD")
         eth = Trade("ETH/USD", T0_NS, Decimal("3000.5"), Decimal("1"), trade_id=1)
-        await storage.write_trades([eth], source="live")
+        await write_trades(storage, [eth], source="live")
         with psycopg.connect(database_url) as conn:
             rows = conn.execute(
                 "SELECT s.symbol FROM trades t JOIN symbols s ON s.id = t.symbol_id"
@@ -365,7 +392,7 @@ class TestCandleVersions:
         """A replayed in-progress candle with fewer trades leaves the newer version stored."""
         newer = candle(0, trades=9, final=False, close=Decimal("101"))
         older = candle(0, trades=4, final=False, close=Decimal("99"))
-        await storage.write_candles([newer])
-        await storage.write_candles([older])
-        (stored,) = await storage.read_candles("BTC/USD", T0, END)
+        await write_candles(storage, [newer])
+        await write_candles(storage, [older])
+        (stored,) = await stored_candles(storage, "BTC/USD", T0, END)
         assert (stored.trades, stored.close) == (9, Decimal("101"))

@@ -39,6 +39,8 @@ from histdata.formats import CANDLE_FIELDS
 from histdata.httpserver import Request, Response, open_tcp_listener, serve_http
 from histdata.model import Candle, CandleSource, Trade
 from histdata.storage import Storage
+from histdata.storage.candles import write_candles
+from histdata.storage.trades import write_trades
 from histdata.symbols import SymbolRegistry
 
 __all__ = ["socket_path"]  # the fixture, shared with the read command's tests
@@ -59,7 +61,8 @@ async def serve(storage: Storage, path: Path, nursery: trio.Nursery) -> QueryApp
 async def same_ms_trades(storage: Storage) -> None:
     """Three id-less trades in one nanosecond, as a 3-column Kraken CSV gives them."""
     ns = int((T0 + timedelta(minutes=5)).timestamp()) * 10**9
-    await storage.write_trades(
+    await write_trades(
+        storage,
         [Trade("BTC/USD", ns, Decimal("64010"), Decimal(1), seq=k) for k in range(3)],
         source="csv",
     )
@@ -377,7 +380,7 @@ class TestFreqtradeLayout:
         """`freqtrade backtesting` runs on an exported data directory and makes trades."""
         # freqtrade loads Kraken's market list before any backtest; a local stand-in serves
         # the two documents it asks for (Assets, AssetPairs), so nothing leaves the machine.
-        await storage.write_candles(wave_candles(2 * 24 * 60))
+        await write_candles(storage, wave_candles(2 * 24 * 60))
         datadir = tmp_path / "user_data" / "data" / "kraken"
         exported = await histdata(
             [*TWO_DAYS_5M, "--layout", "freqtrade", "--direct", "-o", str(datadir)],
@@ -467,7 +470,7 @@ class TestErrors:
         fine = Trade(
             "BTC/USD", int(T0.timestamp()) * 10**9 + 7, Decimal("1.0000000000001"), Decimal(1)
         )
-        await storage.write_trades([fine], source="rest")
+        await write_trades(storage, [fine], source="rest")
         out = tmp_path / "t.parquet"
         env: dict[str, Any] = {"database_url": database_url, "socket_path": socket_path}
         failed = await histdata([*TRADES, "-o", str(out)], data_dir=tmp_path, **env)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from stored import count_trades  # type: ignore[import-not-found]
 
 from histdata.actors.feeds import slice_symbols
 from histdata.config import (
@@ -115,7 +116,7 @@ async def stored_symbols_with_trades(conninfo: str, symbols: tuple[str, ...]) ->
     async with open_storage(
         conninfo, registry=registry, pool_max=1, apply_migrations=False
     ) as storage:
-        return {s for s in symbols if await storage.count_trades(s, *FAR) > 0}
+        return {s for s in symbols if await count_trades(storage, s, *FAR) > 0}
 
 
 async def wait_stored(conninfo: str, symbols: tuple[str, ...], timeout_s: float = 30.0) -> None:

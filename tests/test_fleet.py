@@ -40,6 +40,7 @@ from histdata.model import Side, Trade, datetime_to_ns
 from histdata.service import Service
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage, open_storage
+from histdata.storage.cursors import get_cursor, set_cursor
 from histdata.storage.fleet import (
     beat,
     collectors,
@@ -48,6 +49,8 @@ from histdata.storage.fleet import (
     trades_after,
     try_lease,
 )
+from histdata.storage.symbol_table import register_symbol
+from histdata.storage.trades import read_trades, write_trades
 
 SYMBOL = "BTC/USD"
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -85,11 +88,11 @@ class TestCrossSourceWrites:
             for round_ in range(20):
                 first = 1 + round_ * 200
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(partial(a.write_trades, trades(first, 200), source="rest"))
+                    nursery.start_soon(partial(write_trades, a, trades(first, 200), source="rest"))
                     nursery.start_soon(
-                        partial(b.write_trades, trades(first, 200, shift_ns=1000), source="live")
+                        partial(write_trades, b, trades(first, 200, shift_ns=1000), source="live")
                     )
-            stored = await a.read_trades(SYMBOL, T0, T0 + timedelta(days=1))
+            stored = await read_trades(a, SYMBOL, T0, T0 + timedelta(days=1))
         ids = [t.trade_id for t in stored]
         assert len(ids) == 4000
         assert len(set(ids)) == len(ids)
@@ -98,11 +101,11 @@ class TestCrossSourceWrites:
 class TestCursors:
     async def test_a_cursor_never_moves_back(self, storage: Storage) -> None:
         """Of two backfills of one symbol, the slower cannot move the cursor back."""
-        await storage.set_cursor("backfill:BTC/USD", "1700000000000000000")
-        await storage.set_cursor("backfill:BTC/USD", "1600000000000000000")
-        assert await storage.get_cursor("backfill:BTC/USD") == "1700000000000000000"
-        await storage.set_cursor("backfill:BTC/USD", "1800000000000000000")
-        assert await storage.get_cursor("backfill:BTC/USD") == "1800000000000000000"
+        await set_cursor(storage, "backfill:BTC/USD", "1700000000000000000")
+        await set_cursor(storage, "backfill:BTC/USD", "1600000000000000000")
+        assert await get_cursor(storage, "backfill:BTC/USD") == "1700000000000000000"
+        await set_cursor(storage, "backfill:BTC/USD", "1800000000000000000")
+        assert await get_cursor(storage, "backfill:BTC/USD") == "1800000000000000000"
 
 
 class TestLeases:
@@ -189,8 +192,8 @@ class TestHeartbeats:
         self, storage: Storage, database_url: str, tmp_path: Path
     ) -> None:
         """``status --fleet`` shows each collector's row and the symbols nobody records."""
-        await storage.register_symbol("BTC/USD")
-        await storage.register_symbol("ETH/USD")
+        await register_symbol(storage, "BTC/USD")
+        await register_symbol(storage, "ETH/USD")
         now = datetime.now(UTC)
         await beat(
             storage,
@@ -221,7 +224,7 @@ class TestHeartbeats:
 class TestStream:
     async def test_trades_after_reads_new_rows_by_key(self, storage: Storage) -> None:
         """Rows after a trade's key come back in trade order, and none before it."""
-        await storage.write_trades(trades(1, 10), source="live")
+        await write_trades(storage, trades(1, 10), source="live")
         first = await trades_after(storage, SYMBOL, None, 4)
         rest = await trades_after(
             storage, SYMBOL, (first[-1].time, first[-1].trade_id, first[-1].seq), 100
@@ -313,7 +316,7 @@ async def stored_through(storage: Storage, last: dict[str, int]) -> None:
 
 async def ids_of(storage: Storage, symbol: str) -> list[int]:
     far = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
-    stored = await storage.read_trades(symbol, *far)
+    stored = await read_trades(storage, symbol, *far)
     return [t.trade_id for t in stored if t.trade_id is not None]
 
 

@@ -12,12 +12,15 @@ import psycopg
 import psycopg.conninfo
 import trio
 from psycopg import sql
+from stored import count_trades, stored_candles  # type: ignore[import-not-found]
 
 from histdata.actors.buffer import Batch
 from histdata.actors.flusher import Flusher
 from histdata.actors.journal import Journal
-from histdata.model import Candle, Trade
-from histdata.storage import CoverageSpan, Storage, open_storage
+from histdata.model import Candle, CoverageSpan, Trade
+from histdata.storage import Storage, open_storage
+from histdata.storage.coverage import gaps
+from histdata.storage.trades import read_trades
 from histdata.supervisor import Channel, ChildSpec, Overflow, Supervisor
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
@@ -115,11 +118,11 @@ class TestDirect:
         async with running_flusher(storage, tmp_path) as (flusher, batches, _):
             await batches.send(Batch(trades(0, 100), (candle,), cover))
             await wait_for(lambda: flusher.statistics().batches_written == 1)
-        assert await storage.count_trades("BTC/USD", *FAR) == 100
-        (stored,) = await storage.read_candles("BTC/USD", *FAR)
+        assert await count_trades(storage, "BTC/USD", *FAR) == 100
+        (stored,) = await stored_candles(storage, "BTC/USD", *FAR)
         assert stored.final is False
         assert stored.trades == 3
-        assert await storage.gaps("BTC/USD", "trades", T0, T0 + timedelta(minutes=1)) == []
+        assert await gaps(storage, "BTC/USD", "trades", T0, T0 + timedelta(minutes=1)) == []
 
 
 class TestBatching:
@@ -132,8 +135,8 @@ class TestBatching:
         async with running_flusher(storage, tmp_path, queued=queued) as (flusher, _, _):
             await wait_for(lambda: flusher.statistics().trades_written == 30)
             assert flusher.statistics().batches_written == 1
-        assert await storage.count_trades("BTC/USD", *FAR) == 30
-        assert await storage.gaps("BTC/USD", "trades", T0, T0 + timedelta(seconds=1)) == []
+        assert await count_trades(storage, "BTC/USD", *FAR) == 30
+        assert await gaps(storage, "BTC/USD", "trades", T0, T0 + timedelta(seconds=1)) == []
 
     async def test_writers_split_a_batch_by_symbol(self, storage: Storage, tmp_path: Path) -> None:
         """With two writers each symbol's trades and coverage are stored, in parallel parts."""
@@ -149,8 +152,8 @@ class TestBatching:
             await wait_for(lambda: flusher.statistics().trades_written == 200)
             assert flusher.statistics().batches_written == 2
         for symbol in symbols:
-            assert await storage.count_trades(symbol, *FAR) == 50
-            assert await storage.gaps(symbol, "trades", T0, end) == []
+            assert await count_trades(storage, symbol, *FAR) == 50
+            assert await gaps(storage, symbol, "trades", T0, end) == []
 
 
 class TestOutage:
@@ -175,8 +178,8 @@ class TestOutage:
                 await wait_for(lambda: flusher.journal.empty and flusher.statistics().database_up)
                 await batches.send(Batch(trades(300, 50)))
                 await wait_for(lambda: flusher.statistics().trades_written >= 350)
-            assert await storage.count_trades("BTC/USD", *FAR) == 350
-            stored = await storage.read_trades("BTC/USD", *FAR)
+            assert await count_trades(storage, "BTC/USD", *FAR) == 350
+            stored = await read_trades(storage, "BTC/USD", *FAR)
             assert [t.trade_id for t in stored] == list(range(350))
 
     async def test_stop_during_outage_leaves_journal_for_next_start(
@@ -196,7 +199,7 @@ class TestOutage:
                 await outage.end()
             async with running_flusher(storage, tmp_path) as (flusher, _, _):
                 await wait_for(lambda: flusher.journal.empty)
-            assert await storage.count_trades("BTC/USD", *FAR) == 80
+            assert await count_trades(storage, "BTC/USD", *FAR) == 80
 
 
 class TestDrain:
@@ -214,9 +217,9 @@ class TestDrain:
             window = (T0 + timedelta(seconds=999), T0 + timedelta(seconds=1001))
             with trio.fail_after(20):
                 while True:
-                    if await storage.count_trades("BTC/USD", *window) == 10:
+                    if await count_trades(storage, "BTC/USD", *window) == 10:
                         break
                     await trio.sleep(0.01)
             assert not flusher.journal.empty, "the new batch waited for the whole backlog"
             await wait_for(lambda: flusher.journal.empty, timeout_s=60)
-        assert await storage.count_trades("BTC/USD", *FAR) == 200_010
+        assert await count_trades(storage, "BTC/USD", *FAR) == 200_010

@@ -10,17 +10,19 @@ from typing import Any
 
 import pytest
 import trio
+from stored import stored_candles  # type: ignore[import-not-found]
 
 from histdata.actors.gapfiller import GapFiller
 from histdata.history import repair_symbol
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import KrakenRest, open_kraken_rest
-from histdata.model import Candle, Trade, ns_to_datetime
+from histdata.model import Candle, CoverageSpan, Stream, Trade, ns_to_datetime
 from histdata.sim import SimConfig, open_simulator
-from histdata.storage import CoverageSpan, Storage, Stream
-from histdata.storage.candles import candle_mismatches
+from histdata.storage import Storage
+from histdata.storage.candles import candle_mismatches, derive_candles, write_candles
 from histdata.storage.continuity import id_holes
-from histdata.storage.history import coverage_report, derive_candles, floor_to
+from histdata.storage.coverage import coverage_report, floor_to
+from histdata.storage.trades import read_trades, write_trades
 from histdata.supervisor.backoff import Backoff
 from histdata.symbols import SymbolRegistry
 
@@ -72,12 +74,14 @@ async def live_with_outage(
     start = floor_to(truth[0].time, MIN) + MIN
     end = floor_to(truth[-1].time, MIN)
     for low, high in ((start, outage[0]), (outage[1], end)):
-        await storage.write_trades(
+        await write_trades(
+            storage,
             [t for t in truth if low <= t.time < high],
             source="live",
             coverage=[("BTC/USD", CoverageSpan("trades", "live", low, high))],
         )
-        await storage.write_candles(
+        await write_candles(
+            storage,
             [c for c in sim.market.candles("BTC/USD") if low <= c.time and c.end <= high],
             coverage=[("BTC/USD", CoverageSpan("candles", "live", low, high))],
         )
@@ -85,10 +89,7 @@ async def live_with_outage(
 
 
 async def stored_trades(storage: Storage, start: datetime, end: datetime) -> list[Trade]:
-    out: list[Trade] = []
-    async for chunk in storage.iter_trades("BTC/USD", start, end):
-        out.extend(chunk)
-    return out
+    return await read_trades(storage, "BTC/USD", start, end)
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -118,7 +119,7 @@ class TestRepair:
         expected = [
             ohlcvt(c) for c in sim.market.candles("BTC/USD") if start <= c.time and c.end <= end
         ]
-        got = [ohlcvt(c) for c in await storage.read_candles("BTC/USD", start, end)]
+        got = [ohlcvt(c) for c in await stored_candles(storage, "BTC/USD", start, end)]
         assert got == expected
         assert result.mismatches == []
         streams: tuple[Stream, ...] = ("trades", "candles")
@@ -148,7 +149,8 @@ class TestIdRepair:
         end = floor_to(truth[-1].time, MIN)
         wanted = [t for t in truth if start <= t.time < end]
         lost = {t.trade_id for t in wanted[100:140]} | {wanted[500].trade_id}
-        await storage.write_trades(
+        await write_trades(
+            storage,
             [t for t in wanted if t.trade_id not in lost],
             source="live",
             coverage=[("BTC/USD", CoverageSpan("trades", "live", start, end))],
@@ -169,7 +171,7 @@ class TestIdRepair:
         wanted = [t for t in truth if start <= t.time][:300]
         # Renumber the tail: ids 1,000,000+ are not Kraken's, so REST can never serve the gap.
         shifted = [replace(t, trade_id=t.trade_id + 1_000_000) for t in wanted[200:]]
-        await storage.write_trades([*wanted[:200], *shifted], source="live")
+        await write_trades(storage, [*wanted[:200], *shifted], source="live")
         result = await repair_symbol(storage, rest, "BTC/USD", start, wanted[-1].time)
         assert (result.id_holes, result.id_holes_left) == (1, 1)
         (hole,) = await id_holes(storage, "BTC/USD", start, wanted[-1].time)
@@ -192,13 +194,14 @@ class TestMismatchRepair:
         # Lose one trade in the middle of that minute, as an unseen drop would.
         in_minute = [t for t in wanted if minute <= t.time < minute + MIN]
         lost = in_minute[len(in_minute) // 2]
-        await storage.write_trades(
+        await write_trades(
+            storage,
             [t for t in wanted if t is not lost],
             source="live",
             coverage=[("BTC/USD", CoverageSpan("trades", "live", start, end))],
         )
         kraken = [c for c in sim.market.candles("BTC/USD") if start <= c.time and c.end <= end]
-        await storage.write_candles(kraken)
+        await write_candles(storage, kraken)
         await derive_candles(storage, "BTC/USD", start, end)
         (mismatch,) = await candle_mismatches(storage, "BTC/USD", start, end)
         assert mismatch.time == minute

@@ -13,8 +13,8 @@ import pytest
 from histdata.importer import import_paths
 from histdata.model import Candle, CandleSource
 from histdata.storage import Storage
-from histdata.storage.candles import candle_mismatches
-from histdata.storage.history import coverage_report
+from histdata.storage.candles import candle_mismatches, write_candles
+from histdata.storage.coverage import coverage_report
 from histdata.storage.reads import read_candles
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -158,7 +158,7 @@ class TestCandlesFromImportedTrades:
             1,
             source=CandleSource.CSV,
         )
-        await storage.write_candles([planted])
+        await write_candles(storage, [planted])
         summary = (await import_paths(storage, [path])).files[0]
         assert summary.candle_mismatches == 1
         [found] = await candle_mismatches(storage, "BTC/USD", minute, minute + timedelta(minutes=1))

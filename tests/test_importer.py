@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from stored import count_trades, stored_candles  # type: ignore[import-not-found]
 
 from histdata.errors import RejectedInput
 from histdata.importer import (
@@ -31,7 +32,8 @@ from histdata.importer.rows import max_time_ns, parse_ohlcvt, parse_trade3
 from histdata.importer.sources import line_blocks
 from histdata.model import NS_PER_S, Candle, Trade
 from histdata.storage import Storage
-from histdata.storage.history import HoleKind, coverage_report
+from histdata.storage.coverage import HoleKind, coverage_report
+from histdata.storage.trades import read_trades, write_trades
 from histdata.symbols import SymbolRegistry
 
 T0 = 1_599_998_400  # a whole hour
@@ -291,9 +293,8 @@ class TestColumnarBlocks:
 
 async def trade_counts_per_second(storage: Storage, start: int, end: int) -> Counter[int]:
     counts: Counter[int] = Counter()
-    async for chunk in storage.iter_trades("BTC/USD", at(start), at(end)):
-        for trade in chunk:
-            counts[trade.time_ns // NS_PER_S] += 1
+    for trade in await read_trades(storage, "BTC/USD", at(start), at(end)):
+        counts[trade.time_ns // NS_PER_S] += 1
     return counts
 
 
@@ -311,7 +312,7 @@ class TestImportTrades:
         assert max(expected.values()) > 1  # the file really has shared seconds
         again = await import_paths(storage, [path])
         assert (again.inserted, again.present) == (0, 100_000)
-        assert await storage.count_trades("BTC/USD", at(T0), at(end)) == 100_000
+        assert await count_trades(storage, "BTC/USD", at(T0), at(end)) == 100_000
 
     @pytest.mark.slow
     async def test_million_row_file(self, storage: Storage, tmp_path: Path) -> None:
@@ -349,7 +350,7 @@ class TestImportTrades:
         }
         assert summary.examples["bad_columns"][0].startswith("line 8:")
         assert [e.split(":")[0] for e in summary.examples["bad_time"]] == ["line 18", "line 21"]
-        assert await storage.count_trades("BTC/USD", at(T0), at(T0 + 31)) == 16
+        assert await count_trades(storage, "BTC/USD", at(T0), at(T0 + 31)) == 16
 
     @pytest.mark.parametrize("block_bytes", [600, 4_000, 8 << 20])
     async def test_unusual_and_bad_rows_give_the_row_parsers_result(
@@ -389,9 +390,7 @@ class TestImportTrades:
         summary = (await import_paths(storage, [path], block_bytes=block_bytes)).files[0]
         assert summary.rejected == dict(reasons)
         stored = [
-            exact(trade)
-            async for chunk in storage.iter_trades("BTC/USD", at(T0), at(t + 1))
-            for trade in chunk
+            exact(trade) for trade in await read_trades(storage, "BTC/USD", at(T0), at(t + 1))
         ]
         assert stored == expected
 
@@ -423,7 +422,7 @@ class TestImportTrades:
         )
         summary = (await import_paths(storage, [path])).files[0]
         assert (summary.layout, summary.inserted) == (FileLayout.TRADES7, 2)
-        trades = await storage.read_trades("BTC/USD", at(T0), at(T0 + 1))
+        trades = await read_trades(storage, "BTC/USD", at(T0), at(T0 + 1))
         assert [(t.trade_id, t.side, t.ord_type) for t in trades] == [
             (1001, "buy", "market"),
             (1002, "sell", "limit"),
@@ -447,7 +446,7 @@ class TestImportTrades:
 
             await import_paths(storage, [path], block_bytes=30_000, on_progress=on_progress)
         end = max(expected) + 1
-        committed = await storage.count_trades("BTC/USD", at(T0), at(end))
+        committed = await count_trades(storage, "BTC/USD", at(T0), at(end))
         assert 0 < committed < 20_000
         rerun = await import_paths(storage, [path], block_bytes=30_000)
         assert (rerun.inserted, rerun.present) == (20_000 - committed, committed)
@@ -465,13 +464,13 @@ class TestImportTrades:
                 "BTC/USD", T0 * NS_PER_S + 750_000_000, Decimal("100.5"), Decimal("0.1"), trade_id=8
             ),
         ]
-        await storage.write_trades(rest, source="rest")
+        await write_trades(storage, rest, source="rest")
         path = tmp_path / "XBTUSD.csv"
         # Three identical rows in that second: two are the REST trades, one is new.
         path.write_text(f"{T0},100.50,0.1\n{T0},100.5,0.10\n{T0},100.5,0.1\n{T0 + 1},101,1\n")
         summary = (await import_paths(storage, [path])).files[0]
         assert (summary.inserted, summary.present, summary.cross_source) == (2, 2, 2)
-        assert await storage.count_trades("BTC/USD", at(T0), at(T0 + 2)) == 4
+        assert await count_trades(storage, "BTC/USD", at(T0), at(T0 + 2)) == 4
 
     async def test_copy_and_overlap_paths_store_identical_rows(
         self, storage: Storage, tmp_path: Path
@@ -484,7 +483,7 @@ class TestImportTrades:
         # sends the block around it down the staging and ON CONFLICT path.
         middle = sorted(lines)[len(lines) // 2]
         rest = Trade("ETH/USD", middle * NS_PER_S + 1_000, Decimal("1"), Decimal("1"), trade_id=1)
-        await storage.write_trades([rest], source="rest")
+        await write_trades(storage, [rest], source="rest")
         summary = await import_paths(
             storage, [tmp_path / "XBTUSD.csv", tmp_path / "ETHUSD.csv"], block_bytes=8_000
         )
@@ -493,8 +492,8 @@ class TestImportTrades:
         def rows(trades: list[Trade]) -> list[tuple[int, str, str, int]]:
             return [(t.time_ns, str(t.price), str(t.volume), t.seq) for t in trades]
 
-        btc = await storage.read_trades("BTC/USD", at(T0), at(end))
-        eth = await storage.read_trades("ETH/USD", at(T0), at(end))
+        btc = await read_trades(storage, "BTC/USD", at(T0), at(end))
+        eth = await read_trades(storage, "ETH/USD", at(T0), at(end))
         assert rows(btc) == rows([t for t in eth if t.trade_id is None])
         assert len(btc) == 3_000
         for symbol in ("BTC/USD", "ETH/USD"):
@@ -531,7 +530,7 @@ class TestImportTrades:
         expected = parse_rows(lines, SeqCounter())
         assert summary.inserted == 2_000
         assert summary.out_of_order == 20
-        stored = await storage.read_trades("BTC/USD", at(T0 - 60), at(T0 + 500))
+        stored = await read_trades(storage, "BTC/USD", at(T0 - 60), at(T0 + 500))
         assert sorted((t.time_ns, t.seq) for t in stored) == sorted(
             (t.time_ns, t.seq) for t in expected
         )
@@ -587,7 +586,7 @@ class TestImportCandles:
             expected[candle.time] = exact_candle(candle)
         summary = (await import_paths(storage, [path], block_bytes=block_bytes)).files[0]
         assert summary.rejected == dict(reasons)
-        stored = await storage.read_candles("BTC/USD", at(minute), at(t + 60))
+        stored = await stored_candles(storage, "BTC/USD", at(minute), at(t + 60))
         assert [exact_candle(c) for c in stored] == [expected[k] for k in sorted(expected)]
         again = (await import_paths(storage, [path], block_bytes=block_bytes)).files[0]
         assert (again.inserted, again.updated) == (0, 0)
@@ -601,7 +600,7 @@ class TestImportCandles:
         summary = (await import_paths(storage, [path], batch_rows=97)).files[0]
         assert (summary.rows_read, summary.inserted, summary.rejected_total) == (400, 400, 0)
         end = at(T0 + 499 * 60)
-        candles = await storage.read_candles("BTC/USD", at(T0), end + timedelta(minutes=1))
+        candles = await stored_candles(storage, "BTC/USD", at(T0), end + timedelta(minutes=1))
         assert len(candles) == 400
         assert {c.vwap for c in candles} == {None}
         assert {c.source for c in candles} == {"csv"}
@@ -625,8 +624,8 @@ class TestImportCandles:
         await import_paths(storage, [minute])
         rows = []
         for bucket in range(12):
-            stored = await storage.read_candles(
-                "BTC/USD", at(T0 + bucket * 300), at(T0 + bucket * 300 + 300)
+            stored = await stored_candles(
+                storage, "BTC/USD", at(T0 + bucket * 300), at(T0 + bucket * 300 + 300)
             )
             o, c = stored[0].open, stored[-1].close
             h, lo = max(x.high for x in stored), min(x.low for x in stored)

@@ -12,11 +12,13 @@ from pathlib import Path
 import orjson
 import pytest
 import trio
+from stored import count_trades  # type: ignore[import-not-found]
 
 from histdata.actors.buffer import Batch, CoverageMark
 from histdata.actors.journal import Journal, decode_batch, encode_batch
-from histdata.model import Candle, CandleSource, Side, Trade
-from histdata.storage import CoverageSpan, Storage
+from histdata.model import Candle, CandleSource, CoverageSpan, Side, Trade
+from histdata.storage import Storage
+from histdata.storage.trades import write_trades
 
 T0 = 1_700_000_000_123_456_789
 SYNC = b"\xffHJR"  # the bytes that open every record (module docs)
@@ -185,14 +187,14 @@ class TestReplay:
         saved = segment.read_bytes()
 
         async def write(b: Batch) -> None:
-            await storage.write_trades(b.trades, source="live")
+            await write_trades(storage, b.trades, source="live")
 
         await Journal(tmp_path, max_bytes=1_000_000).replay(write)
         segment.write_bytes(saved)  # as if the process died before deleting the segment
         await Journal(tmp_path, max_bytes=1_000_000).replay(write)
         start = datetime(2023, 1, 1, tzinfo=UTC)
         end = datetime(2025, 1, 1, tzinfo=UTC)
-        assert await storage.count_trades("BTC/USD", start, end) == 20
+        assert await count_trades(storage, "BTC/USD", start, end) == 20
 
 
 class TestDamage:

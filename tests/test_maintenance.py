@@ -12,11 +12,14 @@ import trio
 
 from histdata.actors.maintenance import MaintenanceActor
 from histdata.config import MaintenanceConfig
-from histdata.model import Candle, CandleSource, Trade
-from histdata.storage import CoverageSpan, Storage
+from histdata.model import Candle, CandleSource, CoverageSpan, Trade
+from histdata.storage import Storage
+from histdata.storage.candles import write_candles
+from histdata.storage.coverage import gaps
 from histdata.storage.maintenance import apply_retention, ensure_readonly_role
 from histdata.storage.reads import ReadOptions, read_candles
 from histdata.storage.rollups import rollup_pass
+from histdata.storage.trades import write_trades
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 
@@ -56,7 +59,8 @@ class TestRetention:
         """Rows older than the retention go in batches, younger rows and rollups of them stay,
         and the trimmed coverage reports the deleted range as a gap."""
         old = NOW - timedelta(days=40)
-        await storage.write_trades(
+        await write_trades(
+            storage,
             [trade(old + timedelta(seconds=i), i) for i in range(12_000)]
             + [trade(NOW - timedelta(days=1), 99_999)],
             source="rest",
@@ -64,7 +68,7 @@ class TestRetention:
                 ("BTC/USD", CoverageSpan("trades", "rest", old, NOW)),
             ],
         )
-        await storage.write_candles([candle(old), candle(NOW - timedelta(days=1))])
+        await write_candles(storage, [candle(old), candle(NOW - timedelta(days=1))])
         while (await rollup_pass(storage)).claimed:
             pass
         results = await apply_retention(storage, {"trades": 30, "candles": 30})
@@ -75,13 +79,13 @@ class TestRetention:
         assert await count(storage, "trades") == 1
         assert await count(storage, "candles_1m") == 1
         assert await count(storage, "candles_rollup") == 8
-        gaps = await storage.gaps("BTC/USD", "trades", old, NOW)
-        assert gaps[0][0] == old
-        assert gaps[0][1] == results[0].cutoff
+        holes = await gaps(storage, "BTC/USD", "trades", old, NOW)
+        assert holes[0][0] == old
+        assert holes[0][1] == results[0].cutoff
 
     async def test_zero_days_keeps_everything(self, storage: Storage) -> None:
         """A retention of 0 days (the default) deletes nothing."""
-        await storage.write_candles([candle(NOW - timedelta(days=4000))])
+        await write_candles(storage, [candle(NOW - timedelta(days=4000))])
         assert await apply_retention(storage, {"trades": 0, "candles": 0}) == []
         assert await count(storage, "candles_1m") == 1
 
@@ -116,7 +120,7 @@ class TestReadonlyRole:
         role = f"histdata_reader_t{os.getpid()}"
         try:
             assert await ensure_readonly_role(storage, role)
-            await storage.write_candles([candle(NOW - timedelta(days=1))])
+            await write_candles(storage, [candle(NOW - timedelta(days=1))])
             options = ReadOptions(role=role)
             got = await read_candles(
                 storage, "BTC/USD", 1, NOW - timedelta(days=2), NOW, options=options

@@ -25,9 +25,11 @@ from histdata.actors.hub import DROP_SLOW, LiveHub
 from histdata.actors.query import QueryApp, Reply
 from histdata.errors import DatabaseUnavailable
 from histdata.formats import trade_row
-from histdata.model import Candle, CandleSource, Side, Trade
-from histdata.storage import CoverageSpan, Storage
+from histdata.model import Candle, CandleSource, CoverageSpan, Side, Trade
+from histdata.storage import Storage
+from histdata.storage.candles import write_candles
 from histdata.storage.reads import iter_trade_rows
+from histdata.storage.trades import read_trades, write_trades
 from histdata.symbols import SymbolRegistry
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
@@ -68,8 +70,9 @@ def trades(n: int) -> list[Trade]:
 
 @pytest.fixture
 async def app(storage: Storage) -> QueryApp:
-    await storage.write_candles(candles(120))
-    await storage.write_trades(
+    await write_candles(storage, candles(120))
+    await write_trades(
+        storage,
         trades(5),
         source="rest",
         coverage=[("BTC/USD", CoverageSpan("trades", "rest", T0, T0 + timedelta(hours=1)))],
@@ -201,10 +204,10 @@ class TestTrades:
             Trade("BTC/USD", base + 2 * 10**9, Decimal(p), Decimal("1"), seq=i)
             for i, p in enumerate(["1", "1.0", "1.00"])
         ]
-        await storage.write_trades(with_ids, source="rest")
-        await storage.write_trades(idless, source="csv")
+        await write_trades(storage, with_ids, source="rest")
+        await write_trades(storage, idless, source="csv")
         end = T0 + timedelta(seconds=3)
-        expected = [trade_row(t) for t in await storage.read_trades("BTC/USD", T0, end)]
+        expected = [trade_row(t) for t in await read_trades(storage, "BTC/USD", T0, end)]
         pages = [page async for page in iter_trade_rows(storage, "BTC/USD", T0, end, chunk=2)]
         assert [len(page) for page in pages] == [2, 2, 2, 1]
         assert [row for page in pages for row in page] == expected

@@ -31,6 +31,8 @@ from histdata.config import Config, DatabaseConfig, QueryConfig, ServiceConfig
 from histdata.model import Candle, CandleSource, Side, Trade, datetime_to_ns
 from histdata.querynode import QueryNode
 from histdata.storage import migrate, open_storage
+from histdata.storage.candles import write_candles
+from histdata.storage.trades import write_trades
 
 PGBIN = Path("/usr/lib/postgresql/15/bin")
 SYMBOL = "BTC/USD"
@@ -74,8 +76,8 @@ def sample_candles(count: int) -> list[Candle]:
 
 async def seed(conninfo: str) -> None:
     async with open_storage(conninfo, pool_max=2) as storage:
-        await storage.write_trades(sample_trades(1, 500), source="rest")
-        await storage.write_candles(sample_candles(300))
+        await write_trades(storage, sample_trades(1, 500), source="rest")
+        await write_candles(storage, sample_candles(300))
 
 
 def write_config(tmp_path: Path, url: str, name: str = "c") -> Path:
@@ -247,7 +249,7 @@ class TestLiveStream:
             query=QueryConfig(socket=str(tmp_path / "q.sock")),
         )
         async with open_storage(database_url, pool_max=2) as collector:
-            await collector.write_trades(sample_trades(1, 5), source="live")
+            await write_trades(collector, sample_trades(1, 5), source="live")
             async with (
                 open_storage(database_url, pool_max=2, read_only=True) as storage,
                 trio.open_nursery() as nursery,
@@ -258,8 +260,8 @@ class TestLiveStream:
                     await node.stream_ready.wait()
                 assert node.stream_mode == "listen"
                 with node.hub.subscribe([SYMBOL]) as sub:
-                    await collector.write_trades(
-                        sample_trades(100, 3, T0 + timedelta(hours=1)), source="live"
+                    await write_trades(
+                        collector, sample_trades(100, 3, T0 + timedelta(hours=1)), source="live"
                     )
                     written = trio.current_time()
                     got = []
@@ -465,7 +467,7 @@ class TestHotStandby:
             assert node.stream_mode == "poll"
             with node.hub.subscribe([SYMBOL]) as sub:
                 fresh = sample_trades(90_000, 3, T0 + timedelta(days=2))
-                await collector.write_trades(fresh, source="live")
+                await write_trades(collector, fresh, source="live")
                 got = []
                 with trio.fail_after(5):
                     async for line in sub.events:

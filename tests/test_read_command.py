@@ -22,6 +22,8 @@ from histdata.actors.hub import LiveHub
 from histdata.actors.query import QueryApp
 from histdata.model import Candle, CandleSource, Side, Trade
 from histdata.storage import Storage
+from histdata.storage.candles import write_candles
+from histdata.storage.trades import write_trades
 from histdata.symbols import SymbolRegistry
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)
@@ -30,7 +32,8 @@ UNREACHABLE = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=1"
 
 
 async def seed(storage: Storage) -> None:
-    await storage.write_candles(
+    await write_candles(
+        storage,
         [
             Candle(
                 symbol="BTC/USD",
@@ -45,9 +48,10 @@ async def seed(storage: Storage) -> None:
                 source=CandleSource.REST,
             )
             for i in range(150)
-        ]
+        ],
     )
-    await storage.write_trades(
+    await write_trades(
+        storage,
         [
             Trade(
                 "BTC/USD",

@@ -14,6 +14,7 @@ import pytest
 
 from histdata.model import Candle, CandleSource
 from histdata.storage import Storage
+from histdata.storage.candles import write_candles
 from histdata.storage.reads import read_candles
 from histdata.storage.rollups import ROLLUP_LEVELS, rollup_pass
 
@@ -120,7 +121,7 @@ def as_tuples(candles: Sequence[Candle]) -> list[tuple[object, ...]]:
 
 async def write(storage: Storage, candles: Sequence[Candle]) -> None:
     for i in range(0, len(candles), 20_000):
-        await storage.write_candles(candles[i : i + 20_000])
+        await write_candles(storage, candles[i : i + 20_000])
 
 
 async def rollup_all(storage: Storage) -> None:
@@ -209,7 +210,7 @@ class TestIncrementalUpdate:
             trades=target.trades + 1,
             source=target.source,
         )
-        assert (await storage.write_candles([fixed])).updated == 1
+        assert (await write_candles(storage, [fixed])).updated == 1
         changed = [fixed if c.time == target.time else c for c in candles]
         end = START + timedelta(days=30)
         for minutes in (5, 60, 1440, 10080, 4320):
@@ -260,7 +261,7 @@ class TestIncrementalUpdate:
         if now.hour == 23 and now.minute == 59:
             now -= timedelta(minutes=1)  # keep the day (and week) from ending mid-test
         (minute,) = random_candles(1, now, 1)[:1]
-        await storage.write_candles([minute])
+        await write_candles(storage, [minute])
         await rollup_all(storage)
 
         def finals(conn):  # type: ignore[no-untyped-def]

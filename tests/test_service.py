@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+from stored import count_trades  # type: ignore[import-not-found]
 
 # pytest puts tests/ on sys.path (no package): the outage helper lives with the flusher tests.
 from test_flusher import Outage  # type: ignore[import-not-found]
@@ -40,6 +41,8 @@ from histdata.config import (
 from histdata.service import Service
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage, open_storage
+from histdata.storage.coverage import covered
+from histdata.storage.trades import read_trades
 
 FAR = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 SYMBOL = "BTC/USD"
@@ -85,7 +88,7 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
 
 
 async def stored_ids(storage: Storage) -> list[int]:
-    return [t.trade_id for t in await storage.read_trades(SYMBOL, *FAR) if t.trade_id is not None]
+    return [t.trade_id for t in await read_trades(storage, SYMBOL, *FAR) if t.trade_id is not None]
 
 
 def truth_between(sim: Any, low: int, high: int) -> set[int]:
@@ -121,13 +124,13 @@ async def assert_coverage_honest(sim: Any, conninfo: str, accounted: set[int], t
     """No trade the simulator emitted up to ``through`` that is neither stored nor journaled
     (``accounted``) lies inside a range coverage calls observed; returns how many are missing."""
     async with open_storage(conninfo, pool_max=1) as storage:
-        covered = await storage.covered(SYMBOL, "trades", *FAR)
+        observed = await covered(storage, SYMBOL, "trades", *FAR)
     missing = [
         t
         for t in sim.market.trades(SYMBOL)
         if min(accounted) <= t.trade_id <= through and t.trade_id not in accounted
     ]
-    lying = [t for t in missing if any(a <= t.time < b for a, b in covered)]
+    lying = [t for t in missing if any(a <= t.time < b for a, b in observed)]
     assert not lying, (
         f"{len(lying)} of {len(missing)} missing trades lie inside observed coverage,"
         f" e.g. id {lying[0].trade_id} at {lying[0].time}"
@@ -205,7 +208,7 @@ class TestFaults:
                 snapshot = service.status()
                 assert snapshot["drops"]["rejected input"] >= 5
         async with open_storage(database_url, pool_max=1) as storage:
-            stored = await storage.read_trades(SYMBOL, *FAR)
+            stored = await read_trades(storage, SYMBOL, *FAR)
         assert stored
         assert set(stored) <= set(sim.market.trades(SYMBOL))
 
@@ -367,7 +370,7 @@ async def wait_stored(conninfo: str, count: int) -> None:
     async with open_storage(conninfo, pool_max=1, apply_migrations=False) as storage:
         with trio.fail_after(30):
             while True:
-                if await storage.count_trades(SYMBOL, *FAR) >= count:
+                if await count_trades(storage, SYMBOL, *FAR) >= count:
                     return
                 await trio.sleep(0.2)
 

@@ -10,13 +10,15 @@ from typing import Any
 
 import psycopg
 import pytest
+from stored import count_trades  # type: ignore[import-not-found]
 
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import open_kraken_rest
 from histdata.model import Side, Trade, datetime_to_ns
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage, open_storage
-from histdata.storage.symbol_table import refresh_symbols
+from histdata.storage.symbol_table import refresh_symbols, register_symbol
+from histdata.storage.trades import write_trades
 from histdata.symbols import SHIPPED_PAIRS, SymbolInfo, SymbolRegistry
 
 # The simulator serves whatever registry it is given: Kraken's own pairs plus ones the
@@ -67,7 +69,7 @@ def row(database_url: str, symbol: str) -> tuple[Any, ...] | None:
 
 
 async def count(storage: Storage, symbol: str) -> int:
-    return await storage.count_trades(symbol, T0, T0 + timedelta(days=1))
+    return int(await count_trades(storage, symbol, T0, T0 + timedelta(days=1)))
 
 
 class TestLoad:
@@ -98,7 +100,7 @@ class TestLoad:
     ) -> None:
         """A stored pair the answer no longer lists becomes delisted; its rows stay readable."""
         async with open_storage(database_url, pool_max=1) as storage:
-            await storage.write_trades(trades("XRP/EUR", 3), source="rest")
+            await write_trades(storage, trades("XRP/EUR", 3), source="rest")
             result = await refresh_symbols(storage, listed)
             assert result.delisted == 1
             assert storage.registry.resolve("XRP/EUR").status == "delisted"
@@ -113,7 +115,7 @@ class TestProvisional:
         """An offline BCHEUR file lands under a provisional BCH/EUR that the refresh confirms."""
         async with open_storage(database_url, pool_max=1) as storage:
             info = storage.registry.for_file_name("BCHEUR")
-            await storage.write_trades(trades(info.symbol, 5), source="csv")
+            await write_trades(storage, trades(info.symbol, 5), source="csv")
             before = row(database_url, "BCH/EUR")
             assert before is not None
             assert before[1:3] == ("unverified", True)
@@ -131,7 +133,7 @@ class TestProvisional:
         async with open_storage(database_url, pool_max=1) as storage:
             derived = storage.registry.for_file_name("ABCDUSD")
             assert derived.symbol == "ABCD/USD"
-            await storage.write_trades(trades(derived.symbol, 4), source="csv")
+            await write_trades(storage, trades(derived.symbol, 4), source="csv")
             before = row(database_url, "ABCD/USD")
             assert before is not None
             sid = before[0]
@@ -147,24 +149,24 @@ class TestProvisional:
             assert await count(storage, "ABC/DUSD") == 4
             assert storage.registry.canonical("ABCD/USD") == "ABC/DUSD"
             # A re-import of the same file maps onto the same id: nothing new is stored.
-            again = await storage.write_trades(
-                trades(storage.registry.for_file_name("ABCDUSD").symbol, 4), source="csv"
+            again = await write_trades(
+                storage, trades(storage.registry.for_file_name("ABCDUSD").symbol, 4), source="csv"
             )
             assert again.inserted == 0
         async with open_storage(database_url, pool_max=1) as other:
             # Another process that still derives the old name finds the row by its alias.
             stale = SymbolRegistry([derived])
             other.registry.replace(stale)
-            assert await other.register_symbol("ABCD/USD") == sid
+            assert await register_symbol(other, "ABCD/USD") == sid
 
     async def test_rename_onto_an_existing_name_is_a_conflict(self, database_url: str) -> None:
         """When the right name already has its own row, both stay as they are and it is said."""
         kraken = SymbolRegistry([SymbolInfo("ABC/DUSD", "ABCDUSD", "ABCDUSD", "ABC/DUSD", 3, 8)])
         async with open_storage(database_url, registry=SymbolRegistry([]), pool_max=1) as storage:
             storage.registry.replace(kraken)
-            await storage.write_trades(trades("ABC/DUSD", 2), source="rest")
+            await write_trades(storage, trades("ABC/DUSD", 2), source="rest")
             storage.registry.replace([derived := SymbolRegistry([]).for_file_name("ABCDUSD")])
-            await storage.write_trades(trades(derived.symbol, 3), source="csv")
+            await write_trades(storage, trades(derived.symbol, 3), source="csv")
             result = await refresh_symbols(storage, kraken)
             assert result.conflicts == {"ABCD/USD": "ABC/DUSD"}
             assert row(database_url, "ABCD/USD") is not None

@@ -30,15 +30,18 @@ import orjson
 import pytest
 import trio
 import trio_websocket
+from stored import stored_candles  # type: ignore[import-not-found]
 from test_metrics import free_port  # type: ignore[import-not-found]
 
 from histdata import ui
 from histdata.config import load_config, parse_loopback_listen
 from histdata.errors import ConfigError, DatabaseUnavailable
 from histdata.httpserver import Request
-from histdata.model import NS_PER_S, CandleSource, Trade
-from histdata.storage import CoverageSpan, Storage
-from histdata.storage.history import derive_candles, mark_unrecoverable
+from histdata.model import NS_PER_S, CandleSource, CoverageSpan, Trade
+from histdata.storage import Storage
+from histdata.storage.candles import derive_candles, write_candles
+from histdata.storage.coverage import mark_unrecoverable
+from histdata.storage.trades import write_trades
 from histdata.supervisor import ChildSpec, Supervisor
 from histdata.symbols import SymbolRegistry
 from histdata.timeutil import format_time
@@ -107,15 +110,16 @@ def planted_trades() -> list[Trade]:
 @pytest.fixture
 async def planted(storage: Storage) -> Storage:
     """The storage holding the dataset of the module docs."""
-    await storage.write_trades(
+    await write_trades(
+        storage,
         planted_trades(),
         source="live",
         coverage=[(SYMBOL, CoverageSpan("trades", "live", a, b)) for a, b in COVERED],
     )
     await mark_unrecoverable(storage, SYMBOL, "trades", *UNRECOVERABLE, "older than REST serves")
     await derive_candles(storage, SYMBOL, T0, END)
-    [ours] = await storage.read_candles(SYMBOL, MISMATCH, MISMATCH + timedelta(minutes=1))
-    await storage.write_candles([dataclasses.replace(ours, trades=99, source=CandleSource.REST)])
+    [ours] = await stored_candles(storage, SYMBOL, MISMATCH, MISMATCH + timedelta(minutes=1))
+    await write_candles(storage, [dataclasses.replace(ours, trades=99, source=CandleSource.REST)])
     return storage
 
 

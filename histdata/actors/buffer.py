@@ -35,8 +35,7 @@ from datetime import datetime
 import structlog
 import trio
 
-from histdata.model import Candle, LiveTrade, Trade
-from histdata.storage import CoverageSpan
+from histdata.model import Candle, CoverageSpan, LiveTrade, Trade
 from histdata.supervisor import Channel, current_child_stopping
 
 __all__ = [

@@ -35,8 +35,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from histdata.model import Candle, LiveTrade, Trade, datetime_to_ns, ns_to_datetime
-from histdata.storage import CoverageSpan, Stream
+from histdata.model import (
+    Candle,
+    CoverageSpan,
+    LiveTrade,
+    Stream,
+    Trade,
+    datetime_to_ns,
+    ns_to_datetime,
+)
 
 __all__ = ["ClaimRule", "Claims"]
 

@@ -57,8 +57,7 @@ from histdata.kraken.ws import (
     TradesEvent,
     open_kraken_ws,
 )
-from histdata.model import Candle, LiveTrade, Trade
-from histdata.storage import Stream
+from histdata.model import Candle, LiveTrade, Stream, Trade
 from histdata.supervisor import Backoff, Channel, current_child_stopping
 from histdata.symbols import SymbolRegistry
 

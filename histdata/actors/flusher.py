@@ -48,8 +48,10 @@ import trio
 from histdata.actors.buffer import Batch, merge_batches
 from histdata.actors.journal import Journal
 from histdata.errors import DatabaseUnavailable
-from histdata.model import Candle, LiveTrade, Trade
-from histdata.storage import CoverageSpan, Storage
+from histdata.model import Candle, CoverageSpan, LiveTrade, Trade
+from histdata.storage import Storage
+from histdata.storage.candles import write_candles
+from histdata.storage.trades import write_trades
 from histdata.supervisor import Backoff, Channel, current_child_stopping
 
 __all__ = ["Flusher", "FlusherStatistics"]
@@ -303,10 +305,10 @@ class Flusher:
         candle_cover = [(s, span) for s, span in batch.coverage if span.stream == "candles"]
         inserted = 0
         if batch.trades or trade_cover:
-            result = await storage.write_trades(batch.trades, source="live", coverage=trade_cover)
+            result = await write_trades(storage, batch.trades, source="live", coverage=trade_cover)
             inserted = result.inserted
         if batch.candles or candle_cover:
-            await storage.write_candles(batch.candles, coverage=candle_cover)
+            await write_candles(storage, batch.candles, coverage=candle_cover)
         if self._observe_write is not None:
             self._observe_write(time.monotonic() - began)
         # Counted together, so a snapshot never shows more trades new than written.

@@ -73,12 +73,12 @@ from histdata.actors.buffer import Batch, CoverageMark, LiveItem, merge_batches
 from histdata.model import (
     Candle,
     CandleSource,
+    CoverageSpan,
     Side,
     Trade,
     datetime_to_ns,
     ns_to_datetime,
 )
-from histdata.storage import CoverageSpan
 
 __all__ = ["Journal", "JournalSpill", "JournalStatistics", "decode_batch", "encode_batch"]
 

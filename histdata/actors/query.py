@@ -60,6 +60,7 @@ from histdata.httpserver import (
 from histdata.storage import Storage
 from histdata.storage.candles import candle_mismatches
 from histdata.storage.continuity import id_holes
+from histdata.storage.coverage import covered, gaps
 from histdata.storage.reads import ReadOptions, iter_candle_rows, iter_trade_rows, symbol_extent
 from histdata.symbols import SymbolRegistry
 from histdata.telemetry import Latencies, timed_reads
@@ -382,8 +383,8 @@ class QueryApp:
         else:
             raise BadParameter("stream", f"must be one of {', '.join(_STREAMS)}")
         start, end = p.range()
-        covered = await self._storage.covered(symbol, chosen, start, end)
-        gaps = await self._storage.gaps(symbol, chosen, start, end)
+        observed = await covered(self._storage, symbol, chosen, start, end)
+        holes = await gaps(self._storage, symbol, chosen, start, end)
         breaks = await id_holes(self._storage, symbol, start, end) if stream == "trades" else []
         disagree = (
             await candle_mismatches(self._storage, symbol, start, end)
@@ -401,8 +402,8 @@ class QueryApp:
                 "stream": chosen,
                 "start": format_time(start),
                 "end": format_time(end),
-                "covered": spans(covered),
-                "gaps": spans(gaps),
+                "covered": spans(observed),
+                "gaps": spans(holes),
                 "id_holes": [
                     {
                         "first_id": h.first_id,

@@ -1,7 +1,7 @@
 """The rollup actor: folds the dirty-range log into the 5m … 1w rollups, continuously.
 
 Every ``interval_s`` it first derives our own 1-minute candle for each newly finished minute
-of observed trades (:func:`histdata.storage.history.derive_observed`: live candles are kept
+of observed trades (:func:`histdata.storage.candles.derive_observed`: live candles are kept
 from our trades beside Kraken's, and compared with them), then runs passes of
 :func:`histdata.storage.rollups.rollup_pass` until the log is drained (a big import is
 worked off in several transactions of bounded size), then sleeps. A database outage is
@@ -20,7 +20,7 @@ import trio
 
 from histdata.errors import DatabaseUnavailable
 from histdata.storage import Storage
-from histdata.storage.history import derive_observed
+from histdata.storage.candles import derive_observed
 from histdata.storage.rollups import rollup_pass
 from histdata.supervisor import sleep_unless_stopping
 from histdata.timeutil import utc_now

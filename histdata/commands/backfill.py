@@ -30,6 +30,8 @@ from histdata.config import Config
 from histdata.kraken import RateLimiter, open_kraken_rest
 from histdata.model import datetime_to_ns, ns_to_datetime
 from histdata.storage import Storage
+from histdata.storage.coverage import covered
+from histdata.storage.cursors import get_cursor
 from histdata.storage.fleet import host_budget
 from histdata.timeutil import format_time, utc_now
 
@@ -51,7 +53,7 @@ async def _recorded_until(
 ) -> datetime:
     """Where the trades recorded without a hole from ``since`` end (``since`` if none are)."""
     end = until or utc_now()
-    for low, high in await storage.covered(symbol, "trades", since, end):
+    for low, high in await covered(storage, symbol, "trades", since, end):
         if low <= since < high:
             return min(high, end)
     return since
@@ -84,7 +86,7 @@ async def _run(
         # finds it; an interrupted run's cursor is where its pages stopped.
         cursor_name = backfill_cursor_name(symbol, since_ns, until_ns)
         skipped_to = None
-        if await storage.get_cursor(cursor_name) is None:
+        if await get_cursor(storage, cursor_name) is None:
             start = await _recorded_until(storage, symbol, since, until)
             if until is not None and start >= until:
                 return _Outcome(symbol, start, None)

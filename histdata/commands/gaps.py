@@ -30,11 +30,11 @@ from histdata.commands.common import interval_arg, open_command_storage, setup, 
 from histdata.config import Config
 from histdata.history import RepairResult, repair_symbol
 from histdata.kraken import RateLimiter, open_kraken_rest
+from histdata.model import Stream
 from histdata.storage.candles import CandleMismatch, candle_mismatches
 from histdata.storage.continuity import IdHole, id_holes
-from histdata.storage.database import Stream
+from histdata.storage.coverage import CoverageReport, coverage_report
 from histdata.storage.fleet import hold_lease, host_budget
-from histdata.storage.history import CoverageReport, coverage_report
 from histdata.timeutil import format_interval, format_time, utc_now
 
 __all__ = ["configure", "main", "render_report"]

@@ -24,6 +24,7 @@ import trio
 from histdata.client import socket_transport
 from histdata.commands.common import open_command_storage, setup, socket_refused
 from histdata.config import Config
+from histdata.storage.symbol_table import stored_symbols
 
 __all__ = ["configure", "main", "render", "render_fleet"]
 
@@ -225,7 +226,7 @@ async def _fleet(config: Config, as_json: bool) -> int:
 
     async with open_command_storage(config, create=False) as storage:
         rows = await collectors(storage)
-        stored = [info.symbol for info in await storage.stored_symbols()]
+        stored = [info.symbol for info in await stored_symbols(storage)]
     listed: list[dict[str, Any]] = [
         {
             "id": r.id,

@@ -70,7 +70,7 @@ class TradeBlock:
         return int(self.table.num_rows)
 
     def encode_copy_csv(self, symbol_id: int) -> pa.Buffer:
-        """The rows as :meth:`Storage.copy_new_trades` takes them.
+        """The rows as :func:`~histdata.storage.trades.copy_new_trades` takes them.
 
         ``symbol_id,time,price,volume,seq,source`` with the time as a zone-less UTC
         timestamp; price and volume are the file's own text.

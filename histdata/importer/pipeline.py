@@ -10,24 +10,25 @@ What goes where:
 - 3-column trades are read in blocks of whole seconds (:mod:`~histdata.importer.columnar`).
   A block whose lines are valid (its few bad ones rejected in place) and in time order,
   and whose seconds hold no stored trade of the pair with a Kraken id, is copied in as text
-  (:meth:`Storage.copy_new_trades`): straight into ``trades`` when its seconds are empty,
-  through a staging table and ``ON CONFLICT`` when they hold id-less trades (a re-import).
+  (:func:`~histdata.storage.trades.copy_new_trades`): straight into ``trades`` when its
+  seconds are empty, through a staging table and ``ON CONFLICT`` when they hold id-less
+  trades (a re-import).
   Any other block (an overlap with REST/live trades, an out-of-order line) takes the
   general path below, in ``batch_rows`` pieces, with identical results.
-- Trades (3- and 7-column) go through :meth:`Storage.write_trades` (``source="csv"``) with
-  their trades coverage in the same transaction, after
-  :func:`~histdata.storage.history.drop_cross_source_duplicates` removed trades already
+- Trades (3- and 7-column) go through :func:`~histdata.storage.trades.write_trades`
+  (``source="csv"``) with their trades coverage in the same transaction, after
+  :func:`~histdata.storage.trades.drop_cross_source_duplicates` removed trades already
   stored from REST or live capture (an id-less row cannot dedupe against them by key).
 - After each trades write, the whole minutes no later row can reach are derived into
-  1-minute candles (:func:`~histdata.storage.history.derive_candles`, on another
+  1-minute candles (:func:`~histdata.storage.candles.derive_candles`, on another
   connection while the next batch is written); a file's span is rounded out to whole
   minutes at its edges (see :func:`import_source`), and minutes where a rejected row may
   have been are left underived. :func:`import_paths` then brings the rollups up to date.
 - 1-minute OHLCVT candles are read in blocks too
   (:mod:`~histdata.importer.candle_blocks`) and copied straight into ``candles_1m`` when
   their minutes hold no candle yet (:func:`~histdata.storage.candles.copy_new_candles`),
-  else upserted through :meth:`Storage.write_candles` (source CSV, no VWAP), with their
-  candles coverage. Kraken's files omit minutes without trades, so each batch's
+  else upserted through :func:`~histdata.storage.candles.write_candles` (source CSV, no
+  VWAP), with their candles coverage. Kraken's files omit minutes without trades, so each batch's
   coverage starts where the previous one ended: the omitted minutes read "observed, no
   trades", not "not observed".
 - OHLCVT files of other intervals are **checked, not stored**: each candle is compared with
@@ -70,21 +71,19 @@ from histdata.importer.sources import (
     ImportSource,
     discover_sources,
 )
-from histdata.model import NS_PER_S, Candle, Trade, ns_to_datetime
-from histdata.storage.candles import copy_new_candles
-from histdata.storage.database import CoverageSpan, Storage
-from histdata.storage.history import (
+from histdata.model import NS_PER_S, Candle, CoverageSpan, Trade, ns_to_datetime
+from histdata.storage.candles import (
     CandleMismatch,
-    Range,
-    ceil_to,
     compare_coarse_candles,
+    copy_new_candles,
     derive_candles,
-    drop_cross_source_duplicates,
-    floor_to,
-    intersect,
-    subtract,
+    write_candles,
 )
+from histdata.storage.coverage import Range, add_coverage, ceil_to, floor_to, intersect, subtract
+from histdata.storage.database import Storage
 from histdata.storage.rollups import rollup_pass
+from histdata.storage.symbol_table import register_symbol
+from histdata.storage.trades import copy_new_trades, drop_cross_source_duplicates, write_trades
 
 __all__ = ["FileSummary", "ImportSummary", "import_paths", "import_source"]
 
@@ -240,7 +239,7 @@ async def import_source(
         }:
             return FileSummary(source.label, symbol=parser.symbol, skipped="symbol not selected")
         if isinstance(reader, BlockReader | CandleBlockReader):
-            reader.symbol_id = await storage.register_symbol(parser.symbol)
+            reader.symbol_id = await register_symbol(storage, parser.symbol)
         writer = _Writer(
             storage, parser, batch_rows=batch_rows, strict_span=strict_span, candles=candles
         )
@@ -401,8 +400,10 @@ class _Writer:
         end = self._covered_to
         if not self.strict_span:
             end = ceil_to(end, _MINUTE)
-            await self.storage.add_coverage(
-                self.parser.symbol, CoverageSpan("trades", "csv", self._covered_to, end)
+            await add_coverage(
+                self.storage,
+                self.parser.symbol,
+                CoverageSpan("trades", "csv", self._covered_to, end),
             )
         await self._derive(end, end)
 
@@ -436,8 +437,8 @@ class _Writer:
         start, end = self._span(
             min(c.time for c in candles), max(c.time for c in candles) + timedelta(minutes=1)
         )
-        written = await self.storage.write_candles(
-            candles, coverage=[(symbol, CoverageSpan("candles", "csv", start, end))]
+        written = await write_candles(
+            self.storage, candles, coverage=[(symbol, CoverageSpan("candles", "csv", start, end))]
         )
         self.inserted += written.inserted
         self.updated += written.updated
@@ -463,20 +464,22 @@ class _Writer:
                 block.to_candles, symbol, offset, self.batch_rows
             )
             last = offset + self.batch_rows >= block.rows
-            written = await self.storage.write_candles(candles, coverage=coverage if last else ())
+            written = await write_candles(self.storage, candles, coverage=coverage if last else ())
             self.inserted += written.inserted
             self.updated += written.updated
             self.present += written.unchanged
 
     async def _write_block(self, block: TradeBlock, copy_csv: memoryview | None) -> None:
         """COPY the block in when its seconds hold no stored trade with a Kraken id (see
-        :meth:`Storage.copy_new_trades`), else write it as rows with the cross-source check."""
+        :func:`~histdata.storage.trades.copy_new_trades`), else write it as rows with the
+        cross-source check."""
         low_s, high_s = block.first_s, block.last_s + 1
         low, high = ns_to_datetime(low_s * NS_PER_S), ns_to_datetime(high_s * NS_PER_S)
         if copy_csv is not None:
             covered = self._covered_to
             start, end = self._span(low, high)
-            result = await self.storage.copy_new_trades(
+            result = await copy_new_trades(
+                self.storage,
                 self.parser.symbol,
                 low,
                 high,
@@ -504,8 +507,11 @@ class _Writer:
         symbol = self.parser.symbol
         start, end = self._span(ns_to_datetime(low_s * NS_PER_S), ns_to_datetime(high_s * NS_PER_S))
         kept, dropped = await drop_cross_source_duplicates(self.storage, trades)
-        result = await self.storage.write_trades(
-            kept, source="csv", coverage=[(symbol, CoverageSpan("trades", "csv", start, end))]
+        result = await write_trades(
+            self.storage,
+            kept,
+            source="csv",
+            coverage=[(symbol, CoverageSpan("trades", "csv", start, end))],
         )
         self.inserted += result.inserted
         self.present += result.present + dropped

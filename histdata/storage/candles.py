@@ -1,5 +1,5 @@
-"""Our 1-minute candles beside Kraken's: derivation from trades, which one is served, and
-the reconciliation of the two.
+"""1-minute candles: the writer, our candles beside Kraken's (derivation from trades, which
+one is served, the reconciliation of the two), and comparisons with Kraken's coarser files.
 
 **Which candle a read returns.** One rule: *ours where trade coverage is complete, else
 Kraken's.* A minute is "ours" once it lies in ``derived`` candle coverage, which is recorded
@@ -24,41 +24,61 @@ no trade is a mismatch too. Mismatches are kept in ``candle_mismatches``; a minu
 recomputed whenever either of its candles is written, so a minute whose trades were
 re-fetched and now agree drops out.
 
-The SQL here runs inside the caller's transaction (:meth:`Storage.run`); the functions take
-a connection and a symbol id.
+The writers (:func:`write_candles`, :func:`copy_new_candles`) log every changed minute in
+``rollup_dirty`` for the rollup actor (:mod:`histdata.storage.rollups`). The SQL helpers
+here run inside the caller's transaction (:meth:`Storage.run`) and take a connection and a
+symbol id; the async functions take the :class:`Storage`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from histdata.model import Candle, CandleWriteResult, CoverageSpan
+from histdata.storage.coverage import (
+    Range,
+    add_coverages,
+    ceil_to,
+    covered,
+    floor_to,
+    intersect,
+    subtract,
+    whole_buckets,
+)
+from histdata.storage.cursors import get_cursor, set_cursor
+from histdata.storage.database import Storage
 from histdata.storage.rollups import vwap_sql
-
-if TYPE_CHECKING:
-    from histdata.storage.database import CandleWriteResult, CoverageSpan, Storage
 
 __all__ = [
     "DIVERT_SQL",
     "CandleMismatch",
+    "DeriveResult",
     "DerivedMinutes",
+    "candle_differences",
     "candle_mismatches",
+    "compare_coarse_candles",
     "copy_new_candles",
+    "derive_candles",
     "derive_minutes",
+    "derive_observed",
     "mismatch_counts",
     "reconcile",
     "refetch_minutes",
     "store_aside",
+    "write_candles",
 ]
 
 Connection = psycopg.Connection[Any]
 _MINUTE = timedelta(minutes=1)
+# Changed minutes closer than this share one rollup dirty range (see _mark_dirty).
+_DIRTY_MERGE_GAP = timedelta(hours=6)
 _CANDLE_COLUMNS = "symbol_id, time, open, high, low, close, volume, vwap, trades, source, final"
 _KRAKEN_UPSERT = (
     " ON CONFLICT (symbol_id, time) DO UPDATE SET open = EXCLUDED.open, high = EXCLUDED.high,"
@@ -271,6 +291,135 @@ def reconcile(
 _COPY_WRITE_BYTES = 1 << 20
 
 
+async def write_candles(
+    storage: Storage,
+    candles: Sequence[Candle],
+    *,
+    coverage: Sequence[tuple[str, CoverageSpan]] = (),
+) -> CandleWriteResult:
+    """Upsert 1-minute candles and log the changed ranges for the rollup actor.
+
+    A stored row is replaced only when it is not final yet, or when the new candle is
+    final and from the same source (a corrected re-delivery); a final candle is never
+    overwritten by one of another source, nor by an in-progress one. A Kraken candle of
+    a minute served from our own trades goes to ``candles_kraken`` beside ours instead,
+    and the minute is reconciled (the module docstring). Rows whose values
+    did not change count as ``unchanged`` and are not rewritten.
+
+    Raises:
+        ValueError: a candle is not a 1-minute candle.
+    """
+    if any(c.interval_min != 1 for c in candles):
+        raise ValueError("write_candles stores 1-minute candles; rollups are derived")
+    if not candles and not coverage:
+        return CandleWriteResult(0, 0, 0)
+    return await storage.run(_write_candles, storage, candles, coverage)
+
+
+def _write_candles(
+    conn: Connection,
+    storage: Storage,
+    candles: Sequence[Candle],
+    coverage: Sequence[tuple[str, CoverageSpan]],
+) -> CandleWriteResult:
+    inserted = updated = 0
+    if candles:
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _stage_candles (symbol_id int2, time timestamptz,"
+            " open numeric, high numeric, low numeric, close numeric, volume numeric,"
+            " vwap numeric, trades int4, source text, final bool, aside bool DEFAULT false)"
+            " ON COMMIT DELETE ROWS"
+        )
+        ids = {symbol: storage.symbol_id(conn, symbol) for symbol in {c.symbol for c in candles}}
+        # The last version of a candle in the batch wins (a live minute re-emitted).
+        latest = {(c.symbol, c.time): c for c in candles}
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY _stage_candles (symbol_id, time, open, high, low, close, volume, vwap,"
+                " trades, source, final) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(
+                    [
+                        *("int2", "timestamptz", "numeric", "numeric", "numeric"),
+                        *("numeric", "numeric", "numeric", "int4", "text", "bool"),
+                    ]
+                )
+                for c in latest.values():
+                    copy.write_row(
+                        (
+                            ids[c.symbol],
+                            c.time,
+                            c.open,
+                            c.high,
+                            c.low,
+                            c.close,
+                            c.volume,
+                            c.vwap,
+                            c.trades,
+                            c.source.value,
+                            c.final,
+                        )
+                    )
+            # Kraken's candle of a minute we serve from our own trades is kept beside
+            # ours, not served (storage/candles.py).
+            cur.execute(DIVERT_SQL)
+            aside = store_aside(conn) if cur.rowcount else []
+            cur.execute(
+                "INSERT INTO candles_1m AS c (symbol_id, time, open, high, low, close, volume,"
+                " vwap, pv, trades, source, final)"
+                " SELECT symbol_id, time, open, high, low, close, volume, vwap, vwap * volume,"
+                " trades, source, final FROM _stage_candles WHERE NOT aside"
+                " ON CONFLICT (symbol_id, time) DO UPDATE SET open = EXCLUDED.open,"
+                " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
+                " volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, pv = EXCLUDED.pv,"
+                " trades = EXCLUDED.trades, source = EXCLUDED.source, final = EXCLUDED.final,"
+                " updated_at = now()"
+                " WHERE (NOT c.final OR (EXCLUDED.final AND c.source = EXCLUDED.source))"
+                # An in-progress candle only grows: an older version (a journal replayed
+                # beside direct writes) never replaces a newer one of the same source.
+                " AND (EXCLUDED.final OR c.source <> EXCLUDED.source"
+                " OR EXCLUDED.trades >= c.trades)"
+                " AND (c.open, c.high, c.low, c.close, c.volume, c.vwap, c.trades, c.source,"
+                " c.final) IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low,"
+                " EXCLUDED.close, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.trades,"
+                " EXCLUDED.source, EXCLUDED.final)"
+                " RETURNING symbol_id, time, (xmax = 0) AS inserted"
+            )
+            changed = cur.fetchall()
+        inserted = sum(1 for row in changed if row[2]) + sum(1 for row in aside if row[2])
+        updated = len(changed) + len(aside) - inserted
+        _mark_dirty(conn, ((sid, time) for sid, time, _ in changed))
+    add_coverages(conn, storage, coverage)
+    return CandleWriteResult(inserted, updated, len(candles) - inserted - updated)
+
+
+def _mark_dirty(conn: Connection, changed: Iterable[tuple[int, datetime]]) -> None:
+    """Append dirty ranges covering the changed minutes.
+
+    Minutes less than :data:`_DIRTY_MERGE_GAP` apart share one range; farther ones get
+    their own, so a repaired minute from last month and the live minute in one batch do
+    not make the rollup recompute the month between them.
+    """
+    by_symbol: dict[int, list[datetime]] = {}
+    for sid, time in changed:
+        by_symbol.setdefault(sid, []).append(time)
+    rows: list[tuple[int, datetime, datetime]] = []
+    for sid, times in by_symbol.items():
+        times.sort()
+        low = high = times[0]
+        for time in times[1:]:
+            if time - high > _DIRTY_MERGE_GAP:
+                rows.append((sid, low, high + timedelta(minutes=1)))
+                low = time
+            high = time
+        rows.append((sid, low, high + timedelta(minutes=1)))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO rollup_dirty (symbol_id, start_time, end_time) VALUES (%s, %s, %s)",
+            rows,
+        )
+
+
 async def copy_new_candles(
     storage: Storage,
     symbol: str,
@@ -284,17 +433,17 @@ async def copy_new_candles(
     """``COPY`` Kraken OHLCVT 1-minute candles straight into ``candles_1m`` when
     ``[start, end)`` holds no candle of ``symbol`` and none of it is served from our trades.
 
-    The bulk twin of :meth:`Storage.write_candles` for the importer: with nothing stored
+    The bulk twin of :func:`write_candles` for the importer: with nothing stored
     in the range there is nothing to upsert against or to divert beside our own candles, so
     the rows go in as text. Returns None, having written nothing, otherwise (or when a
     concurrent writer stored one of these minutes first); the caller then writes the rows
-    with :meth:`Storage.write_candles`. The range is logged for the rollups, and
+    with :func:`write_candles`. The range is logged for the rollups, and
     ``coverage`` commits with the rows.
 
     ``rows_csv`` holds ``rows`` lines
     ``symbol_id,time,open,high,low,close,volume,trades,csv,true``: the id from
-    :meth:`Storage.register_symbol`, the time a zone-less UTC timestamp in ``[start, end)``,
-    exact decimal text.
+    :func:`~histdata.storage.symbol_table.register_symbol`, the time a zone-less UTC
+    timestamp in ``[start, end)``, exact decimal text.
 
     Raises:
         DatabaseUnavailable: the database is down.
@@ -341,10 +490,7 @@ def _copy_new_candles(
         if cur.rowcount != rows:
             raise ValueError(f"COPY stored {cur.rowcount} candles, expected {rows}")
     conn.execute(_DIRTY, {"sid": sid, "lo": start, "hi": end})
-    storage._add_coverages(conn, coverage)
-    # Imported here: storage.database imports this module.
-    from histdata.storage.database import CandleWriteResult
-
+    add_coverages(conn, storage, coverage)
     return CandleWriteResult(rows, 0, 0)
 
 
@@ -381,7 +527,7 @@ async def refetch_minutes(
     REST, merged into ranges ``[first, last + 1m)`` of consecutive minutes, oldest first.
 
     A re-fetch that stores the missing trades, followed by
-    :func:`~histdata.storage.history.derive_candles` over the range, clears the minutes that
+    :func:`derive_candles` over the range, clears the minutes that
     then agree.
 
     Raises:
@@ -411,3 +557,201 @@ async def mismatch_counts(storage: Storage) -> dict[str, int]:
         return {symbol: int(n) for symbol, n in rows}
 
     return await storage.run(query)
+
+
+# -------------------------------------------------------------- candles from trades
+
+
+@dataclass(frozen=True, slots=True)
+class DeriveResult:
+    """What :func:`derive_candles` did."""
+
+    derived: int  # minutes with trades, now served from our own candle
+    inserted: int
+    updated: int
+    compared: int  # minutes where a final Kraken candle existed to compare with
+    mismatches: list[CandleMismatch]
+    covered: list[Range]  # the minute-aligned ranges recorded as derived candle coverage
+    not_derived: list[Range] = field(default_factory=list)  # minutes without whole coverage
+
+
+# One transaction derives at most this much: its dirty range and its reconciliation stay
+# small, and an interrupted repair of years keeps what it finished.
+_DERIVE_CHUNK = timedelta(days=1)
+
+
+async def derive_candles(
+    storage: Storage, symbol: str, start: datetime, end: datetime
+) -> DeriveResult:
+    """Derive exact 1-minute candles from stored trades wherever trades coverage spans a
+    whole minute of ``[start, end)``, store them, and reconcile them with Kraken's.
+
+    Offline: only stored trades and coverage are read, never REST. Set-based in SQL
+    (:func:`~histdata.storage.candles.derive_minutes`), one transaction per day of minutes.
+    A partly observed minute never becomes a complete-looking candle: it is returned in
+    ``not_derived`` (the minute-aligned parts of the range without complete trades
+    coverage), for REST to fill. The derived minutes, with trades or without, are recorded as
+    ``derived`` candle coverage, and from then on the served candle of those minutes is ours
+    (Kraken's is kept beside it; see :mod:`histdata.storage.candles`). Idempotent.
+
+    Raises:
+        UnknownSymbol: the registry does not know the spelling.
+        DatabaseUnavailable: the database is down.
+    """
+    symbol = storage.registry.canonical(symbol)
+    minute = timedelta(minutes=1)
+    whole = whole_buckets(await covered(storage, symbol, "trades", start, end), minute)
+    derived = inserted = updated = compared = 0
+    mismatches: list[CandleMismatch] = []
+    for low, high in whole:
+        position = low
+        while position < high:
+            upper = min(high, floor_to(position, _DERIVE_CHUNK) + _DERIVE_CHUNK)
+            done = await storage.run(_derive_chunk, storage, symbol, position, upper)
+            derived += done.derived
+            inserted += done.inserted
+            updated += done.updated
+            compared += done.compared
+            mismatches.extend(done.mismatches)
+            position = upper
+    aligned = [(floor_to(start, minute), ceil_to(end, minute))]
+    return DeriveResult(
+        derived, inserted, updated, compared, mismatches, whole, subtract(aligned, whole)
+    )
+
+
+# The watermark cursor of derive_observed, per symbol: minutes before it were looked at.
+_OBSERVED_CURSOR = "candles:derived:{symbol}"
+
+
+async def derive_observed(
+    storage: Storage, *, now: datetime, lookback: timedelta = timedelta(days=1)
+) -> DeriveResult:
+    """Derive our own candle for every newly finished minute of observed trades, every symbol.
+
+    What the rollup actor runs before each pass, so live 1-minute candles are derived from
+    our trades and kept beside Kraken's (:mod:`histdata.storage.candles`). Per symbol a
+    watermark (cursor ``candles:derived:<symbol>``) moves to the end of the whole minutes its
+    trades coverage reached, up to the minute of ``now``; a symbol seen for the first time
+    starts ``lookback`` before ``now``. Minutes the watermark passes without coverage (a
+    hole) are left for repair: the repair derives them once it has stored their trades
+    (:func:`derive_candles`). Returns the totals over all symbols (``covered`` and
+    ``not_derived`` are left empty).
+
+    Raises:
+        DatabaseUnavailable: the database is down.
+    """
+    minute = timedelta(minutes=1)
+    limit = floor_to(now, minute)
+    derived = inserted = updated = compared = 0
+    mismatches: list[CandleMismatch] = []
+    for symbol, reached in await storage.run(_coverage_ends):
+        name = _OBSERVED_CURSOR.format(symbol=symbol)
+        mark = await get_cursor(storage, name)
+        start = datetime.fromisoformat(mark) if mark else floor_to(now - lookback, minute)
+        end = min(limit, floor_to(reached, minute))
+        if end <= start:
+            continue
+        done = await derive_candles(storage, symbol, start, end)
+        derived += done.derived
+        inserted += done.inserted
+        updated += done.updated
+        compared += done.compared
+        mismatches.extend(done.mismatches)
+        await set_cursor(storage, name, end.isoformat())
+    return DeriveResult(derived, inserted, updated, compared, mismatches, [])
+
+
+def _coverage_ends(conn: Connection) -> list[tuple[str, datetime]]:
+    """Per symbol with trades coverage, where that coverage ends."""
+    rows = conn.execute(
+        "SELECT s.symbol, max(upper(c.during)) FROM coverage c JOIN symbols s"
+        " ON s.id = c.symbol_id WHERE c.stream = 'trades' GROUP BY s.symbol ORDER BY s.symbol"
+    ).fetchall()
+    return [(symbol, end) for symbol, end in rows]
+
+
+def _derive_chunk(
+    conn: Connection, storage: Storage, symbol: str, start: datetime, end: datetime
+) -> DerivedMinutes:
+    sid = storage.symbol_id(conn, symbol)
+    done = derive_minutes(conn, sid, start, end)
+    add_coverages(conn, storage, [(symbol, CoverageSpan("candles", "derived", start, end))])
+    return done
+
+
+def candle_differences(ours: Candle, theirs: Candle) -> dict[str, tuple[object, object]]:
+    """The fields (open, high, low, close, volume, trades) where two candles differ."""
+    diff: dict[str, tuple[object, object]] = {}
+    for name in ("open", "high", "low", "close", "volume", "trades"):
+        a, b = getattr(ours, name), getattr(theirs, name)
+        if a != b:
+            diff[name] = (a, b)
+    return diff
+
+
+# ------------------------------------------------------- coarse candles vs our minutes
+
+
+async def compare_coarse_candles(
+    storage: Storage, symbol: str, interval_min: int, candles: Sequence[Candle]
+) -> tuple[int, list[CandleMismatch], int]:
+    """Check Kraken candles of ``interval_min`` minutes against our stored 1-minute candles.
+
+    A bucket is checked only when candle coverage spans it whole; returns ``(matched,
+    mismatches, unverifiable)``. Minutes with no candle inside coverage count as minutes
+    without trades, as Kraken's files omit them too.
+
+    Raises:
+        DatabaseUnavailable: the database is down.
+    """
+    if not candles:
+        return 0, [], 0
+    symbol = storage.registry.canonical(symbol)
+    step = timedelta(minutes=interval_min)
+    start = min(c.time for c in candles)
+    end = max(c.time for c in candles) + step
+    observed = await covered(storage, symbol, "candles", start, end)
+    ours = await storage.run(_rollup, storage, symbol, step, start, end)
+    matched = unverifiable = 0
+    mismatches: list[CandleMismatch] = []
+    for candle in candles:
+        bucket = (candle.time, candle.time + step)
+        if intersect([bucket], observed) != [bucket]:
+            unverifiable += 1
+            continue
+        mine = ours.get(candle.time)
+        if mine is None:
+            mismatches.append(CandleMismatch(candle.time, {"trades": (0, candle.trades)}))
+            continue
+        o, h, lo, c, v, n = mine
+        diff = candle_differences(
+            Candle(symbol, candle.time, o, h, lo, c, v, None, n, interval_min), candle
+        )
+        if diff:
+            mismatches.append(CandleMismatch(candle.time, diff))
+        else:
+            matched += 1
+    return matched, mismatches, unverifiable
+
+
+def _rollup(
+    conn: Connection,
+    storage: Storage,
+    symbol: str,
+    step: timedelta,
+    start: datetime,
+    end: datetime,
+) -> dict[datetime, tuple[Any, ...]]:
+    sid = storage.known_symbol_id(conn, symbol)
+    if sid is None:
+        return {}
+    rows = conn.execute(
+        "SELECT date_bin(%s, time, 'epoch'::timestamptz) AS b,"
+        " (array_agg(open ORDER BY time))[1], max(high), min(low),"
+        " (array_agg(close ORDER BY time DESC))[1], sum(volume), sum(trades)"
+        " FROM candles_1m WHERE symbol_id = %s AND time >= %s AND time < %s"
+        " GROUP BY 1",
+        (step, sid, start, end),
+    ).fetchall()
+    return {row[0]: (row[1], row[2], row[3], row[4], row[5], int(row[6])) for row in rows}

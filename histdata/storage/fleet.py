@@ -28,7 +28,8 @@ import structlog
 import trio
 
 from histdata.model import Trade
-from histdata.storage.database import TRADES_CHANNEL, Storage
+from histdata.storage.database import Storage
+from histdata.storage.trades import TRADES_CHANNEL, read_trades
 
 __all__ = [
     "TRADES_CHANNEL",
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 Connection = psycopg.Connection[Any]
-# Trades after this key in trade order: (time, trade id, seq), as Storage.read_trades pages.
+# Trades after this key in trade order: (time, trade id, seq), as storage.trades.read_trades pages.
 TradeKey = tuple[datetime, int | None, int]
 
 _log = structlog.get_logger("storage.fleet")
@@ -265,7 +266,7 @@ async def trades_after(
     """Up to ``limit`` stored trades of ``symbol`` after ``after`` in trade order (from the
     first when None). Reads only."""
     start = after[0] if after is not None else _EPOCH
-    return await storage.read_trades(symbol, start, _END, limit=limit, after=after)
+    return await read_trades(storage, symbol, start, _END, limit=limit, after=after)
 
 
 async def symbol_ids(storage: Storage) -> dict[int, str]:

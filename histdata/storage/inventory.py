@@ -17,7 +17,8 @@ from typing import Any
 
 import psycopg
 
-from histdata.storage.database import Storage, Stream
+from histdata.model import Stream
+from histdata.storage.database import Storage
 
 __all__ = ["StreamInventory", "inventory"]
 

@@ -37,8 +37,9 @@ import psycopg
 from psycopg import sql
 
 from histdata.model import Candle, CandleSource, ns_to_datetime
-from histdata.storage.database import KEY_ORDER_SCAN, TRADE_KEYSET, TRADE_ORDER, Storage
+from histdata.storage.database import Storage
 from histdata.storage.rollups import BUCKET_ORIGIN, VWAP_DECIMALS, bucket_floor, vwap_sql
+from histdata.storage.trades import KEY_ORDER_SCAN, TRADE_KEYSET, TRADE_ORDER
 from histdata.timeutil import STORED_INTERVALS, parse_time
 
 __all__ = [

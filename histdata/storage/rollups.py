@@ -1,7 +1,7 @@
 """Incremental rollups: 1-minute candles folded into 5m … 1w, driven by ``rollup_dirty``.
 
 Every write that changes a 1-minute candle appends the changed range to ``rollup_dirty`` in
-the same transaction (:meth:`Storage.write_candles`). A rollup pass claims dirty ranges and,
+the same transaction (:func:`.candles.write_candles`). A rollup pass claims dirty ranges and,
 level by level, recomputes every rollup bucket that overlaps them from the level below::
 
     5m ← 1m   15m ← 5m   30m ← 15m   1h ← 30m   4h ← 1h   12h ← 4h   1d ← 12h   1w ← 1d

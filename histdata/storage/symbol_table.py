@@ -19,6 +19,7 @@ pairs stay underneath what it holds, and an empty table yields just them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,16 @@ from histdata.symbols import SHIPPED_PAIRS, SymbolInfo, SymbolRegistry
 if TYPE_CHECKING:
     from histdata.storage.database import Storage
 
-__all__ = ["REFRESH_CURSOR", "SymbolRefresh", "load_into", "refresh_symbols", "stored_infos"]
+__all__ = [
+    "REFRESH_CURSOR",
+    "SymbolRefresh",
+    "load_into",
+    "refresh_symbols",
+    "register_symbol",
+    "register_symbols",
+    "stored_infos",
+    "stored_symbols",
+]
 
 Connection = psycopg.Connection[Any]
 
@@ -97,6 +107,39 @@ def load_into(conn: Connection, registry: SymbolRegistry) -> None:
     if refreshed is None:
         infos = [*SHIPPED_PAIRS, *infos]  # stored rows come last, so they win
     registry.replace(infos)
+
+
+async def register_symbol(storage: Storage, symbol: str) -> int:
+    """The database id of ``symbol`` (any spelling), registering it on first use.
+
+    For bulk writers that encode the id into their rows
+    (:func:`~histdata.storage.trades.copy_new_trades`).
+
+    Raises:
+        UnknownSymbol: the registry does not know the spelling.
+    """
+    return await storage.run(storage.symbol_id, symbol)
+
+
+async def register_symbols(storage: Storage, symbols: Iterable[str]) -> dict[str, int]:
+    """The database ids of ``symbols`` (any spelling, keyed as given), registering missing
+    ones, all in one transaction: the service registers every subscribed pair at start,
+    hundreds of them, and one transaction each took seconds under live load.
+
+    Raises:
+        UnknownSymbol: the registry does not know a spelling (nothing is registered).
+    """
+    names = list(symbols)
+
+    def register(conn: Connection) -> dict[str, int]:
+        return {name: storage.symbol_id(conn, name) for name in names}
+
+    return await storage.run(register)
+
+
+async def stored_symbols(storage: Storage) -> list[SymbolInfo]:
+    """Symbols that have a row in the database, in name order."""
+    return await storage.run(stored_infos)
 
 
 async def refresh_symbols(storage: Storage, listed: SymbolRegistry) -> SymbolRefresh:

@@ -13,7 +13,7 @@ Each range has one kind, in the words the page shows:
 
 ``observed``, ``empty``, ``hole`` and ``unrecoverable`` tile the range without overlap;
 ``id-hole`` and ``mismatch`` ranges lie on top of them. Everything comes from the storage's
-own reports (:func:`~histdata.storage.history.coverage_report`,
+own reports (:func:`~histdata.storage.coverage.coverage_report`,
 :func:`~histdata.storage.continuity.id_holes`,
 :func:`~histdata.storage.candles.candle_mismatches`), read-only, so the map says exactly what
 ``histdata gaps`` and ``/v1/coverage`` say.
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from histdata.model import Stream
 from histdata.storage import Storage
 from histdata.storage.candles import CandleMismatch, candle_mismatches
 from histdata.storage.continuity import IdHole, id_holes
-from histdata.storage.database import Stream
-from histdata.storage.history import HoleKind, coverage_report, subtract
+from histdata.storage.coverage import HoleKind, coverage_report, subtract
 from histdata.timeutil import format_time
 
 __all__ = ["STREAMS", "CoverageMap", "MapKind", "MapRange", "StreamMap", "coverage_map"]
