@@ -356,9 +356,9 @@ def sim_main(argv: Sequence[str]) -> int:
 
     import trio
 
+    from histdata.commands.sim import apply_faults, config_from, configure
     from histdata.logs import configure_logging
     from histdata.sim import CLOSE_CODES, Simulator, open_simulator
-    from histdata.sim.command import apply_faults, config_from, configure
 
     parser = argparse.ArgumentParser(prog="python -m bench.drill_common sim")
     parser.add_argument("--truth-dir", type=Path, required=True)

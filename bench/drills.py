@@ -185,8 +185,8 @@ def timeline(service: Service, label: str) -> str:
     return (
         f"{label}: live.trades depth {trades['depth']} (peak {trades['peak']}, spilled "
         f"{trades['spilled']}, dropped {trades['dropped']}), journal {s['journal']['bytes']} B /"
-        f" {journal_trades(s)} trades, written {fl['trades_written']}, database_up "
-        f"{fl['database_up']}"
+        f" {journal_trades(s)} trades, written {fl['trades_inserted'] + fl['trades_present']},"
+        f" database_up {fl['database_up']}"
     )
 
 

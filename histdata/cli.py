@@ -44,7 +44,7 @@ _VERBOSE_HELP = "more log lines on stderr: -v info, -vv debug (one-shot commands
 # name → (module, one-line help). The order is the order of `histdata --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("histdata.commands.run", "run the service (live capture, repair, rollups, socket)"),
-    "import": ("histdata.commands.importer", "import Kraken CSV or ZIP history files"),
+    "import": ("histdata.commands.import_", "import Kraken CSV or ZIP history files"),
     "backfill": ("histdata.commands.backfill", "backfill trade history from REST, resumable"),
     "gaps": ("histdata.commands.gaps", "report (and --repair) holes in the stored history"),
     "candles": ("histdata.commands.read", "read candles at any interval"),
@@ -63,7 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "serve reads alone (no writes): replicas, read-only users",
     ),
     "migrate": ("histdata.commands.migrate", "apply the database schema"),
-    "sim": ("histdata.sim.command", "run the local Kraken simulator (REST + WebSocket v2)"),
+    "sim": ("histdata.commands.sim", "run the local Kraken simulator (REST + WebSocket v2)"),
 }
 
 

@@ -50,7 +50,7 @@ from histdata.storage import Storage
 from histdata.storage.fleet import TRADES_CHANNEL, TradeKey, symbol_ids, trades_after
 from histdata.storage.symbol_table import stored_symbols
 from histdata.storage.trades import last_trade
-from histdata.supervisor import ChildSpec, Strategy, Supervisor, current_child_stopping
+from histdata.supervisor import ChildSpec, Strategy, Supervisor, cancel_when, current_child_stopping
 from histdata.symbols import SymbolRegistry
 from histdata.telemetry import Latencies
 
@@ -171,7 +171,7 @@ class QueryNode:
     async def _run_query(self, *, task_status: trio.TaskStatus[None]) -> None:
         stopping = current_child_stopping()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             await nursery.start(self.app.serve, Path(self.config.query.socket))
             task_status.started()
 
@@ -180,7 +180,7 @@ class QueryNode:
         stopping = current_child_stopping()
         task_status.started()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             await self._start_positions()
             try:
                 conn = await trio.to_thread.run_sync(
@@ -309,8 +309,3 @@ class _NodeCollector(Collector):
             "histdata_storage_failures", "queries failed", value=storage.failures
         )
         yield from node.latencies.collect()
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

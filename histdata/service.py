@@ -3,20 +3,31 @@
 ::
 
     root (one_for_one)
-     ├─ storage      the connection pool (migrations at start); closes last
+     ├─ database (rest_for_one)
+     │    ├─ storage      the connection pool (migrations at start); closes last
+     │    └─ db-actors (one_for_one)
+     │         rollup, gapfiller, backfiller, maintenance
+     │         heartbeat  this collector's row in `collectors` (histdata status --fleet)
+     │         query      the read API, /healthz and /metrics on the Unix socket
+     │         ui         the coverage map (when [ui] listen is set)
      ├─ live (rest_for_one)
      │    flusher ◀── batches ── buffer ◀── live.trades / live.candles ── feed
      │                                              feeds (one_for_one): feed-0, feed-1 …
      ├─ pairs        AssetPairs into the symbols table, the feeds' subscriptions to match
-     ├─ rollup, gapfiller, backfiller, maintenance   (each waits for storage; see _plug_in)
-     ├─ heartbeat    this collector's row in `collectors` (histdata status --fleet)
-     └─ query        the read API, /healthz and /metrics on the Unix socket
+     └─ metrics      the TCP /metrics listener (when [metrics] listen is set)
 
 The live supervisor starts its children consumer first (flusher, buffer, feed), so that the
 reverse-order shutdown stops the feed first, lets the buffer drain into the flusher, and the
 flusher write (or journal) everything before storage closes. Under ``rest_for_one`` a crashed
 flusher also restarts the buffer and the feed; the channels belong to the service, not the
 actors, so nothing queued is lost by any restart.
+
+**The database branch.** Everything that works only with the database hangs under one
+supervisor with the storage actor first: a restarted storage actor (a new pool) restarts them
+all, and each of them reaches the pool through the storage actor's getter rather than a
+Storage it captured, so none holds a closed pool. Among themselves they restart one by one.
+The live branch is not under it: the flusher takes the same getter and journals whatever
+storage does, so an outage or a storage restart never stops recording.
 
 **Symbols.** Before the tree starts, :class:`~histdata.actors.pairs.PairsRefresher` fetches
 Kraken's AssetPairs (else loads the ``symbols`` table, else keeps the shipped pairs) and
@@ -83,6 +94,7 @@ from histdata.supervisor import (
     Restart,
     Strategy,
     Supervisor,
+    cancel_when,
     current_child_stopping,
     systemd,
     watch_signals,
@@ -163,7 +175,7 @@ class StorageActor:
 
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_when, stopping, scope)
+                nursery.start_soon(cancel_when, stopping, scope)
                 while True:
                     try:
                         await self._open_and_hold(stopping, report)
@@ -319,6 +331,16 @@ class Service:
             # stored pairs: the live path must not be held up by a slow Kraken.
             fetch_timeout_s=min(kraken.request_timeout_s, 10.0),
         )
+        self.database = Supervisor(
+            "database",
+            [
+                ChildSpec("storage", self.storage_actor.run, shutdown_timeout_s=0.1 * timeout),
+                Supervisor(
+                    "db-actors", self._database_actors(timeout), strategy=Strategy.ONE_FOR_ONE
+                ).child_spec(),
+            ],
+            strategy=Strategy.REST_FOR_ONE,
+        )
         self.live = Supervisor(
             "live",
             [
@@ -331,10 +353,10 @@ class Service:
         self.root = Supervisor(
             "root",
             [
-                ChildSpec("storage", self.storage_actor.run, shutdown_timeout_s=0.1 * timeout),
+                self.database.child_spec(),
                 self.live.child_spec(),
                 ChildSpec("pairs", self.pairs.run, shutdown_timeout_s=0.05 * timeout),
-                *self._plug_in(timeout),
+                *self._metrics_listener(timeout),
             ],
             strategy=Strategy.ONE_FOR_ONE,
         )
@@ -356,9 +378,9 @@ class Service:
 
     # -- the actors beside the live path -------------------------------------------------------
 
-    def _plug_in(self, timeout: float) -> list[ChildSpec]:
-        """The actors beside the live path, built when they start (they need the open
-        Storage, which the storage child opens first)."""
+    def _database_actors(self, timeout: float) -> list[ChildSpec]:
+        """The actors that work only with the database, under the storage actor (see the
+        module docs); each is built when it starts, once storage is open."""
         small = 0.05 * timeout
         specs = [
             ChildSpec("rollup", self._run_rollup, shutdown_timeout_s=small),
@@ -379,14 +401,6 @@ class Service:
             ChildSpec("heartbeat", self._run_heartbeat, shutdown_timeout_s=small),
             ChildSpec("query", self._run_query, shutdown_timeout_s=small),
         ]
-        if self.config.metrics.listen:
-            specs.append(
-                ChildSpec(
-                    "metrics",
-                    partial(metrics_listener.run, self.config.metrics.listen, self.metrics),
-                    shutdown_timeout_s=small,
-                )
-            )
         if self.config.ui.listen:
             specs.append(
                 ChildSpec(
@@ -399,31 +413,39 @@ class Service:
             )
         return specs
 
+    def _metrics_listener(self, timeout: float) -> list[ChildSpec]:
+        if not self.config.metrics.listen:
+            return []
+        run = partial(metrics_listener.run, self.config.metrics.listen, self.metrics)
+        return [ChildSpec("metrics", run, shutdown_timeout_s=0.05 * timeout)]
+
     def _rest(self) -> KrakenRest:
         if self.rest is None:
             raise RuntimeError("the Kraken REST client opens in Service.run")
         return self.rest
 
-    async def _storage_when_open(self, task_status: trio.TaskStatus[None]) -> Storage:
+    async def _storage_when_open(self, task_status: trio.TaskStatus[None]) -> None:
         """Report started, then wait for storage: an actor that needs the database must not
         hold up the tree (or systemd's READY) while the database is away."""
         task_status.started()
-        return await self.storage_actor.ready()
+        await self.storage_actor.ready()
 
     async def _run_rollup(self, *, task_status: trio.TaskStatus[None]) -> None:
-        storage = await self._storage_when_open(task_status)
-        self.rollup = RollupActor(storage, interval_s=self.config.rollup.interval_s)
+        await self._storage_when_open(task_status)
+        self.rollup = RollupActor(self.storage_actor.get, interval_s=self.config.rollup.interval_s)
         await self.rollup.run()
 
     async def _run_maintenance(self, *, task_status: trio.TaskStatus[None]) -> None:
-        storage = await self._storage_when_open(task_status)
-        self.maintenance = MaintenanceActor(storage, self.config.maintenance, holder=self.ident)
+        await self._storage_when_open(task_status)
+        self.maintenance = MaintenanceActor(
+            self.storage_actor.get, self.config.maintenance, holder=self.ident
+        )
         await self.maintenance.run()
 
     async def _run_heartbeat(self, *, task_status: trio.TaskStatus[None]) -> None:
-        storage = await self._storage_when_open(task_status)
+        await self._storage_when_open(task_status)
         self.heartbeat = Heartbeat(
-            storage,
+            self.storage_actor.get,
             self.feed.symbols,
             lambda: self.flusher.statistics().last_progress_at,
             ident=self.ident,
@@ -435,13 +457,13 @@ class Service:
         if not gapfill.enabled:
             await self._log_catch_ups(task_status=task_status)
             return
-        storage = await self._storage_when_open(task_status)
+        await self._storage_when_open(task_status)
         # A gap filler repairs a fixed list of symbols: when a refresh changes what the feeds
         # record, a new one takes over (repairs are idempotent; queued catch-ups stay queued).
         while True:
             symbols = self.feed.symbols
             self.gapfiller = GapFiller(
-                storage,
+                self.storage_actor.get,
                 self._rest(),
                 symbols,
                 interval_s=gapfill.interval_s,
@@ -461,9 +483,9 @@ class Service:
 
     async def _run_backfiller(self, *, task_status: trio.TaskStatus[None]) -> None:
         since = self.config.backfill.since
-        storage = await self._storage_when_open(task_status)
+        await self._storage_when_open(task_status)
         self.backfiller = Backfiller(
-            storage,
+            self.storage_actor.get,
             self._rest(),
             self.feed.symbols,
             since_ns=datetime_to_ns(parse_time(since)) if since else 0,
@@ -477,7 +499,7 @@ class Service:
         stopping = current_child_stopping()
         task_status.started()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             while True:
                 symbol = await self.catch_up.receive()
                 log.warning("reconnect hole not repaired: [gapfill] is disabled", symbol=symbol)
@@ -498,7 +520,7 @@ class Service:
 
         stopping = current_child_stopping()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             await nursery.start(app.serve, Path(self.config.query.socket))
             task_status.started()
 
@@ -676,8 +698,3 @@ class Service:
             else:
                 _log.warning("stuck: withholding the systemd watchdog ping")
             await trio.sleep(interval / 3)
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

@@ -1,6 +1,6 @@
 """The symbol registry: the one map between every spelling Kraken uses for a pair.
 
-Kraken names one market four ways (see docs/kraken notes, §4 of the reference):
+Kraken names one market four ways (see "Pair spellings" in docs/kraken.md):
 
 =================  ============  ============  ==========
 form               BTC/USD       ETH/BTC       DOGE/USD

@@ -272,8 +272,8 @@ _COUNTERS = {
     },
     "flusher": {
         "batches_written",
-        "trades_written",
         "trades_inserted",
+        "trades_present",
         "candles_written",
         "batches_journaled",
         "trades_journaled",

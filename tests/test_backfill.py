@@ -12,7 +12,7 @@ import trio
 from stored import stored_candles  # type: ignore[import-not-found]
 
 from histdata.actors.backfiller import Backfiller
-from histdata.backfill import FetchProgress, backfill_cursor_name, backfill_trades, fetch_trades
+from histdata.fetch import FetchProgress, backfill_cursor_name, backfill_trades, fetch_trades
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Trade, ns_to_datetime
@@ -158,7 +158,7 @@ class TestBackfiller:
         self, sim: Any, rest: KrakenRest, storage: Storage
     ) -> None:
         """Two symbols backfill concurrently through the shared limiter and both end exact."""
-        backfiller = Backfiller(storage, rest, ["BTC/USD", "XETHZUSD"], since_ns=0)
+        backfiller = Backfiller(lambda: storage, rest, ["BTC/USD", "XETHZUSD"], since_ns=0)
         both_partway = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(backfiller.run)

@@ -16,7 +16,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 import trio
-from test_flusher import Outage, wait_for  # type: ignore[import-not-found]
+from test_flusher import Outage  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.hub import DROP_SLOW, LiveHub
 from histdata.actors.query import QueryApp
@@ -356,7 +357,7 @@ class TestStream:
                 got.extend(await served.call(take, 2))
 
             nursery.start_soon(reader)
-            await wait_for(lambda: served.hub.statistics().subscribers == 1)
+            await until(lambda: served.hub.statistics().subscribers == 1)
             served.hub.publish_trades([Trade("BTC/USD", 1, Decimal(1), Decimal(1)), *trades(1)])
             served.hub.publish_candles(candles(1))
         await served.call(events.close)
@@ -386,7 +387,7 @@ class TestStream:
                 outcome.append(await served.call(consume))
 
             nursery.start_soon(reader)
-            await wait_for(lambda: served.hub.statistics().subscribers == 1)
+            await until(lambda: served.hub.statistics().subscribers == 1)
             served.hub.publish_trades(trades(10))  # the queue holds 2
         assert outcome[0].reason == DROP_SLOW
         # What was queued (2), plus one if the server was already waiting for the first event.

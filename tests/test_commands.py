@@ -31,13 +31,15 @@ import structlog
 import trio
 
 from histdata.cli import main
+from histdata.commands.run import _explain
 from histdata.commands.status import render
 from histdata.model import NS_PER_S, CoverageSpan, Trade
 from histdata.runlock import hold_run_lock
 from histdata.sim import SimConfig, Simulator, open_simulator
-from histdata.storage import open_storage
+from histdata.storage import SchemaError, open_storage
 from histdata.storage.coverage import mark_unrecoverable
 from histdata.storage.trades import read_trades, write_trades
+from histdata.supervisor import SupervisorEscalation
 from histdata.timeutil import format_time
 
 T = TypeVar("T")
@@ -567,6 +569,19 @@ class TestExitStatus:
         )
         assert not (tmp_path / "var" / "histdata.sock").exists()
 
+    def test_a_nested_escalation_names_the_child_that_failed(self) -> None:
+        """When storage under the database supervisor gives up, the one line names storage
+        and its error, not only the database branch the root gave up on."""
+        schema = SchemaError("the schema is version 9; this histdata knows up to 8")
+        inner = SupervisorEscalation("database", "storage", "fatal error", fatal=True)
+        inner.__cause__ = schema
+        outer = SupervisorEscalation("root", "database", "fatal error", fatal=True)
+        outer.__cause__ = inner
+        assert _explain(outer) == (
+            "supervisor 'database' gave up on child 'storage': fatal error; last error:"
+            " SchemaError: the schema is version 9; this histdata knows up to 8"
+        )
+
     def test_read_of_an_unrecorded_data_dir_exits_2(
         self, cli: Callable[..., Outcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -644,8 +659,8 @@ def _snapshot(symbols: dict[str, dict[str, Any]], **flusher: Any) -> dict[str, A
         },
         "flusher": {
             "database_up": True,
-            "trades_written": 0,
             "trades_inserted": 0,
+            "trades_present": 0,
             "trades_journaled": 0,
             "trades_replayed": 0,
         }
@@ -675,7 +690,7 @@ class TestStatusText:
 
     def test_trades_new_and_present_are_separate(self) -> None:
         """Status shows new and already-present trades that add up to those written."""
-        text = render(_snapshot({}, trades_written=1038, trades_inserted=916))
+        text = render(_snapshot({}, trades_inserted=916, trades_present=122))
         assert "trades stored 916 new, 122 already present (of 1038 written" in text
         assert text.splitlines()[-1] == "drops: quarantined batches 2"
 

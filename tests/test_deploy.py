@@ -20,7 +20,7 @@ from psycopg import sql
 
 from histdata.config import load_config
 from histdata.storage import migrate, open_storage
-from histdata.storage.maintenance import ensure_readonly_role
+from histdata.storage.migrations import ensure_reader_role
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -98,7 +98,7 @@ class TestInitSql:
 
         async def check() -> tuple[bool, tuple[Any, ...] | None]:
             async with open_storage(dsn, pool_max=1) as storage:
-                usable = await ensure_readonly_role(storage, "histdata_reader")
+                usable = await storage.run(ensure_reader_role, "histdata_reader")
                 me = await storage.run(
                     lambda conn: conn.execute(
                         "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles"

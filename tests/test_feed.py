@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.buffer import CoverageMark, LiveItem, live_weight
 from histdata.actors.feed import CatchUpQueue, Feed
@@ -78,15 +79,6 @@ async def running_feed(url: str, **kwargs: Any) -> AsyncIterator[tuple[Feed, Col
         supervisor.shutdown()
         trades.close()
         candles.close()
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
-    with trio.fail_after(timeout_s):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.02)
 
 
 def sessions_are(feed: Feed, n: int) -> Callable[[], bool]:

@@ -3,7 +3,7 @@ against the simulator's AssetPairs and WebSocket, into a real database."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 from stored import count_trades  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.feeds import slice_symbols
 from histdata.config import (
@@ -100,15 +101,6 @@ async def running(config: Config, conninfo: str) -> AsyncIterator[Service]:
         await nursery.start(partial(service.run, handle_signals=False))
         yield service
         service.shutdown()
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
-    with trio.fail_after(timeout_s):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
 
 
 async def stored_symbols_with_trades(conninfo: str, symbols: tuple[str, ...]) -> set[str]:

@@ -22,7 +22,7 @@ import structlog
 import trio
 
 # pytest puts tests/ on sys.path (no package): the polling helper lives with the service tests.
-from test_service import until  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.maintenance import MaintenanceActor
 from histdata.config import (
@@ -147,8 +147,12 @@ class TestMaintenanceOwner:
         """Of two collectors only one runs maintenance; the other counts skipped rounds and
         warns once that its retention differs from the owner's."""
         async with writer(database_url) as a, writer(database_url) as b:
-            owner = MaintenanceActor(a, MaintenanceConfig(trades_retention_days=30), holder="a")
-            other = MaintenanceActor(b, MaintenanceConfig(trades_retention_days=7), holder="b")
+            owner = MaintenanceActor(
+                lambda: a, MaintenanceConfig(trades_retention_days=30), holder="a"
+            )
+            other = MaintenanceActor(
+                lambda: b, MaintenanceConfig(trades_retention_days=7), holder="b"
+            )
             with structlog.testing.capture_logs() as logs:
                 for _ in range(3):
                     await owner.round()

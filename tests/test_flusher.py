@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,6 +13,7 @@ import psycopg.conninfo
 import trio
 from psycopg import sql
 from stored import count_trades, stored_candles  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.buffer import Batch
 from histdata.actors.flusher import Flusher
@@ -92,15 +93,6 @@ async def running_flusher(
         supervisor.shutdown()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
-    with trio.fail_after(timeout_s):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
-
-
 class TestDirect:
     async def test_writes_trades_candles_and_coverage(
         self, storage: Storage, tmp_path: Path
@@ -117,7 +109,7 @@ class TestDirect:
         cover = (("BTC/USD", CoverageSpan("trades", "live", T0, T0 + timedelta(minutes=1))),)
         async with running_flusher(storage, tmp_path) as (flusher, batches, _):
             await batches.send(Batch(trades(0, 100), (candle,), cover))
-            await wait_for(lambda: flusher.statistics().batches_written == 1)
+            await until(lambda: flusher.statistics().batches_written == 1)
         assert await count_trades(storage, "BTC/USD", *FAR) == 100
         (stored,) = await stored_candles(storage, "BTC/USD", *FAR)
         assert stored.final is False
@@ -133,7 +125,7 @@ class TestBatching:
         cover = (("BTC/USD", CoverageSpan("trades", "live", T0, T0 + timedelta(seconds=1))),)
         queued = (Batch(trades(0, 10)), Batch(trades(10, 10)), Batch(trades(20, 10), (), cover))
         async with running_flusher(storage, tmp_path, queued=queued) as (flusher, _, _):
-            await wait_for(lambda: flusher.statistics().trades_written == 30)
+            await until(lambda: flusher.statistics().trades_inserted == 30)
             assert flusher.statistics().batches_written == 1
         assert await count_trades(storage, "BTC/USD", *FAR) == 30
         assert await gaps(storage, "BTC/USD", "trades", T0, T0 + timedelta(seconds=1)) == []
@@ -149,7 +141,7 @@ class TestBatching:
         )
         async with running_flusher(storage, tmp_path, writers=2) as (flusher, batches, _):
             await batches.send(batch)
-            await wait_for(lambda: flusher.statistics().trades_written == 200)
+            await until(lambda: flusher.statistics().trades_inserted == 200)
             assert flusher.statistics().batches_written == 2
         for symbol in symbols:
             assert await count_trades(storage, symbol, *FAR) == 50
@@ -165,19 +157,24 @@ class TestOutage:
         async with open_storage(database_url, pool_max=2, connect_timeout_s=0.5) as storage:
             async with running_flusher(storage, tmp_path) as (flusher, batches, _):
                 await batches.send(Batch(trades(0, 50)))
-                await wait_for(lambda: flusher.statistics().trades_written == 50)
+                await until(lambda: flusher.statistics().trades_inserted == 50)
                 await outage.start()
                 try:
                     for k in range(1, 6):
                         await batches.send(Batch(trades(k * 50, 50)))
-                    await wait_for(lambda: flusher.statistics().trades_journaled == 250)
+                    await until(lambda: flusher.statistics().trades_journaled == 250)
                     assert not flusher.statistics().database_up
                     assert flusher.journal.statistics().bytes > 0
                 finally:
                     await outage.end()
-                await wait_for(lambda: flusher.journal.empty and flusher.statistics().database_up)
+                await until(lambda: flusher.journal.empty and flusher.statistics().database_up)
                 await batches.send(Batch(trades(300, 50)))
-                await wait_for(lambda: flusher.statistics().trades_written >= 350)
+                await until(
+                    lambda: (
+                        flusher.statistics().trades_inserted + flusher.statistics().trades_present
+                        >= 350
+                    )
+                )
             assert await count_trades(storage, "BTC/USD", *FAR) == 350
             stored = await read_trades(storage, "BTC/USD", *FAR)
             assert [t.trade_id for t in stored] == list(range(350))
@@ -198,7 +195,7 @@ class TestOutage:
             finally:
                 await outage.end()
             async with running_flusher(storage, tmp_path) as (flusher, _, _):
-                await wait_for(lambda: flusher.journal.empty)
+                await until(lambda: flusher.journal.empty)
             assert await count_trades(storage, "BTC/USD", *FAR) == 80
 
 
@@ -221,5 +218,5 @@ class TestDrain:
                         break
                     await trio.sleep(0.01)
             assert not flusher.journal.empty, "the new batch waited for the whole backlog"
-            await wait_for(lambda: flusher.journal.empty, timeout_s=60)
+            await until(lambda: flusher.journal.empty, timeout_s=60)
         assert await count_trades(storage, "BTC/USD", *FAR) == 200_010

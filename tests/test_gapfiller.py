@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,12 +10,13 @@ from typing import Any
 import pytest
 import trio
 from stored import stored_candles  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.gapfiller import GapFiller
-from histdata.history import repair_symbol
 from histdata.kraken.ratelimit import RateLimiter
 from histdata.kraken.rest import KrakenRest, open_kraken_rest
 from histdata.model import Candle, CoverageSpan, Stream, Trade, ns_to_datetime
+from histdata.repair import repair_symbol
 from histdata.sim import SimConfig, open_simulator
 from histdata.storage import Storage
 from histdata.storage.candles import candle_mismatches, derive_candles, write_candles
@@ -90,15 +90,6 @@ async def live_with_outage(
 
 async def stored_trades(storage: Storage, start: datetime, end: datetime) -> list[Trade]:
     return await read_trades(storage, "BTC/USD", start, end)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (the actor exposes counters, not events) for up to 30 s."""
-    with trio.fail_after(30):
-        for _ in itertools.count():
-            if condition():
-                return
-            await trio.sleep(0.01)
 
 
 class TestRepair:
@@ -219,7 +210,7 @@ class TestGapFiller:
         outage = (floor_to(truth_end, MIN) - 6 * MIN, floor_to(truth_end, MIN) - 3 * MIN)
         start, end, truth = await live_with_outage(sim, storage, outage)
         filler = GapFiller(
-            storage, rest, ["XBTUSD"], interval_s=3600.0, lookback=timedelta(hours=1)
+            lambda: storage, rest, ["XBTUSD"], interval_s=3600.0, lookback=timedelta(hours=1)
         )
         send, receive = trio.open_memory_channel[str](4)
         async with trio.open_nursery() as nursery:

@@ -275,7 +275,7 @@ class TestRollupActor:
             source="live",
             coverage=[span("trades", "live", start, start + 2 * MIN)],
         )
-        actor = RollupActor(storage)
+        actor = RollupActor(lambda: storage)
         await actor.drain()
         stats = actor.statistics()
         assert (stats.candles_derived, stats.candle_mismatches) == (2, 0)

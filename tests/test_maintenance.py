@@ -16,8 +16,9 @@ from histdata.model import Candle, CandleSource, CoverageSpan, Trade
 from histdata.storage import Storage
 from histdata.storage.candles import write_candles
 from histdata.storage.coverage import gaps
-from histdata.storage.maintenance import apply_retention, ensure_readonly_role
+from histdata.storage.migrations import ensure_reader_role
 from histdata.storage.reads import ReadOptions, read_candles
+from histdata.storage.retention import apply_retention
 from histdata.storage.rollups import rollup_pass
 from histdata.storage.trades import write_trades
 
@@ -98,7 +99,7 @@ class TestMaintenanceActor:
         retention rounds still run."""
         if storage.timescale:
             pytest.skip("this server has TimescaleDB")
-        actor = MaintenanceActor(storage, MaintenanceConfig(interval_s=3600))
+        actor = MaintenanceActor(lambda: storage, MaintenanceConfig(interval_s=3600))
         async with trio.open_nursery() as nursery:
             await nursery.start(actor.run)
             with trio.fail_after(20):
@@ -119,7 +120,7 @@ class TestReadonlyRole:
         """The created role can read candles and is refused any write."""
         role = f"histdata_reader_t{os.getpid()}"
         try:
-            assert await ensure_readonly_role(storage, role)
+            assert await storage.run(ensure_reader_role, role)
             await write_candles(storage, [candle(NOW - timedelta(days=1))])
             options = ReadOptions(role=role)
             got = await read_candles(

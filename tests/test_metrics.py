@@ -69,7 +69,7 @@ async def live_service(tmp_path: Path, database_url: str) -> AsyncIterator[Servi
             with trio.fail_after(30):
                 while True:  # statistics have no events to wait on
                     if (
-                        service.flusher.statistics().trades_written
+                        service.flusher.statistics().trades_inserted
                         and SYMBOL in service.feed.statistics().last_trade_at
                         and service.rollup is not None
                         and service.gapfiller is not None
@@ -153,7 +153,8 @@ class TestLiveScrape:
         assert ("histdata_feed_last_trade_timestamp_seconds", (("symbol", SYMBOL),)) in found
         assert found[("histdata_healthy", ())] == 1.0
         assert found[("histdata_feed_connected", ())] == 1.0
-        assert found[("histdata_flusher_trades_written_total", ())] > 0
+        assert found[("histdata_flusher_trades_inserted_total", ())] > 0
+        assert ("histdata_flusher_trades_present_total", ()) in found
         assert "histdata_rollup_passes_total" in names
         assert "histdata_gapfiller_failures_total" in names
         assert "histdata_actor_restarts_total" in names

@@ -26,6 +26,7 @@ from stored import count_trades  # type: ignore[import-not-found]
 
 # pytest puts tests/ on sys.path (no package): the outage helper lives with the flusher tests.
 from test_flusher import Outage  # type: ignore[import-not-found]
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.buffer import Batch
 from histdata.actors.journal import Journal
@@ -76,15 +77,6 @@ async def running(config: Config, conninfo: str) -> AsyncIterator[Service]:
         await nursery.start(partial(service.run, handle_signals=False))
         yield service
         service.shutdown()
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Poll ``predicate`` (actor statistics have no events to wait on) until it holds."""
-    with trio.fail_after(timeout_s):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
 
 
 async def stored_ids(storage: Storage) -> list[int]:
@@ -145,7 +137,7 @@ async def run_with_outage(
     async with simulator(2000.0) as sim:
         config = make_config(tmp_path, sim)
         async with running(config, database_url) as service:
-            await until(lambda: service.flusher.statistics().trades_written > 1000)
+            await until(lambda: service.flusher.statistics().trades_inserted > 1000)
             await trio.sleep((seconds - outage_s) / 2)
             await outage.start()
             try:
@@ -189,7 +181,7 @@ class TestFaults:
                 await trio.sleep(0.3)
                 sim.faults.close_ws(code)
             await until(lambda: service.feed.statistics().sessions == 4)
-            await until(lambda: service.flusher.statistics().trades_written > 0)
+            await until(lambda: service.flusher.statistics().trades_inserted > 0)
             stats = service.feed.statistics()
             assert stats.closes == {"close_1006": 1, "close_1001": 1, "close_1011": 1}
             assert stats.catch_ups_requested == 3
@@ -203,7 +195,7 @@ class TestFaults:
             sim.faults.malformed_ratio = 0.2
             async with running(make_config(tmp_path, sim), database_url) as service:
                 await until(lambda: sum(service.feed.statistics().rejections.values()) >= 5)
-                await until(lambda: service.flusher.statistics().trades_written > 200)
+                await until(lambda: service.flusher.statistics().trades_inserted > 200)
                 assert service.feed.statistics().sessions == 1
                 snapshot = service.status()
                 assert snapshot["drops"]["rejected input"] >= 5
@@ -218,7 +210,7 @@ class TestFaults:
         async with simulator(2000.0) as sim:
             config = make_config(tmp_path, sim, overflow="drop_oldest", buffer_capacity=300)
             async with running(config, database_url) as service:
-                await until(lambda: service.flusher.statistics().trades_written > 500)
+                await until(lambda: service.flusher.statistics().trades_inserted > 500)
                 # Stall every write: the flusher blocks, the buffer backs up, the channel drops.
                 await trio.to_thread.run_sync(lock_trades, database_url, 2.0)
                 await until(lambda: service.trades.statistics().depth == 0)
@@ -243,7 +235,7 @@ class TestFaults:
         async with simulator(2000.0) as sim:
             config = make_config(tmp_path, sim, overflow="spill", buffer_capacity=300)
             async with running(config, database_url) as service:
-                await until(lambda: service.flusher.statistics().trades_written > 500)
+                await until(lambda: service.flusher.statistics().trades_inserted > 500)
                 await trio.to_thread.run_sync(lock_trades, database_url, 2.0)
                 last = await settle(sim, database_url)
                 assert service.trades.statistics().peak == 300  # it was full meanwhile
@@ -428,7 +420,7 @@ class TestStops:
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(run_service)
-                await until(lambda: service.flusher.statistics().trades_written > 1000)
+                await until(lambda: service.flusher.statistics().trades_inserted > 1000)
                 nursery.start_soon(
                     partial(trio.to_thread.run_sync, lock_trades, database_url, 20.0)
                 )

@@ -22,6 +22,7 @@ from histdata.supervisor.supervisor import (
     Strategy,
     Supervisor,
     SupervisorEscalation,
+    cancel_when,
     current_child_stopping,
     sleep_unless_stopping,
 )
@@ -464,6 +465,29 @@ class TestShutdown:
         t0 = trio.current_time()
         assert await sleep_unless_stopping(5.0) is False
         assert trio.current_time() - t0 == pytest.approx(5.0)
+
+    async def test_a_blocking_wait_ends_when_the_child_is_asked_to_stop(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A child blocked in a receive beside cancel_when stops at once when asked to."""
+        stopped_at: list[float] = []
+
+        async def receiver(*, task_status: trio.TaskStatus[None]) -> None:
+            _, receive = trio.open_memory_channel[int](0)
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_when, current_child_stopping(), nursery.cancel_scope)
+                await receive.receive()
+            stopped_at.append(trio.current_time())
+
+        supervisor = Supervisor("root", [ChildSpec("receiver", receiver, Restart.PERMANENT, 30.0)])
+        async with trio.open_nursery() as nursery:
+            await start_supervisor(nursery, supervisor)
+            await trio.sleep(10.0)
+            t0 = trio.current_time()
+            supervisor.shutdown()
+        assert stopped_at == [t0]
+        assert supervisor.statistics().children[0].state == "stopped"
 
     async def test_cancelling_run_stops_children_gracefully_and_propagates(
         self, autojump_clock: trio.testing.MockClock

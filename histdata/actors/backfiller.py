@@ -1,6 +1,6 @@
 """The backfiller actor: long trade-history backfills for the configured symbols, in parallel.
 
-Each symbol runs :func:`~histdata.backfill.backfill_trades` from ``since`` to the present under
+Each symbol runs :func:`~histdata.fetch.backfill_trades` from ``since`` to the present under
 its persisted cursor, so a restart (of the actor or the process) resumes where the last
 committed page ended. Symbols run concurrently; every REST request waits on the one shared
 rate limiter. A transient failure (Kraken or the database) is retried after a jittered
@@ -14,21 +14,21 @@ collector dies, its cursor stays and the next start resumes from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 import trio
 
 from histdata.actors.heartbeat import collector_ident
-from histdata.backfill import FetchProgress, FetchResult, backfill_trades
 from histdata.errors import TransientError
+from histdata.fetch import FetchProgress, FetchResult, backfill_trades
 from histdata.kraken.rest import KrakenRest
 from histdata.storage import Storage
 from histdata.storage.fleet import hold_lease
 from histdata.supervisor import Backoff
 
-__all__ = ["Backfiller", "BackfillerStatistics", "run_backfiller"]
+__all__ = ["Backfiller", "BackfillerStatistics"]
 
 _log = structlog.get_logger("histdata.actors.backfiller", actor="backfiller")
 
@@ -51,7 +51,7 @@ class Backfiller:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Callable[[], Storage],
         rest: KrakenRest,
         symbols: Sequence[str],
         *,
@@ -59,11 +59,11 @@ class Backfiller:
         backoff: Backoff | None = None,
         holder: str | None = None,
     ) -> None:
-        self.storage = storage
+        self._storage = storage
         self.holder = holder or collector_ident()
         self._delegated: list[str] = []
         self.rest = rest
-        self.symbols = [storage.registry.canonical(s) for s in symbols]
+        self.symbols = [storage().registry.canonical(s) for s in symbols]
         self.since_ns = since_ns
         self.backoff = backoff if backoff is not None else Backoff(1.0, 300.0)
         self._progress: dict[str, FetchProgress] = {}
@@ -94,7 +94,7 @@ class Backfiller:
     async def _one(self, symbol: str) -> None:
         while True:
             try:
-                async with hold_lease(self.storage, f"backfill:{symbol}", self.holder) as lease:
+                async with hold_lease(self._storage(), f"backfill:{symbol}", self.holder) as lease:
                     if lease.owned:
                         await self._backfill(symbol)
                         return
@@ -112,7 +112,7 @@ class Backfiller:
         while True:
             try:
                 self.results[symbol] = await backfill_trades(
-                    self.storage,
+                    self._storage(),
                     self.rest,
                     symbol,
                     since_ns=self.since_ns,
@@ -131,15 +131,3 @@ class Backfiller:
             self._done.append(symbol)
             _log.info("backfill_done", symbol=symbol, inserted=self.results[symbol].inserted)
             return
-
-
-async def run_backfiller(
-    storage: Storage,
-    rest: KrakenRest,
-    symbols: Sequence[str],
-    *,
-    since_ns: int,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Actor entry point: run a :class:`Backfiller` (build one yourself to read statistics)."""
-    await Backfiller(storage, rest, symbols, since_ns=since_ns).run(task_status=task_status)

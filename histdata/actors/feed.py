@@ -46,19 +46,20 @@ import trio
 
 from histdata.actors.buffer import CoverageMark, LiveItem
 from histdata.actors.claims import ClaimRule, Claims
-from histdata.errors import RejectedInput, TransientError
+from histdata.errors import KrakenError, RejectedInput, TransientError
 from histdata.kraken.parse import KrakenRequestError
 from histdata.kraken.ws import (
     CandlesEvent,
     ConnectionClosed,
     KrakenWs,
     RejectedFrame,
+    StaleConnection,
     StatusEvent,
     TradesEvent,
     open_kraken_ws,
 )
 from histdata.model import Candle, LiveTrade, Stream, Trade
-from histdata.supervisor import Backoff, Channel, current_child_stopping
+from histdata.supervisor import Backoff, Channel, cancel_when, current_child_stopping
 from histdata.symbols import SymbolRegistry
 
 __all__ = [
@@ -279,7 +280,7 @@ class Feed:
         task_status.started()
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_when, stopping, scope)
+                nursery.start_soon(cancel_when, stopping, scope)
                 await self._sessions_forever()
         self._set_connected(False)
         _log.info("feed stopped", sessions=self._sessions)
@@ -433,13 +434,13 @@ class Feed:
 
 
 def _close_kind(exc: Exception) -> str:
+    """The ``closes`` key of a session that ended with ``exc``."""
     if isinstance(exc, ConnectionClosed):
         return f"close_{exc.code}" if exc.code is not None else "close_unknown"
-    name: str = type(exc).__name__
-    kinds: dict[str, str] = {"StaleConnection": "stale", "KrakenError": "connect_failed"}
-    return kinds.get(name, name)
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
+    if isinstance(exc, StaleConnection):
+        return "stale"
+    # A plain KrakenError is a failed connect; its other subclasses, and any other transient
+    # error, are counted under their own class name.
+    if type(exc) is KrakenError:
+        return "connect_failed"
+    return type(exc).__name__

@@ -52,7 +52,7 @@ from histdata.model import Candle, CoverageSpan, LiveTrade, Trade
 from histdata.storage import Storage
 from histdata.storage.candles import write_candles
 from histdata.storage.trades import write_trades
-from histdata.supervisor import Backoff, Channel, current_child_stopping
+from histdata.supervisor import Backoff, Channel, cancel_when, current_child_stopping
 
 __all__ = ["Flusher", "FlusherStatistics"]
 
@@ -66,8 +66,8 @@ class FlusherStatistics:
     """Counters of the flusher actor."""
 
     batches_written: int
-    trades_written: int  # trades sent to the database, replays included (new or present)
-    trades_inserted: int
+    trades_inserted: int  # trades written that were new to the database, replays included
+    trades_present: int  # trades written that the database already held (e.g. a replay)
     candles_written: int
     batches_journaled: int
     trades_journaled: int
@@ -115,7 +115,7 @@ class Flusher:
         self._database_up = True
         self._handling = False
         self._batches_written = 0
-        self._trades_written = 0
+        self._trades_present = 0
         self._trades_inserted = 0
         self._candles_written = 0
         self._batches_journaled = 0
@@ -133,7 +133,7 @@ class Flusher:
         """A snapshot of the flusher's counters and state."""
         return FlusherStatistics(
             batches_written=self._batches_written,
-            trades_written=self._trades_written,
+            trades_present=self._trades_present,
             trades_inserted=self._trades_inserted,
             candles_written=self._candles_written,
             batches_journaled=self._batches_journaled,
@@ -211,7 +211,7 @@ class Flusher:
         """The next batch, or None once ``stopping`` is set (or the channel closed)."""
         got: Batch | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             with contextlib.suppress(trio.EndOfChannel):
                 got = await self._batches.receive()
             nursery.cancel_scope.cancel()
@@ -311,10 +311,9 @@ class Flusher:
             await write_candles(storage, batch.candles, coverage=candle_cover)
         if self._observe_write is not None:
             self._observe_write(time.monotonic() - began)
-        # Counted together, so a snapshot never shows more trades new than written.
         self._batches_written += 1
         self._trades_inserted += inserted
-        self._trades_written += len(batch.trades)
+        self._trades_present += len(batch.trades) - inserted
         self._candles_written += len(batch.candles)
         self._last_progress_at = time.time()
 
@@ -395,8 +394,3 @@ class Flusher:
         while True:
             await trio.sleep(_SYNC_INTERVAL_S)
             await self.journal.sync()
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()

@@ -13,7 +13,7 @@ cancelled or failed repair loses nothing already fetched.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -22,13 +22,13 @@ import structlog
 import trio
 
 from histdata.actors.heartbeat import collector_ident
-from histdata.history import RepairResult, catch_up
 from histdata.kraken.rest import KrakenRest
+from histdata.repair import RepairResult, catch_up
 from histdata.storage import Storage
 from histdata.storage.fleet import hold_lease
-from histdata.supervisor import current_child_stopping
+from histdata.supervisor import cancel_when, current_child_stopping
 
-__all__ = ["CatchUpRequests", "GapFiller", "GapFillerStatistics", "run_gapfiller"]
+__all__ = ["CatchUpRequests", "GapFiller", "GapFillerStatistics"]
 
 _log = structlog.get_logger("histdata.actors.gapfiller", actor="gapfiller")
 
@@ -65,7 +65,7 @@ class GapFiller:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Callable[[], Storage],
         rest: KrakenRest,
         symbols: Sequence[str],
         *,
@@ -74,14 +74,17 @@ class GapFiller:
         holder: str | None = None,
         lease_s: float = 60.0,
     ) -> None:
-        self.storage = storage
+        self._storage = storage
         # Repairs of a symbol are leased (``repair:SYMBOL``) so that of several collectors
         # recording it only one works a range; the others skip the pass and count it.
         self.holder = holder or collector_ident()
         self.lease_s = lease_s
         self._skipped = 0
         self.rest = rest
-        self.symbols = [storage.registry.canonical(s) for s in symbols]
+        # The service's registry, kept: a catch-up request names a symbol while the database
+        # may be away, and resolving it must not depend on storage being open.
+        self._registry = storage().registry
+        self.symbols = [self._registry.canonical(s) for s in symbols]
         self.interval_s = interval_s
         self.lookback = lookback
         self._wanted = {symbol: trio.Event() for symbol in self.symbols}
@@ -116,7 +119,7 @@ class GapFiller:
         """
         self._requests += 1
         try:
-            canonical = self.storage.registry.canonical(symbol)
+            canonical = self._registry.canonical(symbol)
             self._wanted[canonical].set()
         except LookupError:
             _log.warning("catch_up_for_unconfigured_symbol", symbol=symbol)
@@ -138,7 +141,7 @@ class GapFiller:
             stopping = None
         async with trio.open_nursery() as nursery:
             if stopping is not None:
-                nursery.start_soon(_cancel_when, stopping, nursery.cancel_scope)
+                nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             for symbol in self.symbols:
                 self._wanted[symbol].set()
                 nursery.start_soon(self._worker, symbol)
@@ -164,13 +167,15 @@ class GapFiller:
             self._running.add(symbol)
             try:
                 async with hold_lease(
-                    self.storage, f"repair:{symbol}", self.holder, ttl_s=self.lease_s
+                    self._storage(), f"repair:{symbol}", self.holder, ttl_s=self.lease_s
                 ) as lease:
                     if not lease.owned:
                         self._skipped += 1
                         _log.debug("repair_skipped", symbol=symbol, holder=lease.holder)
                         continue
-                    result = await catch_up(self.storage, self.rest, symbol, lookback=self.lookback)
+                    result = await catch_up(
+                        self._storage(), self.rest, symbol, lookback=self.lookback
+                    )
             except Exception as exc:  # logged, counted, retried at the next request or tick
                 self._failures += 1
                 self._failed[symbol] += 1
@@ -186,26 +191,3 @@ class GapFiller:
             self._id_holes += result.id_holes
             self._id_unfillable += result.id_holes_left
             self.last_results[symbol] = result
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
-
-
-async def run_gapfiller(
-    storage: Storage,
-    rest: KrakenRest,
-    symbols: Sequence[str],
-    *,
-    interval_s: float,
-    requests: CatchUpRequests,
-    lookback: timedelta = timedelta(days=1),
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Actor entry point: run a :class:`GapFiller` fed by ``requests`` (see :meth:`GapFiller.run`).
-
-    To read its statistics, build the :class:`GapFiller` yourself and start its ``run``.
-    """
-    filler = GapFiller(storage, rest, symbols, interval_s=interval_s, lookback=lookback)
-    await filler.run(requests, task_status=task_status)

@@ -61,7 +61,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Callable[[], Storage],
         symbols: Sequence[str],
         last_write: Callable[[], float | None],
         *,
@@ -85,7 +85,7 @@ class Heartbeat:
         """
         written = self._last_write()
         await beat(
-            self._storage,
+            self._storage(),
             self.ident,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -116,7 +116,7 @@ class Heartbeat:
                 trio.move_on_after(2),
                 contextlib.suppress(DatabaseUnavailable),
             ):
-                await forget_collector(self._storage, self.ident)
+                await forget_collector(self._storage(), self.ident)
 
     def statistics(self) -> HeartbeatStatistics:
         """Current counters."""

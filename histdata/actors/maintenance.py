@@ -15,6 +15,7 @@ differ from the owner's logs one warning: the owner's settings are the ones appl
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -25,10 +26,10 @@ from histdata.config import MaintenanceConfig
 from histdata.errors import DatabaseUnavailable
 from histdata.storage import Storage
 from histdata.storage.fleet import try_lease
-from histdata.storage.maintenance import apply_retention, compress_old_chunks, compression_allowed
+from histdata.storage.retention import apply_retention, compress_old_chunks, compression_allowed
 from histdata.supervisor import sleep_unless_stopping
 
-__all__ = ["MaintenanceActor", "MaintenanceStatistics", "run_maintenance"]
+__all__ = ["MaintenanceActor", "MaintenanceStatistics"]
 
 _log = structlog.get_logger("histdata.actors.maintenance", actor="maintenance")
 
@@ -53,7 +54,11 @@ class MaintenanceActor:
     """Runs retention and compression rounds (see module docs)."""
 
     def __init__(
-        self, storage: Storage, config: MaintenanceConfig, *, holder: str | None = None
+        self,
+        storage: Callable[[], Storage],
+        config: MaintenanceConfig,
+        *,
+        holder: str | None = None,
     ) -> None:
         self._storage = storage
         self._config = config
@@ -87,7 +92,7 @@ class MaintenanceActor:
         config = self._config
         settings = self._settings()
         lease = await try_lease(
-            self._storage,
+            self._storage(),
             "maintenance",
             self._holder,
             ttl_s=2 * config.interval_s + 60,
@@ -106,7 +111,7 @@ class MaintenanceActor:
                 )
             return
         for result in await apply_retention(
-            self._storage,
+            self._storage(),
             {
                 "trades": config.trades_retention_days,
                 "candles": config.candles_retention_days,
@@ -122,20 +127,22 @@ class MaintenanceActor:
                 chunks=result.chunks,
             )
         if self._compression == "on":
-            self._compressed += await compress_old_chunks(self._storage, config.compress_after_days)
+            self._compressed += await compress_old_chunks(
+                self._storage(), config.compress_after_days
+            )
         self._rounds += 1
         self._last_at = time.time()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Decide on compression once, then run a round every ``interval_s`` until stopped."""
         if self._config.compress_after_days > 0:
-            if await compression_allowed(self._storage):
+            if await compression_allowed(self._storage()):
                 self._compression = "on"
             else:
                 self._compression = "unavailable"
                 _log.info(
                     "compression skipped: needs TimescaleDB under the Timescale License",
-                    timescale=self._storage.timescale,
+                    timescale=self._storage().timescale,
                 )
         task_status.started()
         while True:
@@ -162,13 +169,3 @@ class MaintenanceActor:
             skipped=self._skipped,
             owner=self._owner,
         )
-
-
-async def run_maintenance(
-    storage: Storage,
-    config: MaintenanceConfig,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run a fresh :class:`MaintenanceActor` until cancelled."""
-    await MaintenanceActor(storage, config).run(task_status=task_status)

@@ -29,7 +29,7 @@ from histdata.errors import DatabaseUnavailable, HistdataError, UnknownSymbol
 from histdata.kraken import KrakenRest
 from histdata.storage import Storage
 from histdata.storage.symbol_table import SymbolRefresh, load_into, refresh_symbols
-from histdata.supervisor import current_child_stopping
+from histdata.supervisor import cancel_when, current_child_stopping
 from histdata.symbols import SymbolRegistry
 
 __all__ = ["PairsRefresher", "PairsStatistics"]
@@ -124,12 +124,7 @@ class PairsRefresher:
         stopping = current_child_stopping()
         task_status.started()
         async with trio.open_nursery() as nursery:
-
-            async def cancel_when_stopping() -> None:
-                await stopping.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(cancel_when_stopping)
+            nursery.start_soon(cancel_when, stopping, nursery.cancel_scope)
             next_at = trio.current_time() + self.interval_s
             while True:
                 with trio.move_on_at(next_at):

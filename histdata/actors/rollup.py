@@ -13,6 +13,7 @@ is lost while the database is away. Reads never depend on this actor being curre
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -25,7 +26,7 @@ from histdata.storage.rollups import rollup_pass
 from histdata.supervisor import sleep_unless_stopping
 from histdata.timeutil import utc_now
 
-__all__ = ["RollupActor", "RollupStatistics", "run_rollup"]
+__all__ = ["RollupActor", "RollupStatistics"]
 
 _log = structlog.get_logger("histdata.actors.rollup", actor="rollup")
 
@@ -49,7 +50,9 @@ class RollupStatistics:
 class RollupActor:
     """Runs rollup passes every ``interval_s`` seconds; counters survive restarts of ``run``."""
 
-    def __init__(self, storage: Storage, *, interval_s: float = 2.0, batch: int = 10_000) -> None:
+    def __init__(
+        self, storage: Callable[[], Storage], *, interval_s: float = 2.0, batch: int = 10_000
+    ) -> None:
         self._storage = storage
         self._interval_s = interval_s
         self._batch = batch
@@ -71,12 +74,12 @@ class RollupActor:
         Raises:
             DatabaseUnavailable: the database could not be reached.
         """
-        derived = await derive_observed(self._storage, now=utc_now())
+        derived = await derive_observed(self._storage(), now=utc_now())
         self._derived += derived.inserted + derived.updated
         self._mismatches += len(derived.mismatches)
         while True:
             began = time.perf_counter()
-            result = await rollup_pass(self._storage, limit=self._batch)
+            result = await rollup_pass(self._storage(), limit=self._batch)
             self._skipped += result.skipped_symbols
             if not result.claimed and result.skipped_symbols:
                 return  # the rest is another collector's to roll up
@@ -115,13 +118,3 @@ class RollupActor:
             last_pass_s=self._last_s,
             last_error=self._last_error,
         )
-
-
-async def run_rollup(
-    storage: Storage,
-    *,
-    interval_s: float,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run a fresh :class:`RollupActor` until cancelled (construct one to read statistics)."""
-    await RollupActor(storage, interval_s=interval_s).run(task_status=task_status)

@@ -1,1 +1,2 @@
-"""The ``histdata`` sub-commands, one module each (see ``histdata.cli``)."""
+"""The ``histdata`` sub-commands, one module each, named after the command (see
+``histdata.cli``); ``import_`` is ``histdata import``, as ``import`` is a Python keyword."""

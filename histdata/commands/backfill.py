@@ -18,15 +18,15 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from histdata.backfill import (
+from histdata.commands.common import open_command_storage, setup, symbol_argument, time_arg
+from histdata.config import Config
+from histdata.fetch import (
     FetchProgress,
     FetchResult,
     backfill_cursor_name,
     derive_backfilled,
     fetch_trades,
 )
-from histdata.commands.common import open_command_storage, setup, symbol_argument, time_arg
-from histdata.config import Config
 from histdata.kraken import RateLimiter, open_kraken_rest
 from histdata.model import datetime_to_ns, ns_to_datetime
 from histdata.storage import Storage

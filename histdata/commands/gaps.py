@@ -28,9 +28,9 @@ import trio
 from histdata.actors.heartbeat import collector_ident
 from histdata.commands.common import interval_arg, open_command_storage, setup, time_arg
 from histdata.config import Config
-from histdata.history import RepairResult, repair_symbol
 from histdata.kraken import RateLimiter, open_kraken_rest
 from histdata.model import Stream
+from histdata.repair import RepairResult, repair_symbol
 from histdata.storage.candles import CandleMismatch, candle_mismatches
 from histdata.storage.continuity import IdHole, id_holes
 from histdata.storage.coverage import CoverageReport, coverage_report

@@ -68,6 +68,10 @@ def _escalation(exc: BaseException) -> SupervisorEscalation | None:
 
 
 def _explain(escalation: SupervisorEscalation) -> str:
+    # A nested supervisor's escalation is its parent's cause: the innermost names the child
+    # that failed (storage under database under root) and carries its real error.
+    while isinstance(escalation.__cause__, SupervisorEscalation):
+        escalation = escalation.__cause__
     cause = escalation.__cause__
     if cause is None:
         return str(escalation)

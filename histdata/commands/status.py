@@ -194,10 +194,7 @@ def render(snapshot: dict[str, Any]) -> str:
             "  rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(feed["rejections"].items()))
         )
     flusher, journal = snapshot["flusher"], snapshot["journal"]
-    # trades_written counts every trade sent to the database (replays included) and
-    # trades_inserted the new ones among them, so the rest were already stored. Clamped: a
-    # snapshot taken mid-write may see a batch's inserts before its written count.
-    present = max(0, flusher["trades_written"] - flusher["trades_inserted"])
+    present = flusher["trades_present"]
     damage = ""
     lost, unknown = journal.get("lost_records", 0), journal.get("lost_unknown_records", 0)
     if lost or unknown:
@@ -209,8 +206,8 @@ def render(snapshot: dict[str, Any]) -> str:
         "",
         f"flusher: database {'up' if flusher['database_up'] else 'DOWN'}; trades stored"
         f" {flusher['trades_inserted']} new, {present} already present (of"
-        f" {flusher['trades_written']} written, {flusher['trades_replayed']} of them replayed"
-        f" from the journal); journaled {flusher['trades_journaled']}",
+        f" {flusher['trades_inserted'] + present} written, {flusher['trades_replayed']} of them"
+        f" replayed from the journal); journaled {flusher['trades_journaled']}",
         f"journal: {_size(journal['bytes'])} of {_size(journal['max_bytes'])} in"
         f" {journal['segments']} segments; torn records {journal['torn_records']}{damage}",
     ]

@@ -6,8 +6,8 @@ tested against this simulator, and users run it (``histdata sim``) to try the se
 Layers, bottom up: ``pairs`` (the listing: named and generated pairs, their ``AssetPairs``
 and ``Assets`` entries), ``market`` (the seeded ground truth: trades and the candles they make),
 ``faults`` (switchable misbehaviour), ``rest`` and ``ws`` (the two APIs, shaped as Kraken's,
-quirks included), ``server`` (listeners, clock, :func:`open_simulator`), ``command``
-(the ``histdata sim`` command line).
+quirks included), ``server`` (listeners, clock, :func:`open_simulator`). The ``histdata sim``
+command line is :mod:`histdata.commands.sim`, with the other commands.
 """
 
 from histdata.sim.faults import CLOSE_CODES, Faults

@@ -29,6 +29,7 @@ from histdata.supervisor.supervisor import (
     Supervisor,
     SupervisorEscalation,
     SupervisorStatistics,
+    cancel_when,
     current_child_stopping,
     sleep_unless_stopping,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Supervisor",
     "SupervisorEscalation",
     "SupervisorStatistics",
+    "cancel_when",
     "channels",
     "current_child_stopping",
     "sleep_unless_stopping",

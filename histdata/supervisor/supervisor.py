@@ -64,6 +64,7 @@ __all__ = [
     "Supervisor",
     "SupervisorEscalation",
     "SupervisorStatistics",
+    "cancel_when",
     "current_child_stopping",
     "sleep_unless_stopping",
 ]
@@ -178,6 +179,17 @@ def current_child_stopping() -> trio.Event:
         return _stopping.get()
     except LookupError:
         raise RuntimeError("current_child_stopping() called outside a supervised child") from None
+
+
+async def cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` once ``event`` is set; run it beside the work a stop must end.
+
+    How a child turns :func:`current_child_stopping` into the end of a blocking wait (a
+    receive, a serve loop, a session): ``nursery.start_soon(cancel_when, stopping,
+    nursery.cancel_scope)``.
+    """
+    await event.wait()
+    scope.cancel()
 
 
 async def sleep_unless_stopping(seconds: float) -> bool:

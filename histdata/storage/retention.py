@@ -1,4 +1,4 @@
-"""Housekeeping SQL: retention, TimescaleDB compression, and the read-only query role.
+"""Retention and TimescaleDB compression: the SQL of the maintenance actor.
 
 Retention removes rows older than a cutoff. On TimescaleDB it drops whole chunks
 (``drop_chunks``: instant, no row locks). On plain PostgreSQL it deletes in small batches,
@@ -10,13 +10,6 @@ no trades".
 Compression is a TimescaleDB feature under the Timescale License; with the Apache-2 build
 (``timescaledb.license = 'apache'``) or without TimescaleDB it is skipped (the caller logs
 that once).
-
-The read-only role (``[database] readonly_role``) gets ``SELECT`` on the schema's tables and is
-granted to the service's own user so the query path can ``SET LOCAL ROLE`` to it: a bug or an
-injection in a read can then write nothing. ``migrate`` creates it
-(:func:`~histdata.storage.migrations.ensure_reader_role`); where the database user may not
-create roles, :func:`ensure_readonly_role` reports False and reads run as the service user
-inside ``READ ONLY`` transactions.
 """
 
 from __future__ import annotations
@@ -33,20 +26,18 @@ import trio
 from psycopg import sql
 
 from histdata.storage.database import Storage
-from histdata.storage.migrations import ensure_reader_role
 
 __all__ = [
     "RetentionResult",
     "apply_retention",
     "compress_old_chunks",
     "compression_allowed",
-    "ensure_readonly_role",
 ]
 
 Connection = psycopg.Connection[Any]
 RetentionTable = Literal["trades", "candles"]
 
-_log = structlog.get_logger("storage.maintenance")
+_log = structlog.get_logger("storage.retention")
 # A batch small enough that each DELETE holds its row locks for milliseconds.
 _DELETE_BATCH = 5_000
 # Stream name → the physical tables it lives in (whitelist: only these names reach SQL).
@@ -190,21 +181,3 @@ async def compress_old_chunks(storage: Storage, after_days: int) -> int:
     for table in ("trades", "candles_1m", "candles_rollup"):
         done += await storage.run(_compress, table, timedelta(days=after_days))
     return done
-
-
-async def ensure_readonly_role(storage: Storage, role: str) -> bool:
-    """Create (if needed) the read-only ``role``, grant it SELECT, and make it usable by the
-    service user. Returns False, with one log line, when the database does not permit it.
-
-    Raises:
-        DatabaseUnavailable: the database could not be reached.
-    """
-    if not role:
-        return False
-    if not await storage.run(ensure_reader_role, role):
-        _log.warning(
-            "read-only role not available; reads run as the service user in READ ONLY transactions",
-            role=role,
-        )
-        return False
-    return True

@@ -38,7 +38,7 @@ __all__ = [
     "fetch_trades",
 ]
 
-_log = structlog.get_logger("histdata.backfill")
+_log = structlog.get_logger("histdata.fetch")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ live feed stores new trades at once, so the last stored trade is already past th
 hole is the part of the timeline no source observed. For one symbol over ``[start, end)``:
 
 1. **Trades.** Every repairable hole in trades coverage is fetched from REST ``Trades``
-   (:func:`~histdata.backfill.fetch_trades`): Kraken's trade history is complete back to each
+   (:func:`~histdata.fetch.fetch_trades`): Kraken's trade history is complete back to each
    pair's listing, so every trade hole can be filled. The open end of the timeline is
    observed up to the moment of the last request (less a few seconds still being published).
    Then the trade ids are audited (:func:`~histdata.storage.continuity.audit_trade_ids`):
@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from histdata.backfill import fetch_trades
+from histdata.fetch import fetch_trades
 from histdata.kraken.rest import KrakenRest
 from histdata.model import CoverageSpan, datetime_to_ns, ns_to_datetime
 from histdata.storage.candles import CandleMismatch, derive_candles, refetch_minutes, write_candles
@@ -49,7 +49,7 @@ REST_OHLC_WINDOW = timedelta(minutes=720)
 _MINUTE = timedelta(minutes=1)
 # REST's trade times are printed floats: a refetch by time reaches this far past each side.
 _REFETCH_MARGIN_NS = 1_000_000_000
-_log = structlog.get_logger("histdata.history")
+_log = structlog.get_logger("histdata.repair")
 
 
 @dataclass(frozen=True, slots=True)
