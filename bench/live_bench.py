@@ -2,8 +2,9 @@
 
 Usage::
 
-    .venv/bin/python -m bench.live_bench [--dsn DSN] [--rates 2000,5000,10000,20000,40000]
+    .venv/bin/python -m bench.live_bench [--dsn DSN] [--rates 2000,5000,10000,...,320000]
         [--duration-s 30] [--symbols BTC/USD,ETH/USD,SOL/USD,XRP/USD] [--json] [--quick]
+        [--all-rates]
 
 Three processes per step, so none shares a GIL with another: the simulator
 (:class:`bench.common.SimProcess`), the service (``python -m histdata.cli run`` with the
@@ -25,11 +26,14 @@ Per step, in a fresh scratch database:
 4. the service's peak RSS is the kernel's high-water mark (``VmHWM``); CPU is process time
    over the trading window, in % of one core.
 
-The sustained rate is the highest step with no loss whose backlog was stored within
-``KEPT_UP_DRAIN_S`` of trading stopping: without that condition a step of a few seconds
-"passes" however slow the writer is, because the 200,000-trade buffer absorbs it. The
-table also gives p99 latency, the drain time and the store rate (stored trades over the
-trading time plus the drain).
+A step passes when nothing was lost or duplicated, its backlog was stored within
+``KEPT_UP_DRAIN_S`` of trading stopping (without that condition a step of a few seconds
+"passes" however slow the writer is, because the 200,000-trade buffer absorbs it) and its
+p99 latency is under 1 s. The ladder climbs until a step fails (``--all-rates`` runs every
+step anyway), so its top is the ceiling: the failing step says which criterion failed and
+which resource ran out (:func:`limit`): the simulator not emitting the rate asked, one of
+the three processes at a core, or the machine's cores all busy. The table also gives the
+drain time and the store rate (stored trades over the trading time plus the drain).
 ``--profile DIR`` runs the service under cProfile (slower; for finding the bottleneck);
 ``--logs DIR`` keeps the service's log of each step.
 """
@@ -91,6 +95,8 @@ class Step:
     service_cpu: float
     sim_cpu: float
     db_cpu: float
+    service_us_per_trade: float  # service CPU over trading and drain, per stored trade
+    db_us_per_trade: float
     peak_rss: int
     sessions: int
     slow_client_drops: int
@@ -273,6 +279,8 @@ def _measure(
             break
         time.sleep(0.1)
     drain_s = time.monotonic() - stopped
+    cpu2 = _cpu(service.pid)
+    pg2 = _backend_cpu(dsn)
     status = _healthz(socket)
     peak = _peak_rss(service.pid)
     p50, p99, worst = _latency(dsn)
@@ -298,11 +306,60 @@ def _measure(
         service_cpu=(cpu1[0] - cpu0[0]) / seconds,
         sim_cpu=(cpu1[1] - cpu0[1]) / seconds,
         db_cpu=sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items()) / seconds,
+        service_us_per_trade=(cpu2 - cpu0[0]) / max(ids, 1) * 1e6,
+        db_us_per_trade=sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg2.items())
+        / max(ids, 1)
+        * 1e6,
         peak_rss=peak,
         sessions=int(ws["connections"]),
         slow_client_drops=int(ws["slow_clients_dropped"]),
         journaled=int(status.get("flusher", {}).get("trades_journaled", 0)),
     )
+
+
+# A process at this share of one core is taken to be the limit (the service's event loop,
+# the simulator and each PostgreSQL backend are single-threaded where it matters).
+_CORE_BOUND = 0.85
+
+
+def failures(step: Step) -> list[str]:
+    """The pass criteria ``step`` failed (empty: it passed)."""
+    failed = []
+    if step.lost:
+        failed.append(f"{step.lost:,} lost")
+    if step.duplicated:
+        failed.append(f"{step.duplicated:,} duplicated")
+    if not step.drained:
+        failed.append("backlog not stored")
+    elif step.drain_s > KEPT_UP_DRAIN_S:
+        failed.append(f"backlog stored {step.drain_s:.1f} s after trading stopped")
+    if (step.p99_s or 0.0) >= 1.0:
+        failed.append(f"p99 {step.p99_s:.1f} s")
+    return failed
+
+
+def limit(step: Step, cores: int) -> str:
+    """Which resource ran out in ``step``, from its CPU shares and emitted rate."""
+    shares = {
+        "the service": step.service_cpu,
+        "PostgreSQL": step.db_cpu,
+        "the simulator": step.sim_cpu,
+    }
+    total = sum(shares.values())
+    emitted_rate = step.emitted / step.seconds
+    found = []
+    if emitted_rate < 0.9 * step.rate:
+        found.append(f"the simulator emitted only {emitted_rate:,.0f}/s")
+    found += [
+        f"{name} at {share:.0%} of a core" for name, share in shares.items() if share >= _CORE_BOUND
+    ]
+    if total >= 0.85 * cores:
+        found.append(f"all {cores} cores busy ({total:.0%} of one core in all)")
+    if step.slow_client_drops:
+        found.append(
+            f"the simulator dropped the service as a slow client {step.slow_client_drops}x"
+        )
+    return "; ".join(found) or f"no resource saturated ({total:.0%} of one core in all)"
 
 
 def _ms(seconds: float | None) -> str:
@@ -324,11 +381,15 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
             f"{s.journaled:,}",
             f"{s.stored_ids / (s.seconds + s.drain_s):,.0f}/s" if s.drained else "–",
             f"{s.service_cpu:.0%} / {s.db_cpu:.0%} / {s.sim_cpu:.0%}",
+            f"{s.service_us_per_trade:.1f} / {s.db_us_per_trade:.1f}",
             f"{s.peak_rss / 2**20:,.0f} MiB",
             f"{s.sessions} / {s.slow_client_drops}",
+            "pass" if not failures(s) else "fail: " + ", ".join(failures(s)),
         ]
         for s in steps
     ]
+    cores = os.cpu_count() or 1
+    failed = [s for s in steps if failures(s)]
     lossless = [s.rate for s in steps if s.lost == 0 and s.duplicated == 0]
     kept_up = [s.rate for s in steps if s.rate in lossless and s.drain_s <= KEPT_UP_DRAIN_S]
     timely = [s.rate for s in steps if s.rate in kept_up and (s.p99_s or 0.0) < 1.0]
@@ -337,6 +398,17 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
         return f"{max(rates):,} trades/s" if rates else "none of the steps"
 
     sustained, within, buffered = best(kept_up), best(timely), best(lossless)
+    if failed:
+        top = failed[0]
+        ceiling = (
+            f"**Ceiling: the {top.rate:,} trades/s step failed** ({', '.join(failures(top))});"
+            f" limit: {limit(top, cores)}."
+        )
+    else:
+        ceiling = (
+            f"No step failed: the ceiling lies above {max(s.rate for s in steps):,} trades/s"
+            " (not reached by this ladder)."
+        )
     at_2k = next((s for s in steps if s.rate == 2000), None)
     summary = {
         "sustained (no loss, kept up)": sustained,
@@ -346,22 +418,33 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
     if at_2k is not None:
         summary["latency p50/p99 at 2,000/s"] = f"{_ms(at_2k.p50_s)} / {_ms(at_2k.p99_s)}"
     summary["service peak RSS"] = f"{max(s.peak_rss for s in steps) / 2**20:,.0f} MiB"
+    summary["ceiling (first failing step)"] = (
+        f"{failed[0].rate:,} trades/s: {limit(failed[0], cores)}" if failed else "not reached"
+    )
     notes = [
         f"{args.duration_s:g} s of trading per step, spread over {len(args.symbols)} symbols "
         f"({', '.join(args.symbols)}); the service runs with the default configuration "
-        "(batches of 2,000 trades or 0.25 s), gap filling off.",
+        "(batches of 2,000 trades or 0.25 s, merged up to 20,000 when the writer is behind; "
+        "2 writer connections), gap filling off. The ladder climbs until a step fails.",
+        ceiling,
         f"**Sustained rate: {sustained}** (highest step with no loss whose backlog was stored "
         f"within {KEPT_UP_DRAIN_S:g} s of trading stopping); with p99 latency under 1 s as "
         f"well: {within}; without loss but with a backlog the buffer absorbed: {buffered}. "
-        "Target on this machine: 20,000 trades/s with p99 < 1 s.",
+        "Target on this machine when otherwise quiet: 40,000 trades/s with p99 < 1 s.",
+        "Limit: a process at 85% of one core or more, all cores busy (the three processes "
+        "together at 85% of the machine), or the simulator short of the rate asked by more "
+        "than 10%; these are read from the failing step's CPU columns.",
         "Latency is insert time (`clock_timestamp()`) minus the trade's time at the simulator, "
         "over every WebSocket-sourced row; it includes the simulator's 20 ms publishing tick. "
         '"Drain" is how long the service needed, after trading stopped, to store the last '
         'trade: a backlog that grew during the step. "Journaled" trades went through the disk '
-        "journal (spill) because the database writer fell behind.",
+        "journal; with the database up that is none: a writer that is behind gets "
+        "backpressure and larger batches, and the journal is for a database that is away.",
         "CPU is process time over the trading window in % of one core (PostgreSQL: the backends "
         "serving the scratch database); the simulator, the service and PostgreSQL share 2 "
-        "cores. WS sessions / slow-client drops: the simulator "
+        "cores. CPU per trade is process time from trading's start to the last trade stored, "
+        "over the trades stored: the cost of a trade, which a shared machine disturbs less "
+        "than it does the shares. WS sessions / slow-client drops: the simulator "
         "disconnects a client whose outbox holds 2,048 unsent frames; each drop loses what was "
         "queued unless the service repairs it (gap filling is off here).",
     ]
@@ -381,8 +464,10 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
             "journaled",
             "store rate",
             "CPU service / PostgreSQL / sim",
+            "CPU µs per trade service / PostgreSQL",
             "service peak RSS",
             "WS sessions / drops",
+            "verdict",
         ],
         rows=rows,
         notes=notes,
@@ -403,13 +488,18 @@ def main() -> None:
         help="pairs the rate is spread over",
     )
     parser.add_argument("--drain-timeout-s", type=float, default=15.0)
+    parser.add_argument(
+        "--all-rates", action="store_true", help="run every step, not only up to the first failure"
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the service into DIR")
     parser.add_argument("--logs", type=Path, help="keep the service's log of each step in DIR")
     args = parser.parse_args()
     if not args.dsn:
         parser.error("--dsn (or HISTDATA_TEST_DSN) is required")
     if args.rates is None:
-        args.rates = "2000,5000" if args.quick else "2000,5000,10000,20000,40000"
+        args.rates = (
+            "2000,5000" if args.quick else "2000,5000,10000,20000,40000,80000,160000,320000"
+        )
     if args.duration_s is None:
         args.duration_s = 8.0 if args.quick else 30.0
     rates = [int(r) for r in args.rates.split(",")]
@@ -442,6 +532,9 @@ def main() -> None:
         )
         say(f"live: {step}")
         steps.append(step)
+        if failures(step) and not args.all_rates:
+            say(f"live: the {rate:,} trades/s step failed ({', '.join(failures(step))}): the top")
+            break
     emit(result(steps, args, command, where), as_json=args.json)
 
 

@@ -191,6 +191,10 @@ class LiveConfig:
     )
     journal_max_mb: int = field(default=1024, metadata=_positive())
     flush_retry_s: float = field(default=1.0, metadata=_positive())
+    # A flusher behind the feed merges queued batches into writes of up to this many trades.
+    max_batch_trades: int = field(default=20_000, metadata=_positive())
+    # Database connections the flusher writes over at once, each for its own symbols.
+    writers: int = field(default=2, metadata=_positive())
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import orjson
 
-from histdata.model import Candle, Trade
+from histdata.model import Candle, LiveTrade, Trade
 from histdata.timeutil import format_interval, format_time
 
 if TYPE_CHECKING:
@@ -237,12 +237,13 @@ def format_time_ns(time_ns: int) -> str:
     return f"{base}.{ns:09d}Z"
 
 
-def trade_row(trade: Trade) -> TextRow:
-    """A trade's wire values as text, in :data:`TRADES` order (None: absent)."""
+def trade_row(trade: Trade | LiveTrade) -> TextRow:
+    """A trade's wire values as text, in :data:`TRADES` order (None: absent); a live trade's
+    price and volume are already plain text."""
     return (
         format_time_ns(trade.time_ns),
-        decimal_text(trade.price),
-        decimal_text(trade.volume),
+        trade.price if isinstance(trade.price, str) else decimal_text(trade.price),
+        trade.volume if isinstance(trade.volume, str) else decimal_text(trade.volume),
         trade.side.value if trade.side is not None else None,
         None if trade.trade_id is None else str(trade.trade_id),
     )
@@ -371,7 +372,7 @@ def trade_encoder(fmt: Format, symbol: str, decimals: Decimals = "exact") -> Enc
     return _Arrow(TRADES.arrow(decimals, trade_metadata(symbol)))
 
 
-def trade_event(trade: Trade) -> bytes:
+def trade_event(trade: Trade | LiveTrade) -> bytes:
     """One NDJSON line of the live stream for a trade."""
     time, price, volume, side, _ = trade_row(trade)
     event = {

@@ -10,6 +10,9 @@ trades or candles.
 
 Prices and volumes are :class:`decimal.Decimal`, never floats: they are parsed from the text
 Kraken sent and stored as PostgreSQL ``numeric``, so what goes in comes out digit for digit.
+:class:`LiveTrade` is the WebSocket's trade on its way to storage: its price and volume are
+the validated number text, which the database converts, because building two Decimals per
+trade was a quarter of the live path's CPU.
 Trade times are integer nanoseconds since the Unix epoch, which holds every source's full
 precision (REST: a printed binary double, within 0.24 µs; WebSocket v2: µs or ns; CSV:
 seconds; see docs/kraken.md). Candle times are bucket
@@ -22,7 +25,7 @@ import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = [
     "NS_PER_S",
@@ -31,6 +34,7 @@ __all__ = [
     "CandleWriteResult",
     "CoverageSource",
     "CoverageSpan",
+    "LiveTrade",
     "Side",
     "Stream",
     "Trade",
@@ -91,6 +95,45 @@ class Trade:
     def time(self) -> datetime:
         """The trade time as an aware UTC datetime (truncated to microseconds)."""
         return ns_to_datetime(self.time_ns)
+
+
+class LiveTrade(NamedTuple):
+    """One trade from the WebSocket, with ``price`` and ``volume`` as plain decimal text.
+
+    The text is what :func:`histdata.kraken.parse.parse_number_text` accepted: ASCII digits
+    with an optional fraction, no sign, exponent or leading zero, and not zero; so it is
+    exact, and PostgreSQL's ``numeric`` input reads it digit for digit. Only the live path
+    makes these; everything read back (the journal, the database) is a :class:`Trade`.
+    A named tuple rather than a frozen dataclass: it is made once per trade, and a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) cost several times more.
+    """
+
+    symbol: str
+    time_ns: int
+    price: str
+    volume: str
+    side: Side
+    ord_type: str
+    trade_id: int | None = None
+    seq: int = 0
+
+    @property
+    def time(self) -> datetime:
+        """The trade time as an aware UTC datetime (truncated to microseconds)."""
+        return ns_to_datetime(self.time_ns)
+
+    def to_trade(self) -> Trade:
+        """The same trade with exact :class:`Decimal` price and volume (off the hot path)."""
+        return Trade(
+            symbol=self.symbol,
+            time_ns=self.time_ns,
+            price=Decimal(self.price),
+            volume=Decimal(self.volume),
+            side=self.side,
+            ord_type=self.ord_type,
+            trade_id=self.trade_id,
+            seq=self.seq,
+        )
 
 
 @dataclass(frozen=True, slots=True)

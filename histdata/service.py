@@ -244,7 +244,9 @@ class Service:
             "live.trades",
             live.buffer_capacity,
             policy,
-            spill=self.journal.spill_sink(self.loss) if policy is Overflow.SPILL else None,
+            spill=self.journal.spill_sink(self.loss, database_up=lambda: self.flusher.database_up)
+            if policy is Overflow.SPILL
+            else None,
             weight=live_weight,
         )
         # Candle updates supersede each other; under a drop or spill policy the oldest update
@@ -278,6 +280,8 @@ class Service:
             self.journal,
             retry_s=live.flush_retry_s,
             group_trades=max(live.batch_size, 5000),
+            max_batch_trades=max(live.batch_size, live.max_batch_trades),
+            writers=live.writers,
             stop_write_budget_s=0.3 * timeout,
             observe_write=self.latencies.write.observe,
         )

@@ -17,9 +17,10 @@ class ListSink:
     def __init__(self) -> None:
         self.items: list[int] = []
 
-    async def spill(self, item: int) -> None:
+    async def spill(self, item: int) -> bool:
         await trio.lowlevel.checkpoint()
         self.items.append(item)
+        return True
 
 
 def drain(channel: Channel[int]) -> list[int]:
@@ -149,11 +150,30 @@ class TestSpill:
         assert sink.items == [3, 4, 5, 6, 7, 8, 9]
         assert (stats.spilled, stats.dropped, stats.sent) == (7, 0, 10)
 
+    async def test_declining_sink_means_backpressure(self) -> None:
+        """While the sink declines, a send into a full channel waits for room; nothing spills."""
+
+        class DecliningSink:
+            async def spill(self, item: int) -> bool:
+                await trio.lowlevel.checkpoint()
+                return False
+
+        channel: Channel[int] = Channel("t", 1, Overflow.SPILL, spill=DecliningSink())
+        await channel.send(1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.send, 2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert channel.statistics().sent == 1
+            assert channel.receive_nowait() == 1
+        assert channel.receive_nowait() == 2
+        stats = channel.statistics()
+        assert (stats.sent, stats.spilled, stats.dropped) == (2, 0, 0)
+
     async def test_failing_sink_is_not_counted(self) -> None:
         """When the sink raises, the send raises and the item counts as neither sent nor spilled."""
 
         class BrokenSink:
-            async def spill(self, item: int) -> None:
+            async def spill(self, item: int) -> bool:
                 raise OSError("disk full")
 
         channel: Channel[int] = Channel("t", 1, Overflow.SPILL, spill=BrokenSink())

@@ -10,7 +10,16 @@ import pytest
 from stored import count_trades, stored_candles  # type: ignore[import-not-found]
 
 from histdata.errors import StorageNotOpen, UnknownSymbol
-from histdata.model import NS_PER_S, Candle, CandleSource, CoverageSpan, Side, Trade, datetime_to_ns
+from histdata.model import (
+    NS_PER_S,
+    Candle,
+    CandleSource,
+    CoverageSpan,
+    LiveTrade,
+    Side,
+    Trade,
+    datetime_to_ns,
+)
 from histdata.storage import Storage, open_storage
 from histdata.storage.candles import write_candles
 from histdata.storage.coverage import add_coverage, covered, gaps
@@ -59,6 +68,24 @@ END = T0 + timedelta(days=1)
 
 
 class TestTradeWrites:
+    async def test_live_trade_text_is_stored_digit_for_digit(self, storage: Storage) -> None:
+        """A LiveTrade's number text reads back as the same decimal, scale and all."""
+        live = LiveTrade(
+            symbol="BTC/USD",
+            time_ns=T0_NS + 123_456_789,
+            price="61000.10",
+            volume="0.00012000",
+            side=Side.SELL,
+            ord_type="market",
+            trade_id=42,
+        )
+        result = await write_trades(storage, [live, trade(1)], source="live")
+        assert result.inserted == 2
+        stored = await read_trades(storage, "BTC/USD", T0, END)
+        assert [str(t.price) for t in stored] == ["61000.10", "61001.1"]
+        assert [str(t.volume) for t in stored] == ["0.00012000", "0.00012345"]
+        assert stored[0] == live.to_trade()
+
     async def test_same_batch_twice_adds_nothing(self, storage: Storage) -> None:
         """Writing the same batch again stores no new rows and reports them as present."""
         batch = [trade(i) for i in range(100)]

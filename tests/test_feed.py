@@ -13,7 +13,7 @@ from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.buffer import CoverageMark, LiveItem, live_weight
 from histdata.actors.feed import CatchUpQueue, Feed
-from histdata.model import Candle, Trade
+from histdata.model import Candle, LiveTrade, Trade
 from histdata.sim import SimConfig, open_simulator
 from histdata.supervisor import Backoff, Channel, ChildSpec, Overflow, Supervisor
 from histdata.symbols import SymbolRegistry
@@ -28,20 +28,25 @@ async def sim() -> AsyncIterator[Any]:
         yield simulator
 
 
+def exact(trade: Trade | LiveTrade) -> Trade:
+    """``trade`` with Decimal price and volume, comparable with the simulator's trades."""
+    return trade.to_trade() if isinstance(trade, LiveTrade) else trade
+
+
 class Collected:
     """Drains the feed's channels the way the buffer would."""
 
     def __init__(self) -> None:
-        self.trades: list[Trade] = []
+        self.trades: list[Trade | LiveTrade] = []
         self.candles: list[Candle] = []
         self.marks: list[CoverageMark] = []
 
     async def drain_trades(self, channel: Channel[LiveItem]) -> None:
         async for item in channel:
-            if isinstance(item, Trade):
-                self.trades.append(item)
-            else:
+            if isinstance(item, CoverageMark):
                 self.marks.append(item)
+            else:
+                self.trades.append(item)
 
     async def drain_candles(self, channel: Channel[Candle]) -> None:
         async for candle in channel:
@@ -93,7 +98,7 @@ class TestStream:
                 )
             )
         truth = set(sim.market.trades("BTC/USD"))
-        assert set(got.trades) <= truth
+        assert {exact(t) for t in got.trades} <= truth
         assert got.candles
         assert all(not c.final for c in got.candles)
         spans = [span for mark in got.marks for _, span in mark.spans]
@@ -136,7 +141,7 @@ class TestValidation:
             await until(lambda: len(got.trades) > 100)
         assert feed.statistics().sessions == 1
         assert all(reason for reason in feed.statistics().rejections)
-        assert set(got.trades) <= set(sim.market.trades("BTC/USD"))
+        assert {exact(t) for t in got.trades} <= set(sim.market.trades("BTC/USD"))
 
 
 class TestConnectBudget:

@@ -28,10 +28,10 @@ T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
 FAR = (datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
 
 
-def trades(start: int, n: int) -> tuple[Trade, ...]:
+def trades(start: int, n: int, symbol: str = "BTC/USD") -> tuple[Trade, ...]:
     base = int(T0.timestamp()) * 1_000_000_000
     return tuple(
-        Trade("BTC/USD", base + i * 1_000_000, Decimal("65000.1"), Decimal("0.001"), trade_id=i)
+        Trade(symbol, base + i * 1_000_000, Decimal("65000.1"), Decimal("0.001"), trade_id=i)
         for i in range(start, start + n)
     )
 
@@ -69,11 +69,22 @@ class Outage:
 
 @asynccontextmanager
 async def running_flusher(
-    storage: Storage, directory: Path
+    storage: Storage,
+    directory: Path,
+    *,
+    writers: int = 1,
+    queued: tuple[Batch, ...] = (),
 ) -> AsyncIterator[tuple[Flusher, Channel[Batch], Supervisor]]:
+    """A supervised flusher; ``queued`` batches are in its channel before it starts."""
     batches: Channel[Batch] = Channel("batches", 4, Overflow.BLOCK, weight=len)
+    for batch in queued:
+        batches.send_nowait(batch)
     flusher = Flusher(
-        batches, lambda: storage, Journal(directory, max_bytes=50_000_000), retry_s=0.2
+        batches,
+        lambda: storage,
+        Journal(directory, max_bytes=50_000_000),
+        retry_s=0.2,
+        writers=writers,
     )
     supervisor = Supervisor("test", [ChildSpec("flusher", flusher.run, shutdown_timeout_s=10)])
     async with trio.open_nursery() as nursery:
@@ -104,6 +115,37 @@ class TestDirect:
         assert stored.final is False
         assert stored.trades == 3
         assert await gaps(storage, "BTC/USD", "trades", T0, T0 + timedelta(minutes=1)) == []
+
+
+class TestBatching:
+    async def test_queued_batches_are_written_as_one(
+        self, storage: Storage, tmp_path: Path
+    ) -> None:
+        """Batches waiting behind the one taken are merged into the same write."""
+        cover = (("BTC/USD", CoverageSpan("trades", "live", T0, T0 + timedelta(seconds=1))),)
+        queued = (Batch(trades(0, 10)), Batch(trades(10, 10)), Batch(trades(20, 10), (), cover))
+        async with running_flusher(storage, tmp_path, queued=queued) as (flusher, _, _):
+            await until(lambda: flusher.statistics().trades_inserted == 30)
+            assert flusher.statistics().batches_written == 1
+        assert await count_trades(storage, "BTC/USD", *FAR) == 30
+        assert await gaps(storage, "BTC/USD", "trades", T0, T0 + timedelta(seconds=1)) == []
+
+    async def test_writers_split_a_batch_by_symbol(self, storage: Storage, tmp_path: Path) -> None:
+        """With two writers each symbol's trades and coverage are stored, in parallel parts."""
+        symbols = ("BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD")
+        end = T0 + timedelta(seconds=1)
+        batch = Batch(
+            tuple(t for s in symbols for t in trades(0, 50, s)),
+            (),
+            tuple((s, CoverageSpan("trades", "live", T0, end)) for s in symbols),
+        )
+        async with running_flusher(storage, tmp_path, writers=2) as (flusher, batches, _):
+            await batches.send(batch)
+            await until(lambda: flusher.statistics().trades_inserted == 200)
+            assert flusher.statistics().batches_written == 2
+        for symbol in symbols:
+            assert await count_trades(storage, symbol, *FAR) == 50
+            assert await gaps(storage, symbol, "trades", T0, end) == []
 
 
 class TestOutage:

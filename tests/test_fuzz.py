@@ -278,7 +278,7 @@ class TestWebSocketFrames:
         good = [row for ok, row in rows if ok]
         bad_at = [i for i, (ok, _) in enumerate(rows) if not ok]
         assert [t.trade_id for t in trades] == [row["trade_id"] for row in good]
-        assert [t.price for t in trades] == [row["price"] for row in good]
+        assert [Decimal(t.price) for t in trades] == [row["price"] for row in good]
         assert len(rejections) == len(bad_at)
         for rejection, index in zip(rejections, bad_at, strict=True):
             assert_rejection(rejection, f"ws frame 7 row {index}")

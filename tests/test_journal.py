@@ -396,6 +396,17 @@ class TestBounds:
 
 
 class TestSpill:
+    async def test_spill_declines_while_the_database_is_up(self, tmp_path: Path) -> None:
+        """A database that is up gets backpressure: the sink keeps nothing and says so."""
+        journal = Journal(tmp_path, max_bytes=1_000_000)
+        up = [True]
+        sink = journal.spill_sink(lambda: 0, database_up=lambda: up[0])
+        assert await sink.spill(trade(1)) is False
+        assert journal.empty
+        up[0] = False
+        assert await sink.spill(trade(2)) is True
+        assert [t.trade_id for b in await replay_all(journal) for t in b.trades] == [1002]
+
     async def test_spill_keeps_trades_and_valid_marks(self, tmp_path: Path) -> None:
         """The spill sink journals trades, and a mark only when nothing was lost before it."""
         journal = Journal(tmp_path, max_bytes=1_000_000)

@@ -7,6 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kraken_fixtures import (  # type: ignore[import-not-found]
     REGISTRY as FIXTURE_REGISTRY,
 )
@@ -19,6 +21,7 @@ from histdata.kraken.parse import (
     check_envelope,
     loads_exact,
     parse_asset_pairs,
+    parse_number_text,
     parse_rest_ohlc,
     parse_rest_trades,
     parse_rfc3339_ns,
@@ -99,6 +102,24 @@ class TestTimes:
         """A ns RFC 3339 time keeps all nine fraction digits."""
         assert parse_rfc3339_ns("2026-10-06T18:06:02.264627814Z") == 1791309962_264627814
 
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            "2021-05-11T19:47:09.Z",
+            "2021-05-11T19:47:09.8968601234Z",
+            "2021-05-11T19:47:09.89x860Z",
+            "2021-05-11T19:47:09.\u0663\u0663Z",
+            "2021-05-11T19:47:09.896860z9",
+        ],
+    )
+    def test_second_already_seen_still_checks_the_rest(self, bad: str) -> None:
+        """After a good stamp of the same second, a bad fraction is still rejected."""
+        assert parse_rfc3339_ns("2021-05-11T19:47:09.1Z") == 1620762429_100000000
+        with pytest.raises(RejectedInput) as info:
+            parse_rfc3339_ns(bad)
+        assert info.value.reason == "bad_time"
+        assert parse_rfc3339_ns("2021-05-11T19:47:09.123456789Z") == 1620762429_123456789
+
     def test_offset_and_no_fraction(self) -> None:
         """A numeric offset is applied and a missing fraction means zero."""
         assert parse_rfc3339_ns("2021-05-11T21:47:09+02:00") == 1620762429_000000000
@@ -131,15 +152,107 @@ class TestTimes:
         assert info.value.reason == "bad_time"
 
 
+def _kraken_prints(text: str) -> bool:
+    """The reference for :func:`parse_number_text`, written with Decimal: ``text`` is a
+    positive number in plain notation, ASCII digits, no leading zero, at most 20 digits
+    either side of the point."""
+    whole, point, fraction = text.partition(".")
+    if not (whole.isascii() and whole.isdigit()) or (point and not fraction):
+        return False
+    if fraction and not (fraction.isascii() and fraction.isdigit()):
+        return False
+    if (len(whole) > 1 and whole[0] == "0") or len(whole) > 20 or len(fraction) > 20:
+        return False
+    return Decimal(text) > 0
+
+
+class TestNumberText:
+    @pytest.mark.parametrize(
+        "text", ["30243.4", "0.00012345", "40.00000001", "1", "0.5117", "100000.00000000", "7.0"]
+    )
+    def test_what_kraken_prints_is_kept_as_is(self, text: str) -> None:
+        """A price as Kraken prints it comes back as the same text."""
+        assert parse_number_text(text, "price", reason="bad_price") == text
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "0",
+            "0.000",
+            "-1.5",
+            "+1.5",
+            "1e-05",
+            "1E5",
+            "01.5",
+            ".5",
+            "5.",
+            " 1.5",
+            "1.5 ",
+            "1_000",
+            "\u0663.5",  # ARABIC-INDIC DIGIT THREE: Decimal reads it, PostgreSQL does not
+            "NaN",
+            "Infinity",
+            "",
+            "1" * 21,
+            "1." + "1" * 21,
+            1.5,
+            True,
+            None,
+            0,
+            -3,
+            [1],
+            Decimal("NaN"),
+            Decimal("-2"),
+            Decimal(0),
+        ],
+    )
+    def test_anything_else_is_rejected_with_the_reason(self, value: object) -> None:
+        """Signs, exponents, leading zeros, zero, floats, foreign digits are each a rejection."""
+        with pytest.raises(RejectedInput) as info:
+            parse_number_text(value, "qty", reason="bad_volume", where="f row 0")
+        assert info.value.reason == "bad_volume"
+        assert "qty" in str(info.value)
+
+    def test_integers_and_decimals_become_plain_text(self) -> None:
+        """A JSON integer or an exact Decimal (rows decoded without text) becomes plain text."""
+        assert parse_number_text(50000, "price", reason="bad_price") == "50000"
+        assert parse_number_text(Decimal("1E-8"), "price", reason="bad_price") == "0.00000001"
+        assert parse_number_text(Decimal("2.50"), "price", reason="bad_price") == "2.50"
+
+    def test_zero_is_allowed_where_asked(self) -> None:
+        """With allow_zero a zero passes (and keeps its scale)."""
+        assert parse_number_text("0.000", "vwap", reason="bad_price", allow_zero=True) == "0.000"
+
+    @settings(max_examples=2000, deadline=None)
+    @given(
+        st.one_of(
+            st.text(alphabet="0123456789.-+eE \u0663_", max_size=26),
+            st.text(max_size=12),
+            st.decimals(allow_nan=False, allow_infinity=False).map(lambda d: format(d, "f")),
+            st.from_regex(r"\A[0-9]{1,22}(\.[0-9]{1,22})?\Z"),
+        )
+    )
+    def test_agrees_with_decimal(self, text: str) -> None:
+        """Accepted exactly when the Decimal reference accepts, and then with the same value."""
+        try:
+            got = parse_number_text(text, "price", reason="bad_price")
+        except RejectedInput:
+            assert not _kraken_prints(text)
+            return
+        assert _kraken_prints(text)
+        assert Decimal(got) == Decimal(text)
+        assert got == text
+
+
 class TestWsTrades:
     def test_good_row(self) -> None:
-        """A v2 trade row becomes a Trade with exact price, volume, side, id and time."""
+        """A v2 trade row becomes a LiveTrade with exact price and volume text, side, id, time."""
         trades, rejections = parse_ws_trades([ws_trade()], REGISTRY, where="f1", now_ns=NOW_NS)
         assert rejections == []
         (trade,) = trades
         assert trade.symbol == "BTC/USD"
-        assert trade.price == Decimal("30243.4")
-        assert trade.volume == Decimal("0.34507674")
+        assert trade.price == "30243.4"
+        assert trade.volume == "0.34507674"
         assert trade.side is Side.BUY
         assert trade.ord_type == "limit"
         assert trade.trade_id == 61044952
@@ -150,11 +263,12 @@ class TestWsTrades:
         frame = loads_exact(
             '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"sell",'
             '"price":0.5117,"qty":40.00000001,"ord_type":"market","trade_id":4665906,'
-            '"timestamp":"2023-09-25T07:49:37.708706Z"}]}'
+            '"timestamp":"2023-09-25T07:49:37.708706Z"}]}',
+            number_text=True,
         )
         trades, _ = parse_ws_trades(frame["data"], REGISTRY, where="f", now_ns=NOW_NS)
-        assert trades[0].price == Decimal("0.5117")
-        assert str(trades[0].volume) == "40.00000001"
+        assert trades[0].price == "0.5117"
+        assert trades[0].volume == "40.00000001"
         assert trades[0].side is Side.SELL
 
     def test_good_rows_survive_bad_ones(self) -> None:

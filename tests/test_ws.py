@@ -22,7 +22,7 @@ from histdata.kraken.ws import (
     TradesEvent,
     open_kraken_ws,
 )
-from histdata.model import CandleSource
+from histdata.model import CandleSource, LiveTrade, Trade
 from histdata.sim import SimConfig, open_simulator
 from histdata.symbols import SHIPPED_PAIRS, SymbolInfo, SymbolRegistry
 
@@ -32,6 +32,11 @@ STALE_REGISTRY = SymbolRegistry(
     [SymbolInfo("XBT/USD", "XXBTZUSD", "XBTUSD", "XBT/USD", 1, 8)]
     + [info for info in SHIPPED_PAIRS if info.symbol != "BTC/USD"]
 )
+
+
+def exact(trade: Trade | LiveTrade) -> Trade:
+    """``trade`` with Decimal price and volume, comparable with the simulator's trades."""
+    return trade.to_trade() if isinstance(trade, LiveTrade) else trade
 
 
 @pytest.fixture
@@ -78,7 +83,7 @@ class TestSubscribe:
         assert snapshot.rejections == ()
         truth = set(sim.market.trades("BTC/USD"))
         assert snapshot.trades
-        assert set(snapshot.trades) <= truth
+        assert {exact(t) for t in snapshot.trades} <= truth
 
     async def test_live_trades_match_ground_truth(self, sim: Any) -> None:
         """Live trade updates are exactly trades the market produced."""
@@ -87,7 +92,7 @@ class TestSubscribe:
         truth = set(sim.market.trades("BTC/USD"))
         live = [trade for event in events for trade in event.trades]
         assert live
-        assert set(live) <= truth
+        assert {exact(t) for t in live} <= truth
 
     async def test_candles_are_live_and_not_final(self, sim: Any) -> None:
         """ohlc frames become LIVE candles that are never marked final."""
@@ -154,7 +159,7 @@ class TestFailures:
                         elif isinstance(event, TradesEvent):
                             rejected += len(event.rejections)
                             good += len(event.trades)
-                            truth.update(event.trades)
+                            truth.update(exact(t) for t in event.trades)
                         if rejected >= 5 and good >= 20:
                             break
         assert truth <= set(sim.market.trades("BTC/USD"))

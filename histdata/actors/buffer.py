@@ -3,8 +3,9 @@
 Between the feed and the flusher sit two :class:`~histdata.supervisor.Channel`\\s that the
 service creates (they outlive restarts of either end):
 
-- ``live.trades`` carries :class:`~histdata.model.Trade`\\s and :class:`CoverageMark`\\s. Its
-  capacity and overflow policy come from ``[live] buffer_capacity`` and ``overflow``; under
+- ``live.trades`` carries :class:`~histdata.model.LiveTrade`\\s (or
+  :class:`~histdata.model.Trade`\\s) and :class:`CoverageMark`\\s. Its capacity and overflow
+  policy come from ``[live] buffer_capacity`` and ``overflow``; under
   ``spill`` what does not fit goes to the disk journal (:mod:`histdata.actors.journal`).
 - ``live.candles`` carries the live 1-minute candle updates (Kraken re-emits the whole
   cumulative candle on every trade).
@@ -27,17 +28,25 @@ dropped trade always leaves its stretch uncovered and the gap filler will see th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import structlog
 import trio
 
-from histdata.model import Candle, CoverageSpan, Trade
+from histdata.model import Candle, CoverageSpan, LiveTrade, Trade
 from histdata.supervisor import Channel, current_child_stopping
 
-__all__ = ["Batch", "Buffer", "BufferStatistics", "CoverageMark", "LiveItem", "live_weight"]
+__all__ = [
+    "Batch",
+    "Buffer",
+    "BufferStatistics",
+    "CoverageMark",
+    "LiveItem",
+    "live_weight",
+    "merge_batches",
+]
 
 _log = structlog.get_logger("histdata.actors.buffer", actor="buffer")
 
@@ -55,14 +64,14 @@ class CoverageMark:
     loss_before: int
 
 
-LiveItem = Trade | CoverageMark
+LiveItem = Trade | LiveTrade | CoverageMark
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
     """One write: trades, 1-minute candles (last version per minute) and coverage spans."""
 
-    trades: tuple[Trade, ...] = ()
+    trades: tuple[Trade | LiveTrade, ...] = ()
     candles: tuple[Candle, ...] = ()
     coverage: tuple[tuple[str, CoverageSpan], ...] = ()
 
@@ -76,9 +85,24 @@ class Batch:
         return not (self.trades or self.candles or self.coverage)
 
 
+def merge_batches(batches: Iterable[Batch]) -> Batch:
+    """Consecutive batches as one write: trades in order, the latest version of each candle,
+    and the coverage after all of them (coverage never moves ahead of trades it follows)."""
+    trades: list[Trade | LiveTrade] = []
+    candles: dict[tuple[str, datetime], Candle] = {}
+    coverage: list[tuple[str, CoverageSpan]] = []
+    for batch in batches:
+        trades.extend(batch.trades)
+        for candle in batch.candles:
+            candles.pop((candle.symbol, candle.time), None)  # keep the latest, in order
+            candles[(candle.symbol, candle.time)] = candle
+        coverage.extend(batch.coverage)
+    return Batch(tuple(trades), tuple(candles.values()), tuple(coverage))
+
+
 def live_weight(item: LiveItem) -> int:
     """Channel weight of a ``live.trades`` item: a trade counts 1, a mark 0."""
-    return 1 if isinstance(item, Trade) else 0
+    return 0 if isinstance(item, CoverageMark) else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +152,7 @@ class Buffer:
         self._fallback = fallback
         self.stop_send_budget_s = stop_send_budget_s
         self._clock = clock
-        self._trades: list[Trade] = []
+        self._trades: list[Trade | LiveTrade] = []
         self._candles: dict[tuple[str, datetime], Candle] = {}
         self._coverage: list[tuple[str, CoverageSpan]] = []
         self._open: dict[str, Candle] = {}  # the in-progress candle per symbol
@@ -247,7 +271,7 @@ class Buffer:
 
     def _take(self, item: LiveItem) -> None:
         self._touch()
-        if isinstance(item, Trade):
+        if not isinstance(item, CoverageMark):
             self._trades.append(item)
             self._trades_seen += 1
             return

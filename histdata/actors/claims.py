@@ -35,7 +35,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from histdata.model import Candle, CoverageSpan, Stream, Trade, datetime_to_ns, ns_to_datetime
+from histdata.model import (
+    Candle,
+    CoverageSpan,
+    LiveTrade,
+    Stream,
+    Trade,
+    datetime_to_ns,
+    ns_to_datetime,
+)
 
 __all__ = ["ClaimRule", "Claims"]
 
@@ -77,7 +85,9 @@ class Claims:
         """Any frame arrived (heartbeats included)."""
         self._last_message_ns = max(self._last_message_ns, received_ns)
 
-    def on_trades(self, trades: Iterable[Trade], received_ns: int, *, snapshot: bool) -> None:
+    def on_trades(
+        self, trades: Iterable[Trade | LiveTrade], received_ns: int, *, snapshot: bool
+    ) -> None:
         """Trades were received (and are queued ahead of any later mark)."""
         newest_in_frame: int | None = None
         for trade in trades:

@@ -58,7 +58,7 @@ from histdata.kraken.ws import (
     TradesEvent,
     open_kraken_ws,
 )
-from histdata.model import Candle, Stream, Trade
+from histdata.model import Candle, LiveTrade, Stream, Trade
 from histdata.supervisor import Backoff, Channel, cancel_when, current_child_stopping
 from histdata.symbols import SymbolRegistry
 
@@ -86,7 +86,7 @@ class CatchUpSink(Protocol):
 class LivePublisher(Protocol):
     """Where live data is fanned out to stream clients (the hub); must never block."""
 
-    def publish_trades(self, trades: Iterable[Trade]) -> None:
+    def publish_trades(self, trades: Iterable[Trade | LiveTrade]) -> None:
         """Offer trades to subscribers."""
 
     def publish_candles(self, candles: Iterable[Candle]) -> None:

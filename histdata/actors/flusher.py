@@ -2,9 +2,18 @@
 
 Per batch, in order:
 
-- While the database answers, the batch is written directly: trades (with the trade-stream
-  coverage of the batch, in one transaction) and then the 1-minute candles (with the
-  candle-stream coverage).
+- The batch taken is merged with the batches queued behind it, up to ``max_batch_trades``:
+  a database that falls behind gets fewer, larger writes (backpressure), and the backlog
+  stays in the ``live.trades`` channel, whose spill sink declines while the database is up
+  (see :attr:`Flusher.database_up`): spilling a backlog the database could still take cost
+  a second write path's CPU and made the service slower.
+- The batch is split by symbol into ``writers`` disjoint parts, written concurrently over
+  as many pooled connections; the next batch waits for all of them, so each symbol's
+  trades, candles and coverage still reach the database in order, and each part carries
+  only its own symbols' coverage, in the transaction of the trades it covers.
+- While the database answers, each part is written directly: trades (with the trade-stream
+  coverage, in one transaction) and then the 1-minute candles (with the candle-stream
+  coverage).
 - When a write raises :class:`~histdata.errors.DatabaseUnavailable`, the batch goes to the
   disk journal at once, and so does every batch after it while the database is down: nothing
   waits in memory for the database to return, so memory stays flat through an outage of any
@@ -29,15 +38,17 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 import trio
 
-from histdata.actors.buffer import Batch
+from histdata.actors.buffer import Batch, merge_batches
 from histdata.actors.journal import Journal
 from histdata.errors import DatabaseUnavailable
+from histdata.model import Candle, CoverageSpan, LiveTrade, Trade
 from histdata.storage import Storage
 from histdata.storage.candles import write_candles
 from histdata.storage.trades import write_trades
@@ -86,6 +97,8 @@ class Flusher:
         retry_s: float = 1.0,
         max_retry_s: float = 30.0,
         group_trades: int = 5000,
+        max_batch_trades: int = 20_000,
+        writers: int = 1,
         stop_write_budget_s: float = 2.0,
         observe_write: Callable[[float], None] | None = None,
     ) -> None:
@@ -94,6 +107,8 @@ class Flusher:
         self.journal = journal
         self._backoff = Backoff(retry_s, max(retry_s, max_retry_s))
         self._group_trades = group_trades
+        self._max_batch_trades = max_batch_trades
+        self._writers = max(1, writers)
         self._stop_budget_s = stop_write_budget_s
         self._observe_write = observe_write
         self._wake = trio.Event()
@@ -133,6 +148,11 @@ class Flusher:
             last_error=self._last_error,
         )
 
+    @property
+    def database_up(self) -> bool:
+        """False from a write that found the database unavailable until a write succeeds."""
+        return self._database_up
+
     def healthy(self, *, stall_s: float) -> bool:
         """True while the flusher is idle or made progress within ``stall_s`` seconds.
 
@@ -165,7 +185,7 @@ class Flusher:
             # A stop ends the wait for the next batch, never a write in progress: that one
             # finishes, or the stop deadline cancels it and it is journaled (see _handle).
             while (batch := await self._next_batch(stopping)) is not None:
-                await self._handle(batch)
+                await self._handle(self._with_queued(batch))
             # Stop requested: everything upstream has stopped and flushed into our channel.
             with trio.move_on_after(self._stop_budget_s) as budget:
                 await self._drain(direct=True)
@@ -197,6 +217,41 @@ class Flusher:
             nursery.cancel_scope.cancel()
         return got
 
+    def _with_queued(self, batch: Batch) -> Batch:
+        """``batch`` merged with those queued behind it, up to about ``max_batch_trades``."""
+        group, trades = [batch], len(batch.trades)
+        while trades < self._max_batch_trades:
+            try:
+                queued = self._batches.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            group.append(queued)
+            trades += len(queued.trades)
+        return batch if len(group) == 1 else merge_batches(group)
+
+    def _split(self, batch: Batch) -> list[Batch]:
+        """``batch`` as up to ``writers`` parts of disjoint symbols (stable per symbol)."""
+        if self._writers == 1:
+            return [batch]
+        trades: list[list[Trade | LiveTrade]] = [[] for _ in range(self._writers)]
+        candles: list[list[Candle]] = [[] for _ in range(self._writers)]
+        coverage: list[list[tuple[str, CoverageSpan]]] = [[] for _ in range(self._writers)]
+        shard = self._shard
+        for trade in batch.trades:
+            trades[shard(trade.symbol)].append(trade)
+        for candle in batch.candles:
+            candles[shard(candle.symbol)].append(candle)
+        for symbol, span in batch.coverage:
+            coverage[shard(symbol)].append((symbol, span))
+        parts = [
+            Batch(tuple(t), tuple(c), tuple(v))
+            for t, c, v in zip(trades, candles, coverage, strict=True)
+        ]
+        return [part for part in parts if not part.empty]
+
+    def _shard(self, symbol: str) -> int:
+        return zlib.crc32(symbol.encode()) % self._writers
+
     async def _drain(self, *, direct: bool) -> None:
         while True:
             try:
@@ -214,25 +269,34 @@ class Flusher:
         self._handling = True
         self._busy_since = time.time()
         try:
-            if not self._database_up:
-                await self._journal(batch)
+            parts = self._split(batch)
+            if len(parts) == 1:
+                await self._handle_part(parts[0])
                 return
-            try:
-                await self._write(batch)
-            except DatabaseUnavailable as exc:
-                self._database_down(exc)
-                await self._journal(batch)
-            except Exception as exc:
-                await self._quarantine(batch, exc)
-            except trio.Cancelled:
-                # The stop deadline passed mid-write (a stalled statement; the thread is
-                # abandoned): keep the batch in the journal. If the write did commit after
-                # all, its replay adds nothing.
-                self._journal_nowait(batch)
-                raise
+            async with trio.open_nursery() as nursery:
+                for part in parts:
+                    nursery.start_soon(self._handle_part, part)
         finally:
             self._handling = False
             self._busy_since = None
+
+    async def _handle_part(self, batch: Batch) -> None:
+        if not self._database_up:
+            await self._journal(batch)
+            return
+        try:
+            await self._write(batch)
+        except DatabaseUnavailable as exc:
+            self._database_down(exc)
+            await self._journal(batch)
+        except Exception as exc:
+            await self._quarantine(batch, exc)
+        except trio.Cancelled:
+            # The stop deadline passed mid-write (a stalled statement; the thread is
+            # abandoned): keep the batch in the journal. If the write did commit after
+            # all, its replay adds nothing.
+            self._journal_nowait(batch)
+            raise
 
     async def _write(self, batch: Batch) -> None:
         storage = self._storage()

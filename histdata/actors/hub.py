@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from histdata.formats import candle_event, trade_event
-from histdata.model import Candle, Trade
+from histdata.model import Candle, LiveTrade, Trade
 
 __all__ = ["DROP_SLOW", "HubStatistics", "LiveHub", "Subscription"]
 
@@ -121,7 +121,7 @@ class LiveHub:
         sub._close(reason)
         self._dropped[reason] += 1
 
-    def publish_trades(self, trades: Iterable[Trade]) -> None:
+    def publish_trades(self, trades: Iterable[Trade | LiveTrade]) -> None:
         """Offer each trade to its symbol's subscribers; never blocks."""
         for trade in trades:
             self._trades += 1

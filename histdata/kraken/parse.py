@@ -4,8 +4,10 @@ Kraken's numbers must arrive in storage digit for digit, so nothing here ever go
 binary float:
 
 - :func:`loads_exact` decodes JSON with every non-integer number as a :class:`~decimal.Decimal`
-  built from its text (WS v2 prices and quantities are JSON numbers; REST trade times are JSON
-  numbers, the shortest text of a binary double, 3 to 7 decimals). A REST trade time is
+  built from its text (REST trade times are JSON numbers, the shortest text of a binary
+  double, 3 to 7 decimals), or, with ``number_text``, as that text itself: WS v2 prices and
+  quantities are JSON numbers, and a live trade keeps them as text checked by
+  :func:`parse_number_text` for the database to convert. A REST trade time is
   stored as printed: that is all the precision Kraken gives, within 0.24 µs of the real
   time, which only the ``last`` cursor carries exactly (docs/kraken.md, "Times").
 - Trade times become integer nanoseconds by decimal arithmetic; RFC 3339 fractions of up to 9
@@ -32,7 +34,15 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from histdata.errors import HistdataError, KrakenError, RateLimited, RejectedInput
-from histdata.model import NS_PER_S, Candle, CandleSource, Side, Trade, ns_to_datetime
+from histdata.model import (
+    NS_PER_S,
+    Candle,
+    CandleSource,
+    LiveTrade,
+    Side,
+    Trade,
+    ns_to_datetime,
+)
 from histdata.symbols import SymbolRegistry
 
 __all__ = [
@@ -45,6 +55,7 @@ __all__ = [
     "classify_errors",
     "loads_exact",
     "parse_asset_pairs",
+    "parse_number_text",
     "parse_rest_ohlc",
     "parse_rest_trades",
     "parse_rfc3339_ns",
@@ -62,11 +73,17 @@ OHLC_INTERVALS: frozenset[int] = frozenset({1, 5, 15, 30, 60, 240, 1440, 10080, 
 
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,  # \d would take any script's digits, and int() would read them
 )
-_UNIX_SECONDS = re.compile(r"\d{1,12}(?:\.\d{1,9})?")
-_DECIMAL_TEXT = re.compile(r"\d+(?:\.\d+)?")
-_DIGITS = re.compile(r"\d{1,20}")
+_UNIX_SECONDS = re.compile(r"\d{1,12}(?:\.\d{1,9})?", re.ASCII)
+_DECIMAL_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# What Kraken's WS v2 prints for a price or a quantity: a JSON number in plain notation. No
+# sign, exponent or leading zero; ASCII digits only (``\d`` would take any script's digits,
+# which Decimal reads and PostgreSQL refuses). 20 digits either side is far beyond any pair's
+# precision and keeps a hostile number from becoming a 10,000-digit numeric.
+_NUMBER_TEXT = re.compile(r"(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?")
+_DIGITS = re.compile(r"\d{1,20}", re.ASCII)
 _WS_SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _WS_ORD_TYPES = frozenset({"market", "limit"})
 _REST_SIDES = {"b": Side.BUY, "s": Side.SELL}
@@ -124,19 +141,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name}")
 
 
-def loads_exact(data: str | bytes | bytearray, *, where: str = "") -> Any:
+def loads_exact(
+    data: str | bytes | bytearray, *, where: str = "", number_text: bool = False
+) -> Any:
     """Decode JSON with every non-integer number as an exact :class:`Decimal`.
 
-    Integers stay ``int`` (exact at any size: WS ``connection_id`` exceeds 2^63). The stdlib
-    decoder with ``parse_float=Decimal`` is used on purpose: it hands each number's text to
-    ``Decimal`` from its C scanner, which measured about 4x faster than ``orjson`` followed
-    by a Python walk converting floats back (and orjson's floats cannot be exact anyway).
+    With ``number_text`` such a number is its JSON text instead (a ``str``, as the scanner
+    matched it), for a caller that validates it with :func:`parse_number_text` and hands it
+    on unconverted. Integers stay ``int`` (exact at any size: WS ``connection_id`` exceeds
+    2^63). The stdlib decoder is used on purpose: it hands each number's text to
+    ``parse_float`` from its C scanner, which measured about 4x faster than ``orjson``
+    followed by a Python walk converting floats back (and orjson's floats cannot be exact).
 
     Raises:
         RejectedInput: ``bad_json`` when ``data`` is not valid UTF-8 JSON or holds NaN/Infinity.
     """
     try:
-        return json.loads(data, parse_float=Decimal, parse_constant=_reject_constant)
+        return json.loads(
+            data, parse_float=str if number_text else Decimal, parse_constant=_reject_constant
+        )
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
         snippet = (
             data[:120] if isinstance(data, str) else bytes(data[:120]).decode("utf-8", "replace")
@@ -160,6 +183,14 @@ def parse_rfc3339_ns(text: object, *, where: str = "") -> int:
         raise RejectedInput(
             "bad_time", f"timestamp must be an RFC 3339 string, got {text!r}", where=where
         )
+    if len(text) > 21 and text[19] == "." and text[-1] == "Z":
+        # Kraken's WS form, 2023-09-25T07:48:36.925533Z: the whole seconds come from the
+        # first 19 characters, which the full parse below validated when they first
+        # occurred (a live stream's trades share their second; the regex showed in profiles).
+        seconds = _SECONDS_BY_PREFIX.get(text[:19])
+        fraction = text[20:-1]
+        if seconds is not None and len(fraction) <= 9 and fraction.isascii() and fraction.isdigit():
+            return seconds * NS_PER_S + int(fraction.ljust(9, "0"))
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise RejectedInput("bad_time", f"not an RFC 3339 timestamp: {text!r}", where=where)
@@ -172,8 +203,17 @@ def parse_rfc3339_ns(text: object, *, where: str = "") -> int:
     if match.group(9) is not None:
         offset = int(match.group(10)) * 3600 + int(match.group(11)) * 60
         seconds += -offset if match.group(9) == "+" else offset
+    if match.group(8) is not None and match.group(7) is not None:
+        if len(_SECONDS_BY_PREFIX) >= _PREFIX_CACHE:
+            _SECONDS_BY_PREFIX.clear()
+        _SECONDS_BY_PREFIX[text[:19]] = seconds
     fraction = (match.group(7) or "").ljust(9, "0")
     return seconds * NS_PER_S + int(fraction or "0")
+
+
+# Whole Unix seconds by the first 19 characters of a validated ``...T..:..:..[.f]Z`` stamp.
+_SECONDS_BY_PREFIX: dict[str, int] = {}
+_PREFIX_CACHE = 4096
 
 
 @functools.lru_cache(maxsize=4096)
@@ -261,6 +301,39 @@ def _decimal(
     return number
 
 
+def parse_number_text(
+    value: object, name: str, *, reason: str, where: str = "", allow_zero: bool = False
+) -> str:
+    """Check a WS v2 price or quantity and return it as exact plain decimal text.
+
+    Accepted: the text of a JSON number as Kraken prints it (``30243.4``, ``0.00012345``;
+    see ``_NUMBER_TEXT``), that text as a JSON string, a JSON integer, or a ``Decimal``
+    (rows decoded by :func:`loads_exact` without ``number_text``), each finite and > 0 (or
+    >= 0 with ``allow_zero``). The result has the same digits, so storing it as ``numeric``
+    keeps the value and its scale.
+
+    Raises:
+        RejectedInput: ``reason`` for anything else: a float (already rounded), a sign, an
+            exponent, a leading zero, non-ASCII digits, a zero, more than 20 digits on
+            either side of the point, or no number at all.
+    """
+    if type(value) is str:
+        text = value
+    elif type(value) is int:
+        text = str(value)
+    elif isinstance(value, Decimal):
+        text = format(_decimal(value, name, reason, where, allow_zero=allow_zero), "f")
+    else:
+        raise RejectedInput(reason, f"{name} must be an exact decimal, got {value!r}", where=where)
+    if _NUMBER_TEXT.fullmatch(text) is None:
+        raise RejectedInput(
+            reason, f"{name} must be a plain positive decimal, got {value!r}", where=where
+        )
+    if not allow_zero and not text.strip("0."):
+        raise RejectedInput(reason, f"{name} must be > 0, got {value!r}", where=where)
+    return text
+
+
 def _count(value: object, name: str, reason: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise RejectedInput(reason, f"{name} must be an integer >= 0, got {value!r}", where=where)
@@ -300,10 +373,11 @@ def _rows(frame_data: object, where: str) -> Sequence[Any]:
 
 def parse_ws_trades(
     frame_data: object, registry: SymbolRegistry, *, where: str, now_ns: int | None = None
-) -> tuple[list[Trade], list[RejectedInput]]:
+) -> tuple[list[LiveTrade], list[RejectedInput]]:
     """Parse the ``data`` list of a WS v2 ``trade`` frame (snapshot or update).
 
-    Each row needs a canonical v2 ``symbol``, exact ``price`` > 0 and ``qty`` > 0, ``side``
+    Each row needs a canonical v2 ``symbol``, ``price`` > 0 and ``qty`` > 0 as
+    :func:`parse_number_text` accepts them (kept as that text), ``side``
     ``buy|sell``, ``ord_type`` ``market|limit``, an RFC 3339 ``timestamp`` between 2010 and a
     day from ``now_ns`` (default: the wall clock), and ``trade_id`` >= 0 when present. Good
     rows are returned in frame order; every bad row becomes one rejection, located
@@ -313,7 +387,7 @@ def parse_ws_trades(
         RejectedInput: ``bad_frame`` when ``frame_data`` is not a list.
     """
     now = _now_ns(now_ns)
-    trades: list[Trade] = []
+    trades: list[LiveTrade] = []
     rejections: list[RejectedInput] = []
     for index, row in enumerate(_rows(frame_data, where)):
         row_where = f"{where} row {index}"
@@ -324,19 +398,21 @@ def parse_ws_trades(
     return trades, rejections
 
 
-def _ws_trade(row: object, registry: SymbolRegistry, where: str, now_ns: int) -> Trade:
-    if not isinstance(row, Mapping):
+def _ws_trade(row: object, registry: SymbolRegistry, where: str, now_ns: int) -> LiveTrade:
+    if type(row) is not dict and not isinstance(row, Mapping):  # the ABC check is the slow one
         raise RejectedInput("bad_row", f"trade row must be an object, got {row!r}", where=where)
-    symbol = _ws_symbol(_field(row, "symbol", where), registry, where)
-    price = _decimal(_field(row, "price", where), "price", "bad_price", where)
-    volume = _decimal(_field(row, "qty", where), "qty", "bad_volume", where)
-    raw_side = _field(row, "side", where)
+    # One lookup each, and one handler for a missing field: this runs per trade.
+    try:
+        raw_symbol, raw_price, raw_qty = row["symbol"], row["price"], row["qty"]
+        raw_side, ord_type, stamp = row["side"], row["ord_type"], row["timestamp"]
+    except KeyError as exc:
+        raise RejectedInput("missing_field", f"row has no {exc.args[0]!r}", where=where) from None
+    symbol = _ws_symbol(raw_symbol, registry, where)
+    price = parse_number_text(raw_price, "price", reason="bad_price", where=where)
+    volume = parse_number_text(raw_qty, "qty", reason="bad_volume", where=where)
     side = _WS_SIDES.get(raw_side) if isinstance(raw_side, str) else None
     if side is None:
-        raise RejectedInput(
-            "bad_side", f"side must be buy or sell, got {row['side']!r}", where=where
-        )
-    ord_type = _field(row, "ord_type", where)
+        raise RejectedInput("bad_side", f"side must be buy or sell, got {raw_side!r}", where=where)
     if not isinstance(ord_type, str) or ord_type not in _WS_ORD_TYPES:
         raise RejectedInput(
             "bad_ord_type", f"ord_type must be market or limit, got {ord_type!r}", where=where
@@ -344,17 +420,9 @@ def _ws_trade(row: object, registry: SymbolRegistry, where: str, now_ns: int) ->
     trade_id = row.get("trade_id")
     if trade_id is not None:
         trade_id = _count(trade_id, "trade_id", "bad_trade_id", where)
-    time_ns = parse_rfc3339_ns(_field(row, "timestamp", where), where=where)
+    time_ns = parse_rfc3339_ns(stamp, where=where)
     _check_time_range(time_ns, now_ns, where)
-    return Trade(
-        symbol=symbol,
-        time_ns=time_ns,
-        price=price,
-        volume=volume,
-        side=side,
-        ord_type=ord_type,
-        trade_id=trade_id,
-    )
+    return LiveTrade(symbol, time_ns, price, volume, side, ord_type, trade_id)
 
 
 def parse_ws_candles(

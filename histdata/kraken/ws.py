@@ -45,7 +45,7 @@ import trio_websocket
 from histdata.errors import KrakenError, RejectedInput
 from histdata.kraken.parse import KrakenRequestError, loads_exact, parse_ws_candles, parse_ws_trades
 from histdata.kraken.rest import USER_AGENT
-from histdata.model import Candle, Trade
+from histdata.model import Candle, LiveTrade, Trade
 from histdata.symbols import SymbolRegistry
 
 __all__ = [
@@ -104,7 +104,7 @@ class SubscriptionFailed(KrakenRequestError):
 class TradesEvent:
     """Trades from one ``trade`` frame; ``snapshot`` marks the replay sent on subscribe."""
 
-    trades: tuple[Trade, ...]
+    trades: tuple[Trade | LiveTrade, ...]
     rejections: tuple[RejectedInput, ...]
     snapshot: bool
 
@@ -337,7 +337,7 @@ class KrakenWs:
         """Turn one message into an event; None for protocol traffic (acks, pongs)."""
         where = f"ws frame {self._frames}"
         try:
-            frame = loads_exact(message, where=where)
+            frame = loads_exact(message, where=where, number_text=True)
             if not isinstance(frame, dict):
                 raise RejectedInput(
                     "bad_frame", f"frame is not an object: {str(frame)[:120]}", where=where
