@@ -83,6 +83,9 @@ _DECIMAL_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # which Decimal reads and PostgreSQL refuses). 20 digits either side is far beyond any pair's
 # precision and keeps a hostile number from becoming a 10,000-digit numeric.
 _NUMBER_TEXT = re.compile(r"(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?")
+# A JSON number with an exponent (``1e-05``, ``7.0E-7``): valid and exact, only rarer. It is
+# rewritten in plain notation off the hot path; the plain text must then pass _NUMBER_TEXT.
+_EXPONENT_TEXT = re.compile(r"(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?[eE][-+]?[0-9]{1,2}")
 _DIGITS = re.compile(r"\d{1,20}", re.ASCII)
 _WS_SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _WS_ORD_TYPES = frozenset({"market", "limit"})
@@ -310,12 +313,13 @@ def parse_number_text(
     see ``_NUMBER_TEXT``), that text as a JSON string, a JSON integer, or a ``Decimal``
     (rows decoded by :func:`loads_exact` without ``number_text``), each finite and > 0 (or
     >= 0 with ``allow_zero``). The result has the same digits, so storing it as ``numeric``
-    keeps the value and its scale.
+    keeps the value and its scale. A JSON number in exponent notation (``1e-05``) is exact
+    too: it is rewritten in plain notation (``0.00001``) and then checked like the others.
 
     Raises:
-        RejectedInput: ``reason`` for anything else: a float (already rounded), a sign, an
-            exponent, a leading zero, non-ASCII digits, a zero, more than 20 digits on
-            either side of the point, or no number at all.
+        RejectedInput: ``reason`` for anything else: a float (already rounded), a sign, a
+            leading zero, non-ASCII digits, a zero, more than 20 digits on either side of
+            the point (in plain notation), or no number at all.
     """
     if type(value) is str:
         text = value
@@ -325,6 +329,8 @@ def parse_number_text(
         text = format(_decimal(value, name, reason, where, allow_zero=allow_zero), "f")
     else:
         raise RejectedInput(reason, f"{name} must be an exact decimal, got {value!r}", where=where)
+    if _NUMBER_TEXT.fullmatch(text) is None and _EXPONENT_TEXT.fullmatch(text) is not None:
+        text = format(Decimal(text), "f")
     if _NUMBER_TEXT.fullmatch(text) is None:
         raise RejectedInput(
             reason, f"{name} must be a plain positive decimal, got {value!r}", where=where
