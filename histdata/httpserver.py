@@ -48,6 +48,8 @@ import orjson
 import structlog
 import trio
 
+from histdata.supervisor.changes import statistics_changed
+
 __all__ = [
     "HTTPServer",
     "Handler",
@@ -226,6 +228,7 @@ class HTTPServer:
                 self._accepted += 1
                 self._open += 1
                 self._peak = max(self._peak, self._open)
+                statistics_changed.notify()
                 if self._open > self._max_connections and not self._evict_oldest_idle():
                     self._refused += 1
                     nursery.start_soon(self._refuse, stream)
@@ -261,6 +264,7 @@ class HTTPServer:
             pass
         finally:
             self._open -= 1
+            statistics_changed.notify()
             await trio.aclose_forcefully(stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
@@ -271,6 +275,7 @@ class HTTPServer:
         finally:
             self._idle.pop(connection, None)
             self._open -= 1
+            statistics_changed.notify()
             await trio.aclose_forcefully(stream)
 
     async def _serve_connection(self, connection: _Connection, stream: trio.SocketStream) -> None:

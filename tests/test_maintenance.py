@@ -9,6 +9,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 import trio
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.maintenance import MaintenanceActor
 from histdata.config import MaintenanceConfig
@@ -102,11 +103,7 @@ class TestMaintenanceActor:
         actor = MaintenanceActor(lambda: storage, MaintenanceConfig(interval_s=3600))
         async with trio.open_nursery() as nursery:
             await nursery.start(actor.run)
-            with trio.fail_after(20):
-                while True:
-                    if actor.statistics().rounds >= 1:
-                        break
-                    await trio.sleep(0.05)
+            await until(lambda: actor.statistics().rounds >= 1, timeout_s=20)
             nursery.cancel_scope.cancel()
         stats = actor.statistics()
         assert stats.compression == "unavailable"

@@ -24,6 +24,7 @@ import httpx
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata import metrics_listener
 from histdata.actors.feed import Feed, FeedStatistics
@@ -66,16 +67,14 @@ async def live_service(tmp_path: Path, database_url: str) -> AsyncIterator[Servi
         service = Service(make_config(tmp_path, sim), database_url)
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(service.run, handle_signals=False))
-            with trio.fail_after(30):
-                while True:  # statistics have no events to wait on
-                    if (
-                        service.flusher.statistics().trades_inserted
-                        and SYMBOL in service.feed.statistics().last_trade_at
-                        and service.rollup is not None
-                        and service.gapfiller is not None
-                    ):
-                        break
-                    await trio.sleep(0.05)
+            await until(
+                lambda: (
+                    service.flusher.statistics().trades_inserted
+                    and SYMBOL in service.feed.statistics().last_trade_at
+                    and service.rollup is not None
+                    and service.gapfiller is not None
+                )
+            )
             yield service
             service.shutdown()
 

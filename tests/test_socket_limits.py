@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from waiting import until  # type: ignore[import-not-found]
 
 from histdata.actors.hub import LiveHub
 from histdata.actors.query import QueryApp
@@ -67,9 +68,7 @@ async def reply(stream: trio.SocketStream) -> bytes:
 
 async def settle(server: HTTPServer, open_connections: int) -> None:
     """Wait until the server has accepted (and counted) ``open_connections``."""
-    with trio.fail_after(5):
-        while server.statistics().open != open_connections:  # noqa: ASYNC110 - polls a counter
-            await trio.sleep(0.01)
+    await until(lambda: server.statistics().open == open_connections, timeout_s=5)
 
 
 @pytest.fixture
@@ -119,9 +118,7 @@ class TestConnectionCap:
             await stream.send_all(b"GET /slow HTTP/1.0\r\n\r\n")
             busy.append(stream)
             await settle(server, len(busy))
-        with trio.fail_after(5):
-            while gate.waiting < 2:  # noqa: ASYNC110 - polls a counter
-                await trio.sleep(0.01)
+        await until(lambda: gate.waiting >= 2, timeout_s=5)
         newcomer = await clients.connect(path)
         answer = await reply(newcomer)
         assert answer.startswith(b"HTTP/1.1 503")
@@ -233,9 +230,7 @@ class TestQuerySocket:
         path = tmp_path / "q.sock"
         await nursery.start(app.serve, path)
         idle = [await clients.connect(path) for _ in range(2)]
-        with trio.fail_after(5):
-            while app.statistics().open != 2:  # noqa: ASYNC110 - polls a counter
-                await trio.sleep(0.01)
+        await until(lambda: app.statistics().open == 2, timeout_s=5)
         fresh = await clients.connect(path)
         await fresh.send_all(b"GET /healthz HTTP/1.0\r\n\r\n")
         assert (await reply(fresh)).startswith(b"HTTP/1.1 200")

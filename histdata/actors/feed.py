@@ -60,6 +60,7 @@ from histdata.kraken.ws import (
 )
 from histdata.model import Candle, LiveTrade, Stream, Trade
 from histdata.supervisor import Backoff, Channel, cancel_when, current_child_stopping
+from histdata.supervisor.changes import statistics_changed
 from histdata.symbols import SymbolRegistry
 
 __all__ = [
@@ -251,6 +252,7 @@ class Feed:
         elif self._down_since is None:
             self._down_since = self._clock()
         self._connected = connected
+        statistics_changed.notify()
 
     def statistics(self) -> FeedStatistics:
         """A snapshot of the feed's counters and connection state."""
@@ -328,7 +330,7 @@ class Feed:
             ping_interval_s=self.ping_interval_s,
         ) as conn:
             self._sessions += 1
-            self._set_connected(True)
+            self._set_connected(True)  # notifies
             self._failed = dict(conn.failed_subscriptions)
             started = self._clock()
             self._subscribed_since = started
@@ -403,7 +405,7 @@ class Feed:
         for trade in event.trades:
             self._last_trade_at[trade.symbol] = now
             self._trades_by_symbol[trade.symbol] += 1
-        await self._trades.send_many(event.trades)
+        await self._trades.send_many(event.trades)  # notifies
 
     async def _mark(self, claims: Claims, now_ns: int, loss_before: int) -> int:
         """Send the claims grown since the last mark; returns the loss count for the next.
@@ -420,6 +422,8 @@ class Feed:
         return loss_now
 
     def _count_rejections(self, rejections: Sequence[RejectedInput]) -> None:
+        if rejections:
+            statistics_changed.notify()
         for rejection in rejections:
             self._rejections[rejection.reason] += 1
             count = self._rejections[rejection.reason]

@@ -53,6 +53,7 @@ from histdata.storage import Storage
 from histdata.storage.candles import write_candles
 from histdata.storage.trades import write_trades
 from histdata.supervisor import Backoff, Channel, cancel_when, current_child_stopping
+from histdata.supervisor.changes import statistics_changed
 
 __all__ = ["Flusher", "FlusherStatistics"]
 
@@ -206,6 +207,7 @@ class Flusher:
         if self.journal.append_nowait(batch):
             self._batches_journaled += 1
             self._trades_journaled += len(batch.trades)
+            statistics_changed.notify()
 
     async def _next_batch(self, stopping: trio.Event) -> Batch | None:
         """The next batch, or None once ``stopping`` is set (or the channel closed)."""
@@ -316,12 +318,14 @@ class Flusher:
         self._trades_present += len(batch.trades) - inserted
         self._candles_written += len(batch.candles)
         self._last_progress_at = time.time()
+        statistics_changed.notify()
 
     async def _journal(self, batch: Batch) -> None:
         if await self.journal.append(batch):
             self._batches_journaled += 1
             self._trades_journaled += len(batch.trades)
         self._last_progress_at = time.time()
+        statistics_changed.notify()
         self._wake.set()
 
     def _database_down(self, exc: Exception) -> None:
@@ -331,6 +335,7 @@ class Flusher:
             _log.warning("database unavailable; journaling batches", error=str(exc))
         self._database_up = False
         self._wake.set()
+        statistics_changed.notify()
 
     async def _quarantine(self, batch: Batch, exc: Exception) -> None:
         self._quarantined += 1
@@ -346,6 +351,7 @@ class Flusher:
         quarantine = Journal(directory, max_bytes=self.journal.max_bytes)
         await quarantine.append(batch)
         await quarantine.aclose()
+        statistics_changed.notify()
 
     # -- replay -------------------------------------------------------------------------
 
@@ -355,6 +361,7 @@ class Flusher:
             if self.journal.empty:
                 self._database_up = True
                 self._backoff.reset()
+                statistics_changed.notify()
                 # The channel's spill path appends to the journal without passing through the
                 # flusher, so look again at least as often as spilled records are synced.
                 with trio.move_on_after(_SYNC_INTERVAL_S):
@@ -388,6 +395,7 @@ class Flusher:
         await self._write(batch)
         self._database_up = True
         self._trades_replayed += len(batch.trades)
+        statistics_changed.notify()
 
     async def _syncer(self) -> None:
         """Fsync spilled records regularly (the spill path appends without waiting)."""

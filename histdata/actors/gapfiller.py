@@ -27,6 +27,7 @@ from histdata.repair import RepairResult, catch_up
 from histdata.storage import Storage
 from histdata.storage.fleet import hold_lease
 from histdata.supervisor import cancel_when, current_child_stopping
+from histdata.supervisor.changes import statistics_changed
 
 __all__ = ["CatchUpRequests", "GapFiller", "GapFillerStatistics"]
 
@@ -179,6 +180,7 @@ class GapFiller:
             except Exception as exc:  # logged, counted, retried at the next request or tick
                 self._failures += 1
                 self._failed[symbol] += 1
+                statistics_changed.notify()
                 _log.warning("repair_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
                 continue
             finally:
@@ -188,6 +190,7 @@ class GapFiller:
             self._candles += result.rest_candles + result.derived_candles
             self._mismatches += len(result.mismatches)
             self._unrecoverable += len(result.unrecoverable)
+            statistics_changed.notify()
             self._id_holes += result.id_holes
             self._id_unfillable += result.id_holes_left
             self.last_results[symbol] = result

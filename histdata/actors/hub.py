@@ -20,6 +20,7 @@ import trio
 
 from histdata.formats import candle_event, trade_event
 from histdata.model import Candle, LiveTrade, Trade
+from histdata.supervisor.changes import statistics_changed
 
 __all__ = ["DROP_SLOW", "HubStatistics", "LiveHub", "Subscription"]
 
@@ -101,11 +102,13 @@ class LiveHub:
         )
         self._subscribers[sub.ident] = sub
         self._subscribed_total += 1
+        statistics_changed.notify()
         try:
             yield sub
         finally:
             self._subscribers.pop(sub.ident, None)
             sub._close(None)
+            statistics_changed.notify()
 
     def _fan_out(self, symbol: str, line: bytes) -> None:
         for sub in list(self._subscribers.values()):
@@ -120,6 +123,7 @@ class LiveHub:
         self._subscribers.pop(sub.ident, None)
         sub._close(reason)
         self._dropped[reason] += 1
+        statistics_changed.notify()
 
     def publish_trades(self, trades: Iterable[Trade | LiveTrade]) -> None:
         """Offer each trade to its symbol's subscribers; never blocks."""

@@ -27,7 +27,7 @@ from histdata.errors import DatabaseUnavailable
 from histdata.storage import Storage
 from histdata.storage.fleet import try_lease
 from histdata.storage.retention import apply_retention, compress_old_chunks, compression_allowed
-from histdata.supervisor import sleep_unless_stopping
+from histdata.supervisor import sleep_unless_stopping, statistics_changed
 
 __all__ = ["MaintenanceActor", "MaintenanceStatistics"]
 
@@ -131,6 +131,7 @@ class MaintenanceActor:
                 self._storage(), config.compress_after_days
             )
         self._rounds += 1
+        statistics_changed.notify()
         self._last_at = time.time()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -30,6 +30,7 @@ from histdata.kraken import KrakenRest
 from histdata.storage import Storage
 from histdata.storage.symbol_table import SymbolRefresh, load_into, refresh_symbols
 from histdata.supervisor import cancel_when, current_child_stopping
+from histdata.supervisor.changes import statistics_changed
 from histdata.symbols import SymbolRegistry
 
 __all__ = ["PairsRefresher", "PairsStatistics"]
@@ -176,6 +177,7 @@ class PairsRefresher:
                 self._pending = None
                 self._refreshes += 1
                 self._last_at = time.time()
+                statistics_changed.notify()
                 _log.info(
                     "AssetPairs stored",
                     listed=result.listed,

@@ -3,6 +3,8 @@
 How the layers stack (each module only imports the ones above it):
 
 - ``backoff``: jittered exponential delays; no trio.
+- ``changes``: :data:`statistics_changed`, the notification actors send when their
+  statistics move, so that a waiter awaits a condition instead of polling for it.
 - ``channel``: :class:`Channel`, the bounded edge between two actors, with an explicit
   :class:`Overflow` policy and counters for everything dropped or spilled.
 - ``supervisor``: :class:`Supervisor`, OTP restart semantics over a trio nursery; uses
@@ -18,6 +20,7 @@ so they survive the restart of the actors on either end.
 from __future__ import annotations
 
 from histdata.supervisor.backoff import Backoff
+from histdata.supervisor.changes import Changes, statistics_changed, wait_until
 from histdata.supervisor.channel import Channel, ChannelStatistics, Overflow, SpillSink, channels
 from histdata.supervisor.signals import watch_signals
 from histdata.supervisor.supervisor import (
@@ -36,6 +39,7 @@ from histdata.supervisor.supervisor import (
 
 __all__ = [
     "Backoff",
+    "Changes",
     "Channel",
     "ChannelStatistics",
     "ChildSpec",
@@ -52,5 +56,7 @@ __all__ = [
     "channels",
     "current_child_stopping",
     "sleep_unless_stopping",
+    "statistics_changed",
+    "wait_until",
     "watch_signals",
 ]

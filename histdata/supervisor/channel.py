@@ -27,6 +27,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
+from histdata.supervisor.changes import statistics_changed
+
 __all__ = ["Channel", "ChannelStatistics", "Overflow", "SpillSink", "channels"]
 
 T = TypeVar("T")
@@ -184,6 +186,7 @@ class Channel(Generic[T]):
                 else:
                     self._overflow_nowait(item, weight)
                     break
+        statistics_changed.notify()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_nowait(self, item: T) -> None:
@@ -202,6 +205,7 @@ class Channel(Generic[T]):
             raise trio.WouldBlock
         else:
             self._overflow_nowait(item, weight)
+        statistics_changed.notify()
 
     def close(self) -> None:
         """Stop accepting items; receivers drain the queue, then get ``trio.EndOfChannel``.
@@ -234,6 +238,7 @@ class Channel(Generic[T]):
                 raise trio.EndOfChannel
             await self._not_empty.park()
         items = [self._take() for _ in range(min(max_items, len(self._queue)))]
+        statistics_changed.notify()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return items
 
@@ -241,7 +246,9 @@ class Channel(Generic[T]):
         """The oldest queued item; raises ``trio.WouldBlock`` if empty and open,
         ``trio.EndOfChannel`` if empty and closed."""
         if self._queue:
-            return self._take()
+            item = self._take()
+            statistics_changed.notify()
+            return item
         if self._closed:
             raise trio.EndOfChannel
         raise trio.WouldBlock
