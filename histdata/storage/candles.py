@@ -53,7 +53,7 @@ from histdata.storage.coverage import (
     whole_buckets,
 )
 from histdata.storage.cursors import get_cursor, set_cursor
-from histdata.storage.database import Storage
+from histdata.storage.database import Storage, copy_csv
 from histdata.storage.rollups import vwap_sql
 
 __all__ = [
@@ -287,10 +287,6 @@ def reconcile(
     return compared, [_mismatch(time, fields) for time, fields in found]
 
 
-# copy_new_candles hands psycopg its rows in slices of this size rather than one buffer.
-_COPY_WRITE_BYTES = 1 << 20
-
-
 async def write_candles(
     storage: Storage,
     candles: Sequence[Candle],
@@ -479,16 +475,14 @@ def _copy_new_candles(
     if busy is None or busy[0]:
         return None
     conn.execute("SET LOCAL TimeZone = 'UTC'")  # the rows' times carry no zone
-    data = memoryview(rows_csv)
-    with conn.cursor() as cur:
-        with cur.copy(
-            "COPY candles_1m (symbol_id, time, open, high, low, close, volume, trades, source,"
-            " final) FROM STDIN (FORMAT csv)"
-        ) as copy:
-            for offset in range(0, len(data), _COPY_WRITE_BYTES):
-                copy.write(data[offset : offset + _COPY_WRITE_BYTES])
-        if cur.rowcount != rows:
-            raise ValueError(f"COPY stored {cur.rowcount} candles, expected {rows}")
+    copy_csv(
+        conn,
+        "COPY candles_1m (symbol_id, time, open, high, low, close, volume, trades, source,"
+        " final) FROM STDIN (FORMAT csv)",
+        rows_csv,
+        rows,
+        "candles",
+    )
     conn.execute(_DIRTY, {"sid": sid, "lo": start, "hi": end})
     add_coverages(conn, storage, coverage)
     return CandleWriteResult(rows, 0, 0)

@@ -37,7 +37,7 @@ from histdata.storage.migrations import HYPERTABLES, check_schema, hypertables, 
 from histdata.storage.symbol_table import load_into
 from histdata.symbols import SymbolRegistry
 
-__all__ = ["Storage", "StorageStatistics", "open_storage"]
+__all__ = ["Buffer", "Storage", "StorageStatistics", "copy_csv", "open_storage"]
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
@@ -226,6 +226,28 @@ class Storage:
         pool, self._pool = self._pool, None
         if pool is not None:
             await trio.to_thread.run_sync(pool.close)
+
+
+Buffer = bytes | bytearray | memoryview
+# copy_csv hands psycopg its rows in slices of this size rather than one large buffer.
+_COPY_WRITE_BYTES = 1 << 20
+
+
+def copy_csv(conn: Connection, statement: str, rows_csv: Buffer, rows: int, what: str) -> None:
+    """Run ``statement`` (a ``COPY … FROM STDIN (FORMAT csv)``) over ``rows_csv``, which
+    holds ``rows`` lines, in the caller's transaction.
+
+    Raises:
+        ValueError: the server stored another number of rows than ``rows`` (``what`` names
+            them in the message); the transaction must then be rolled back.
+    """
+    data = memoryview(rows_csv)
+    with conn.cursor() as cur:
+        with cur.copy(statement) as copy:
+            for offset in range(0, len(data), _COPY_WRITE_BYTES):
+                copy.write(data[offset : offset + _COPY_WRITE_BYTES])
+        if cur.rowcount != rows:
+            raise ValueError(f"COPY stored {cur.rowcount} {what}, expected {rows}")
 
 
 def _configure(statement_timeout_s: float, read_only: bool) -> Callable[[Connection], None]:

@@ -39,7 +39,7 @@ from histdata.model import (
 )
 from histdata.storage.coverage import Range, add_coverages
 from histdata.storage.cursors import store_cursor
-from histdata.storage.database import Storage
+from histdata.storage.database import Buffer, Storage, copy_csv
 
 __all__ = [
     "KEY_ORDER_SCAN",
@@ -83,9 +83,6 @@ _TRADES_LOCK = 0x74726164  # "trad"
 # The NOTIFY channel of committed trade batches (payload: their symbol ids, comma-separated);
 # query nodes LISTEN to it (histdata/querynode.py).
 TRADES_CHANNEL = "histdata_trades"
-# copy_new_trades hands psycopg its rows in slices of this size rather than one large buffer.
-_COPY_WRITE_BYTES = 1 << 20
-Buffer = bytes | bytearray | memoryview
 
 
 # ------------------------------------------------------------------------------ writes
@@ -249,23 +246,21 @@ def _copy_new_trades(
             " ON COMMIT DELETE ROWS"
         )
     target = "_stage_csv_trades" if stored else "trades"
-    data = memoryview(rows_csv)
-    with conn.cursor() as cur:
-        with cur.copy(
-            f"COPY {target} (symbol_id, time, price, volume, seq, source) FROM STDIN (FORMAT csv)"
-        ) as copy:
-            for offset in range(0, len(data), _COPY_WRITE_BYTES):
-                copy.write(data[offset : offset + _COPY_WRITE_BYTES])
-        if cur.rowcount != rows:
-            raise ValueError(f"COPY stored {cur.rowcount} trades, expected {rows}")
-        inserted = rows
-        if stored:
-            cur.execute(
-                "INSERT INTO trades (symbol_id, time, price, volume, seq, source)"
-                " SELECT symbol_id, time, price, volume, seq, source FROM _stage_csv_trades"
-                " ON CONFLICT DO NOTHING"
-            )
-            inserted = max(cur.rowcount, 0)
+    copy_csv(
+        conn,
+        f"COPY {target} (symbol_id, time, price, volume, seq, source) FROM STDIN (FORMAT csv)",
+        rows_csv,
+        rows,
+        "trades",
+    )
+    inserted = rows
+    if stored:
+        cur = conn.execute(
+            "INSERT INTO trades (symbol_id, time, price, volume, seq, source)"
+            " SELECT symbol_id, time, price, volume, seq, source FROM _stage_csv_trades"
+            " ON CONFLICT DO NOTHING"
+        )
+        inserted = max(cur.rowcount, 0)
     add_coverages(conn, storage, coverage)
     return WriteResult(inserted=inserted, present=rows - inserted)
 
