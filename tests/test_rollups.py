@@ -296,6 +296,9 @@ class TestFleet:
             result = await rollup_pass(storage)
             assert (result.claimed, result.skipped_symbols) == (1, 1)
             assert other.execute(hourly).fetchall() == [("ETH/USD",)]
+            # Released here, not by closing: a closed session's backend lets go of its locks
+            # a moment after the client has gone, and the pass below could still find it held.
+            other.execute("SELECT pg_advisory_unlock(%s, %s)", (0x726F6C6C, sid[0]))
         await rollup_all(storage)
         with psycopg.connect(database_url, autocommit=True) as conn:
             assert conn.execute(hourly).fetchall() == [("BTC/USD",), ("ETH/USD",)]
