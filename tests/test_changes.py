@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
+from waiting import until  # type: ignore[import-not-found]
 
-from histdata.supervisor import Changes, statistics_changed, wait_until
+from histdata.supervisor import Changes, statistics_changed
 
 
 async def test_notify_wakes_every_waiter_and_only_those_waiting() -> None:
@@ -38,9 +39,9 @@ async def test_wait_until_returns_at_the_change_not_at_the_recheck() -> None:
         nursery.start_soon(bump)
         # A recheck of an hour: only the notification can end this wait within the second.
         with trio.fail_after(1):
-            await wait_until(lambda: counter["n"] == 1, timeout_s=5, recheck_s=3600)
+            await until(lambda: counter["n"] == 1, timeout_s=5, recheck_s=3600)
 
 
 async def test_wait_until_fails_when_the_condition_never_holds() -> None:
     with pytest.raises(trio.TooSlowError):
-        await wait_until(lambda: False, timeout_s=0.2, recheck_s=0.05)
+        await until(lambda: False, timeout_s=0.2, recheck_s=0.05)

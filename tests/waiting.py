@@ -10,12 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from histdata.supervisor import wait_until
+import trio
+
+from histdata.supervisor import statistics_changed
 
 __all__ = ["until"]
 
 
-async def until(predicate: Callable[[], object], *, timeout_s: float = 30.0) -> None:
-    """Return once ``predicate()`` is truthy; raise :class:`trio.TooSlowError` (failing the
-    test) when it is not within ``timeout_s``."""
-    await wait_until(predicate, timeout_s=timeout_s)
+async def until(
+    predicate: Callable[[], object], *, timeout_s: float = 30.0, recheck_s: float = 0.25
+) -> None:
+    """Return once ``predicate()`` is truthy, checking it at every statistics change and at
+    least every ``recheck_s``; raise :class:`trio.TooSlowError` (failing the test) when it
+    does not hold within ``timeout_s``."""
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            with trio.move_on_after(recheck_s):
+                await statistics_changed.wait()

@@ -20,7 +20,7 @@ so they survive the restart of the actors on either end.
 from __future__ import annotations
 
 from histdata.supervisor.backoff import Backoff
-from histdata.supervisor.changes import Changes, statistics_changed, wait_until
+from histdata.supervisor.changes import Changes, statistics_changed
 from histdata.supervisor.channel import Channel, ChannelStatistics, Overflow, SpillSink, channels
 from histdata.supervisor.signals import watch_signals
 from histdata.supervisor.supervisor import (
@@ -57,6 +57,5 @@ __all__ = [
     "current_child_stopping",
     "sleep_unless_stopping",
     "statistics_changed",
-    "wait_until",
     "watch_signals",
 ]

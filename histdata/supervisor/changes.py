@@ -4,7 +4,7 @@ Actors keep their statistics as plain counters and call :meth:`Changes.notify` o
 :data:`statistics_changed` where they move them (a batch written or journaled, a session
 opened or closed, a frame's trades taken, a subscriber added, a repair done, an item through a
 channel). Whoever waits for a condition over those statistics — the tests, a status watcher —
-awaits :meth:`Changes.wait` and checks again; :func:`wait_until` is that loop.
+awaits :meth:`Changes.wait` and checks again (tests/waiting.py is that loop).
 
 One notification serves the whole process: waiters check their own condition, and a process
 runs a handful of actors, so waking every waiter on any change costs less than routing
@@ -14,11 +14,9 @@ waits, which is always, outside tests: it is safe on the live path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import trio
 
-__all__ = ["Changes", "statistics_changed", "wait_until"]
+__all__ = ["Changes", "statistics_changed"]
 
 
 class Changes:
@@ -49,20 +47,3 @@ class Changes:
 
 statistics_changed = Changes()
 """The process's notification: actors call ``statistics_changed.notify()`` after a change."""
-
-
-async def wait_until(
-    predicate: Callable[[], object], *, timeout_s: float, recheck_s: float = 0.25
-) -> None:
-    """Return once ``predicate()`` is truthy, checking it at every statistics change.
-
-    ``recheck_s`` also checks it that often without a notification, for conditions over
-    things no actor counts (a client's own list of received rows, a file appearing).
-
-    Raises:
-        trio.TooSlowError: ``predicate()`` did not hold within ``timeout_s``.
-    """
-    with trio.fail_after(timeout_s):
-        while not predicate():
-            with trio.move_on_after(recheck_s):
-                await statistics_changed.wait()
