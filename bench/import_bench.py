@@ -51,6 +51,7 @@ import psycopg
 import trio
 
 from bench.common import Result, add_common_arguments, emit, machine, say, scratch_database, today
+from histdata.commands.common import without_pandas
 from histdata.importer import import_paths
 from histdata.logs import configure_logging
 from histdata.storage import migrate, open_storage
@@ -185,6 +186,7 @@ async def bench_histdata(dsn: str, path: Path, candles: bool) -> tuple[float, in
 def _histdata_child(
     dsn: str, path: Path, candles: bool, out: multiprocessing.connection.Connection
 ) -> None:
+    without_pandas()  # as `histdata import` does
     configure_logging("warning")
     seconds, inserted, rollup_s, flat = trio.run(bench_histdata, dsn, path, candles)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

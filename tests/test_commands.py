@@ -787,3 +787,26 @@ class TestSymbols:
         assert len(errors) == 1
         assert errors[0].startswith("histdata symbols: cannot refresh AssetPairs from http://127")
         assert "ConnectError" in errors[0]
+
+
+def test_import_and_run_keep_pandas_out_and_arrow_still_converts() -> None:
+    # pyarrow imports an installed pandas on its first conversion of a Python value (0.36 s):
+    # the commands that never build a frame refuse it, and pyarrow must then work unchanged.
+    pytest.importorskip("pandas")
+    script = (
+        "import sys\n"
+        "from histdata.commands.common import without_pandas\n"
+        "without_pandas()\n"
+        "import pyarrow as pa, pyarrow.compute as pc\n"
+        "assert pc.less_equal(pa.array(['1', '22']).cast(pa.int64()), 12).to_pylist()"
+        " == [True, False]\n"
+        "assert pa.scalar('x').as_py() == 'x'\n"
+        "assert 'pandas' not in sys.modules\n"
+        "try:\n"
+        "    import pandas\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    assert 'kept out' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('pandas was imported')\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)

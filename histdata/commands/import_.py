@@ -28,7 +28,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from histdata.commands.common import open_command_storage, setup
+from histdata.commands.common import open_command_storage, setup, without_pandas
 from histdata.importer import FileLayout, FileSummary, ImportSource, ImportSummary, import_paths
 from histdata.timeutil import format_time
 
@@ -92,6 +92,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the import; returns the exit status."""
+    without_pandas()
     config = setup(args)
     console = Console(stderr=True)
     show_bar = console.is_terminal and not args.no_progress

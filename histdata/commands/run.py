@@ -13,7 +13,7 @@ import argparse
 
 import trio
 
-from histdata.commands.common import database_conninfo, setup
+from histdata.commands.common import database_conninfo, setup, without_pandas
 from histdata.config import Config
 from histdata.errors import FatalError
 from histdata.runlock import hold_run_lock
@@ -39,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
         ServiceGaveUp: the supervision tree gave up (exit status 1, so systemd's
             ``Restart=on-failure`` applies), in one line naming the child and its last error.
     """
+    without_pandas()
     config = setup(args, one_shot=False)
     with hold_run_lock(config.service.data_path), database_conninfo(config) as conninfo:
         try:

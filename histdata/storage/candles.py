@@ -126,8 +126,7 @@ SELECT %(sid)s, time, open, high, low, close, volume, {vwap_sql("pv", "volume", 
 ON CONFLICT (symbol_id, time) DO UPDATE
    SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
        volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, pv = EXCLUDED.pv,
-       trades = EXCLUDED.trades, source = EXCLUDED.source, final = EXCLUDED.final,
-       updated_at = now()
+       trades = EXCLUDED.trades, source = EXCLUDED.source, final = EXCLUDED.final
  WHERE (c.open, c.high, c.low, c.close, c.volume, c.pv, c.trades, c.source, c.final)
        IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close,
                          EXCLUDED.volume, EXCLUDED.pv, EXCLUDED.trades, EXCLUDED.source,
@@ -368,8 +367,7 @@ def _write_candles(
                 " ON CONFLICT (symbol_id, time) DO UPDATE SET open = EXCLUDED.open,"
                 " high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,"
                 " volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, pv = EXCLUDED.pv,"
-                " trades = EXCLUDED.trades, source = EXCLUDED.source, final = EXCLUDED.final,"
-                " updated_at = now()"
+                " trades = EXCLUDED.trades, source = EXCLUDED.source, final = EXCLUDED.final"
                 " WHERE (NOT c.final OR (EXCLUDED.final AND c.source = EXCLUDED.source))"
                 # An in-progress candle only grows: an older version (a journal replayed
                 # beside direct writes) never replaces a newer one of the same source.
