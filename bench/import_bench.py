@@ -40,6 +40,7 @@ import os
 import random
 import resource
 import shlex
+import statistics
 import subprocess
 import tempfile
 import time
@@ -206,9 +207,20 @@ def run_histdata(dsn: str, path: Path, *, candles: bool = True) -> Run:
     return result
 
 
-def measure(dsn: str, files: dict[str, Path]) -> dict[str, float]:
+def measure(dsn: str, files: dict[str, Path], repeat: int) -> dict[str, float]:
     """Every run on the files in scratch databases: for each trades file the psql baselines
-    first, then histdata."""
+    first, then histdata. The runs on the small files (baselines included) are made
+    ``repeat`` times, in rounds, and each figure is the median of its rounds; the big file
+    is run once."""
+    rounds = [_measure(dsn, files, big=False) for _ in range(repeat)]
+    figures = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    if "big" in files:
+        figures.update(_measure(dsn, files, big=True))
+    return figures
+
+
+def _measure(dsn: str, files: dict[str, Path], *, big: bool) -> dict[str, float]:
+    """One round of :func:`measure`: the small files' runs, or (``big``) the big file's."""
     pid = os.getpid()
     figures: dict[str, float] = {}
 
@@ -236,21 +248,22 @@ def measure(dsn: str, files: dict[str, Path]) -> dict[str, float]:
             }
         )
 
-    baselines("", files["trades"], candles=files["candles"])
-    with scratch_database(dsn, f"bench_hd_{pid}") as histdata_dsn:
-        migrate(histdata_dsn)
-        say("import: histdata import …")
-        record("histdata", run_histdata(histdata_dsn, files["trades"]))
-        say("import: histdata re-import …")
-        record("rerun", run_histdata(histdata_dsn, files["trades"]))
-    runs = [
-        ("no_candles", files["trades"], False),
-        ("unusual", files["unusual"], True),
-        ("candles", files["candles"], True),
-    ]
-    if "big" in files:
+    if big:
         baselines("big_", files["big"])
-        runs.append(("big_no_candles", files["big"], False))
+        runs = [("big_no_candles", files["big"], False)]
+    else:
+        baselines("", files["trades"], candles=files["candles"])
+        with scratch_database(dsn, f"bench_hd_{pid}") as histdata_dsn:
+            migrate(histdata_dsn)
+            say("import: histdata import …")
+            record("histdata", run_histdata(histdata_dsn, files["trades"]))
+            say("import: histdata re-import …")
+            record("rerun", run_histdata(histdata_dsn, files["trades"]))
+        runs = [
+            ("no_candles", files["trades"], False),
+            ("unusual", files["unusual"], True),
+            ("candles", files["candles"], True),
+        ]
     for name, path, derive in runs:
         with scratch_database(dsn, f"bench_hd_{name}_{pid}") as fresh:
             migrate(fresh)
@@ -261,6 +274,7 @@ def measure(dsn: str, files: dict[str, Path]) -> dict[str, float]:
 
 def result(
     figures: dict[str, float],
+    repeat: int,
     rows: int,
     big_rows: int,
     candle_rows: int,
@@ -389,7 +403,9 @@ def result(
         f"2.5 trades per second), {sizes['trades']:,.1f} MB. The unusual file is the same "
         "with one volume in 50,000 in exponent notation. OHLCVT file: "
         f"{candle_rows:,} 1-minute candles, {sizes['candles']:,.1f} MB. Each histdata run "
-        "is compared with `psql \\copy` of the same file in the same run, one after the other.",
+        "is compared with `psql \\copy` of the same file in the same run, one after the other; "
+        f"the small files' runs, baselines included, were made in {repeat} rounds and each "
+        "figure is the median of its rounds (the big file: one round).",
         "The two ratio columns are the run's rate over that of `psql \\copy` into the plain "
         "3-column table (the OHLCVT rows: the 7-column one) and into the histdata-shaped one. "
         "Flatness is the rate of the last tenth of the file over that of the first (1.00: no "
@@ -410,6 +426,7 @@ def result(
     command = [
         *(".venv/bin/python", "-m", "bench.import_bench"),
         *("--rows", str(rows), "--big-rows", str(big_rows), "--candle-rows", str(candle_rows)),
+        *("--repeat", str(repeat)),
     ]
     return Result(
         name="import",
@@ -446,6 +463,11 @@ def main() -> None:
         "--candle-rows", type=int, help="1-minute candles (525,600, a year; --quick 50,000)"
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        help="rounds of the small files' runs, medians taken (3; --quick 1); the big file once",
+    )
+    parser.add_argument(
         "--files",
         type=Path,
         default=Path(tempfile.gettempdir()) / "histdata-import-bench",
@@ -480,7 +502,8 @@ def main() -> None:
             folder / f"clean-{big_rows}" / "XBTUSD.csv", lambda p: generate(p, big_rows)
         )
     sizes = {name: path.stat().st_size / 1e6 for name, path in files.items()}
-    figures = measure(args.dsn, files)
+    repeat = args.repeat or (1 if args.quick else 3)
+    figures = measure(args.dsn, files, repeat)
     expected = {
         "histdata": rows,
         "rerun": 0,
@@ -494,7 +517,7 @@ def main() -> None:
     }
     if wrong:
         raise SystemExit(f"import inserted other counts than expected {expected}: {wrong}")
-    emit(result(figures, rows, big_rows, candle_rows, sizes, where), as_json=args.json)
+    emit(result(figures, repeat, rows, big_rows, candle_rows, sizes, where), as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,13 @@ has no null). pandas and polars are imported only when a frame of theirs is aske
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -40,6 +43,7 @@ __all__ = [
 
 FrameKind = Literal["arrow", "pandas", "polars"]
 _NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_INT64_MAX = 2**63 - 1
 
 
 def _fits(column: Any, scale: int) -> bool:
@@ -50,22 +54,65 @@ def _fits(column: Any, scale: int) -> bool:
     return True
 
 
-def _narrow(column: Any) -> pa.DataType:
-    """The smallest decimal128 that holds every value of a decimal column exactly: the
-    fewest fractional digits (found by safe casts, a binary search over the scales) and the
-    fewest integer digits (at least 1)."""
-    low, high = 0, column.type.scale
+def _unscaled_int64(column: Any) -> Any:
+    """The unscaled values of a decimal128 column whose values all fit in an int64, valid
+    ones only, as one numpy array: the low eight bytes of each little-endian 16-byte value
+    are then the whole value."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = []
+    for chunk in chunks:
+        words = np.frombuffer(
+            chunk.buffers()[1], np.int64, 2 * len(chunk), 16 * chunk.offset
+        )[0::2]
+        if chunk.null_count:
+            words = words[chunk.is_valid().to_numpy(zero_copy_only=False)]
+        parts.append(words)
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def _fewest_digits(column: Any, largest: Any) -> int:
+    """The fewest fractional digits that hold every value of a decimal column exactly.
+
+    Where every unscaled value fits in an int64 (prices and volumes at the wire's scales
+    do) the trailing zeros are counted in numpy, without a cast; otherwise one safe cast
+    tells whether the full scale is needed (as for VWAPs, which use it), and a binary search
+    of safe casts over the scales finds the rest.
+    """
+    scale = int(column.type.scale)
+    if scale == 0:
+        return 0
+    if sys.byteorder == "little" and largest.scaleb(scale) <= _INT64_MAX:
+        values = _unscaled_int64(column)
+        if not np.any(values):
+            return 0
+        # A non-zero |value| below 2**63 < 10**19 has at most 18 trailing zeros, so the
+        # powers of ten stay within int64.
+        digits = scale
+        while digits and not np.any(values % 10 ** (scale - digits + 1)):
+            digits -= 1
+        return digits
+    if not _fits(column, scale - 1):
+        return scale
+    low, high = 0, scale - 1
     while low < high:
         middle = (low + high) // 2
         if _fits(column, middle):
             high = middle
         else:
             low = middle + 1
+    return low
+
+
+def _narrow(column: Any) -> pa.DataType:
+    """The smallest decimal128 that holds every value of a decimal column exactly: the
+    fewest fractional digits (:func:`_fewest_digits`) and the fewest integer digits (at
+    least 1)."""
     extremes = pc.min_max(column)
     largest = max(
         (abs(value.as_py()) for value in (extremes["min"], extremes["max"]) if value.is_valid),
-        default=0,
+        default=Decimal(0),
     )
+    low = _fewest_digits(column, largest)
     whole = max(1, len(str(int(largest))))
     return pa.decimal128(min(DECIMAL_PRECISION, whole + low), low)
 

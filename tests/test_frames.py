@@ -1,0 +1,61 @@
+"""The client's narrowing of exact decimal columns: the fewest digits that hold every value.
+
+Pure logic over Arrow arrays, no database: the scale found by counting trailing zeros in the
+raw buffer must be the one a search of safe casts finds, for any mix of values, nulls,
+chunks and slices.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from hypothesis import given
+from hypothesis import strategies as st
+
+from histdata.frames import DECIMAL_PRECISION, typed
+
+
+def _fits(column: pa.Array | pa.ChunkedArray, scale: int) -> bool:
+    try:
+        pc.cast(column, pa.decimal128(DECIMAL_PRECISION, scale))
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _reference_scale(column: pa.Array | pa.ChunkedArray) -> int:
+    return next(s for s in range(column.type.scale + 1) if _fits(column, s))
+
+
+_SCALES = st.sampled_from([0, 1, 8, 12, 24])
+
+
+@st.composite
+def _columns(draw: st.DrawFn) -> pa.ChunkedArray:
+    scale = draw(_SCALES)
+    big = draw(st.booleans())  # values past int64 once unscaled take the cast search
+    digits = st.integers(-(10**30) if big else -(10**14), 10**30 if big else 10**14)
+    values = draw(
+        st.lists(st.one_of(st.none(), digits.map(lambda n: Decimal(n).scaleb(-scale))), max_size=40)
+    )
+    array = pa.array(values, pa.decimal128(DECIMAL_PRECISION, scale))
+    cut = draw(st.integers(0, len(values)))
+    chunks = [array.slice(0, cut), array.slice(cut)]
+    return pa.chunked_array([c for c in chunks if len(c)] or [array], array.type)
+
+
+@given(_columns())
+def test_narrowed_scale_is_the_fewest_that_holds_every_value(column: pa.ChunkedArray) -> None:
+    table = pa.table({"price": column})
+    narrowed = typed(table, "exact").column("price")
+    assert narrowed.type.scale == _reference_scale(column)
+    assert narrowed.to_pylist() == column.to_pylist()
+
+
+def test_all_zero_and_empty_columns_need_no_fraction() -> None:
+    for values in ([], [None], [Decimal("0.000")]):
+        column = pa.array(values, pa.decimal128(DECIMAL_PRECISION, 12))
+        narrowed = typed(pa.table({"v": column}), "exact").column("v")
+        assert narrowed.type.scale == 0
