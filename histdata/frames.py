@@ -61,9 +61,7 @@ def _unscaled_int64(column: Any) -> Any:
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     parts = []
     for chunk in chunks:
-        words = np.frombuffer(
-            chunk.buffers()[1], np.int64, 2 * len(chunk), 16 * chunk.offset
-        )[0::2]
+        words = np.frombuffer(chunk.buffers()[1], np.int64, 2 * len(chunk), 16 * chunk.offset)[0::2]
         if chunk.null_count:
             words = words[chunk.is_valid().to_numpy(zero_copy_only=False)]
         parts.append(words)
