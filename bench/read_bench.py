@@ -153,7 +153,7 @@ def candle_copy(dsn: str, sid: int, minutes: int, start: datetime, end: datetime
 def trade_copy(dsn: str, sid: int) -> list[str]:
     """psql's arguments for the floor of the trade read: all of its pages in one statement."""
     params = {"sid": sid, "s": TRADES_START, "e": TRADES_END}
-    copy = copy_statement(dsn, trade_query(False, False), params)
+    copy = copy_statement(dsn, trade_query(False), params)
     # KEY_ORDER_SCAN is SET LOCAL, for a transaction; psql runs each -c on its own.
     scan = KEY_ORDER_SCAN.replace(" LOCAL", "")
     return ["psql", "-X", "-q", dsn, "-c", scan, "-c", copy]
@@ -216,7 +216,7 @@ async def bench(storage: Storage, dsn: str, repeat: int, days: int, trades: int)
     say(f"reads: imported {trades:,} trades in {time.perf_counter() - began:.1f} s")
     sid = await storage.run(lambda conn: conn.execute("SELECT id FROM symbols").fetchone()[0])
     # As a table looks once autovacuum has been by: statistics, and the visibility map an
-    # index-only scan (a trade page's boundary) needs to skip the heap.
+    # index-only scan (a full trade page's last key) needs to skip the heap.
     await trio.to_thread.run_sync(vacuum, dsn)
     app = QueryApp(
         storage,
@@ -345,8 +345,9 @@ def main() -> None:
             " the 1-minute load average when the row started.",
             "Floor: psql running `COPY (the read path's SELECT) TO STDOUT (FORMAT csv)` over"
             " the whole range in one statement. API: curl over the Unix socket, whole body"
-            " received; the service reads windows of 20,000 buckets (50,000 trades), each"
-            " one statement returning the window's CSV text, the next fetched while the"
+            " received; the service reads windows of 20,000 buckets (pages of about 50,000"
+            " trades, cut by time), each one statement returning the window's CSV text, the"
+            " next fetched while the"
             " current one is encoded and sent. Client:"
             ' `Client.candles(frame="pandas")` in its own process, the call alone timed.'
             " Command: the whole `histdata candles` process, start-up included.",

@@ -19,7 +19,8 @@ printed it. Which 1-minute candle is served (ours or Kraken's) is decided when c
 written, not here: see :mod:`histdata.storage.candles`.
 
 Reads are streamed in windows: a range longer than one window is clamped to the stored data
-and read in windows of at most ``chunk`` buckets (trades: ``chunk`` rows, keyset-paged),
+and read in windows of at most ``chunk`` buckets (trades: about ``chunk`` rows, paged by
+time, see :func:`_trade_window`),
 each one statement whose one value is the window's CSV text, built by PostgreSQL in the
 layout :mod:`histdata.formats` defines and handed on as it came (the SELECT list is built
 from its wire schema, column by column). :func:`read_windows` fetches the next window while
@@ -113,19 +114,38 @@ def _window_query(schema: WireSchema, query: str) -> bytes:
     (PostgreSQL documents that for an outer level with no join or grouping, as here) as long
     as the plan is not parallel, which :func:`_begin` rules out.
     """
+    return _window_select(schema, query, "")
+
+
+def _counted_window(schema: WireSchema, query: str) -> bytes:
+    """:func:`_window_query` with a second value: the number of rows in the window."""
+    return _window_select(schema, query, ", count(*)")
+
+
+def _window_select(schema: WireSchema, query: str, extra: str) -> bytes:
     names = ", ".join(schema.names)
     line = "concat(" + ", ',', ".join(f"w.{name}" for name in schema.names) + ", E'\\n')"
     return (
-        f"SELECT convert_to(string_agg({line}, ''), 'UTF8') FROM ({query}) AS w({names})"
+        f"SELECT convert_to(string_agg({line}, ''), 'UTF8'){extra} FROM ({query}) AS w({names})"
     ).encode()
 
 
 def _fetch(conn: Connection, statement: bytes, params: Mapping[str, Any]) -> bytes:
     """The text of a :func:`_window_query` statement (empty when it read no row)."""
+    return _fetch_counted(conn, statement, params)[0]
+
+
+def _fetch_counted(
+    conn: Connection, statement: bytes, params: Mapping[str, Any]
+) -> tuple[bytes, int]:
+    """The text of a :func:`_window_query` or :func:`_counted_window` statement and the
+    second value (0 for a statement without one)."""
     with conn.cursor(binary=True) as cur:
         cur.execute(statement, params, prepare=True)
         row = cur.fetchone()
-    return b"" if row is None or row[0] is None else bytes(row[0])
+    if row is None or row[0] is None:
+        return b"", 0
+    return bytes(row[0]), int(row[1]) if len(row) > 1 else 0
 
 
 # The b-buckets of [S, E) when no dirty range touches them (the usual case): the stored rollups.
@@ -489,56 +509,78 @@ _TRADE_COLUMNS = {
 }
 _TRADE_RANGE = " FROM trades WHERE symbol_id = %(sid)s AND time >= %(s)s AND time < %(e)s"
 _TRADE_KEY_ORDER = " ORDER BY time, trade_id, seq"
-# The last key of a page of %(n)s trades: the page is then the key range up to it, read as one
-# text value (which cannot say where it stopped). An index-only walk of the page's keys.
+# The key of a full page's last trade, for the next page to start after it: an index-only walk
+# of the page's keys (a page's text cannot say where it stopped). Only a page that reached
+# its row cap needs it.
 _TRADE_BOUNDARY = "SELECT time, trade_id, seq" + _TRADE_RANGE
-# The plain ``time <=`` bounds the index scan; the row comparison alone would not stop it.
-_TRADE_UPTO = (
-    " AND time <= %(ut)s AND (time, COALESCE(trade_id, 9223372036854775807), seq)"
-    " <= (%(ut)s, COALESCE(%(uid)s::int8, 9223372036854775807), %(useq)s)"
-)
-_TRADE_QUERIES: dict[tuple[bool, bool], bytes] = {}
+_TRADE_QUERIES: dict[bool, bytes] = {}
 # A trade key: (time, trade_id or None, seq).
 _TradeKey = tuple[datetime, int | None, int]
-# Where a trade read stands: symbol id, range, the key read last (None: none yet), page size.
-_TradeState = tuple[int, datetime, datetime, _TradeKey | None, int]
+# Where a trade read stands: symbol id, the range left [s, e), the key read last at s (None:
+# s itself is next), the page size aimed at, and the time span the next page covers (None:
+# all the range left, capped at the page's row limit).
+_TradeState = tuple[int, datetime, datetime, _TradeKey | None, int, timedelta | None]
+# A page holds at most this many times the size aimed at, however wrong its span's guess.
+_PAGE_CAP = 2
+# The least span a page covers: its start plus this is past the trades at its start time.
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def trade_query(after: bool, upto: bool) -> str:
-    """The SELECT of a page of trades in :data:`~histdata.formats.TRADES` columns, in trade
-    order: parameters ``sid s e``, with ``after`` also ``t id seq`` (the key read last) and
-    with ``upto`` ``ut uid useq`` (the page's last key)."""
+def trade_query(after: bool) -> str:
+    """The SELECT of the trades of ``[s, e)`` in :data:`~histdata.formats.TRADES` columns, in
+    trade order: parameters ``sid s e``, with ``after`` also ``t id seq`` (the key read
+    last, excluded)."""
     query = f"SELECT {_select(TRADES, _TRADE_COLUMNS)}{_TRADE_RANGE}"
     if after:
         query += TRADE_KEYSET
-    if upto:
-        query += _TRADE_UPTO
     return query + _TRADE_KEY_ORDER
 
 
 def _trade_window(conn: Connection, state: _TradeState) -> tuple[bytes, _TradeState | None]:
-    """The page at ``state`` (in the transaction begun) and the state after it."""
-    sid, s, e, after, n = state
+    """The page at ``state`` (in the transaction begun) and the state after it.
+
+    A page is a time span, not a count: the trades of ``[start, start + span)`` (after the
+    key read last, when the previous page ended inside a run of same-time trades), with a
+    row cap. A page that stays under its cap ends at a time, so the next one starts there
+    without a probe; only a full page asks the index for its last key. Each span is the
+    last one scaled to the page size aimed at by the density just seen, so pages track the
+    data as it thickens and thins; a page that found nothing jumps to the next trade.
+    """
+    sid, s, e, after, n, span = state
     conn.execute(KEY_ORDER_SCAN)
-    params: dict[str, Any] = {"sid": sid, "s": s, "e": e, "n": n - 1}
-    keyset = TRADE_KEYSET if after is not None else ""
+    cap = _PAGE_CAP * n
+    start = after[0] if after is not None else s
+    page_end = e if span is None else min(e, start + span)
+    params: dict[str, Any] = {"sid": sid, "s": start, "e": page_end, "cap": cap}
     if after is not None:
         params.update(t=after[0], id=after[1], seq=after[2])
-    boundary = conn.execute(
-        (_TRADE_BOUNDARY + keyset + _TRADE_KEY_ORDER + " OFFSET %(n)s LIMIT 1").encode(),
-        params,
-        prepare=True,
-    ).fetchone()
-    if boundary is not None:
-        params.update(ut=boundary[0], uid=boundary[1], useq=boundary[2])
-    key = (after is not None, boundary is not None)
-    statement = _TRADE_QUERIES.get(key)
+    statement = _TRADE_QUERIES.get(after is not None)
     if statement is None:
-        statement = _TRADE_QUERIES.setdefault(key, _window_query(TRADES, trade_query(*key)))
-    window = _fetch(conn, statement, params)
-    if boundary is None:
+        query = trade_query(after is not None) + " LIMIT %(cap)s"
+        statement = _TRADE_QUERIES.setdefault(after is not None, _counted_window(TRADES, query))
+    window, count = _fetch_counted(conn, statement, params)
+    if count == cap:
+        keyset = TRADE_KEYSET if after is not None else ""
+        last = conn.execute(
+            (_TRADE_BOUNDARY + keyset + _TRADE_KEY_ORDER + " OFFSET %(skip)s LIMIT 1").encode(),
+            params | {"skip": cap - 1},
+            prepare=True,
+        ).fetchone()
+        assert last is not None  # the page just read holds cap trades in this snapshot
+        key: _TradeKey = (last[0], last[1], last[2])
+        seen = max(key[0] - start, _MICROSECOND)
+        return window, (sid, key[0], e, key, n, max(seen * n / cap, _MICROSECOND))
+    if page_end >= e:
         return window, None
-    return window, (sid, s, e, (boundary[0], boundary[1], boundary[2]), n)
+    if count == 0:
+        row = conn.execute(
+            "SELECT min(time)" + _TRADE_RANGE, {"sid": sid, "s": page_end, "e": e}, prepare=True
+        ).fetchone()
+        if row is None or row[0] is None:
+            return window, None
+        return window, (sid, row[0], e, None, n, span)
+    seen = page_end - start
+    return window, (sid, page_end, e, None, n, max(seen * n / count, _MICROSECOND))
 
 
 def _next_trades(
@@ -555,7 +597,7 @@ def _first_trades(
     sid = _lookup(conn, symbol)
     if sid is None:
         return b"", None
-    return _trade_window(conn, (sid, start, end, None, n))
+    return _trade_window(conn, (sid, start, end, None, n, None))
 
 
 async def start_trade_read(
@@ -568,8 +610,8 @@ async def start_trade_read(
     options: ReadOptions = _DEFAULT,
 ) -> WindowedRead[_TradeState]:
     """Begin reading the trades of ``symbol`` with ``start <= time < end`` in trade order:
-    the first page of at most ``chunk`` trades now, the rest by :func:`read_windows`, each a
-    keyset page in its own snapshot.
+    the first page now, the rest by :func:`read_windows`, each in its own snapshot. Pages aim
+    at ``chunk`` trades and never hold more than twice that (see :func:`_trade_window`).
 
     ``symbol`` is the canonical name; one with no stored rows reads nothing.
 
