@@ -550,7 +550,7 @@ def _trade_window(conn: Connection, state: _TradeState) -> tuple[bytes, _TradeSt
     conn.execute(KEY_ORDER_SCAN)
     cap = _PAGE_CAP * n
     start = after[0] if after is not None else s
-    page_end = e if span is None else min(e, start + span)
+    page_end = e if span is None or span >= e - start else start + span
     params: dict[str, Any] = {"sid": sid, "s": start, "e": page_end, "cap": cap}
     if after is not None:
         params.update(t=after[0], id=after[1], seq=after[2])
@@ -568,8 +568,8 @@ def _trade_window(conn: Connection, state: _TradeState) -> tuple[bytes, _TradeSt
         ).fetchone()
         assert last is not None  # the page just read holds cap trades in this snapshot
         key: _TradeKey = (last[0], last[1], last[2])
-        seen = max(key[0] - start, _MICROSECOND)
-        return window, (sid, key[0], e, key, n, max(seen * n / cap, _MICROSECOND))
+        span = _scaled(key[0] - start, n, cap, e - key[0])
+        return window, (sid, key[0], e, key, n, span)
     if page_end >= e:
         return window, None
     if count == 0:
@@ -579,8 +579,14 @@ def _trade_window(conn: Connection, state: _TradeState) -> tuple[bytes, _TradeSt
         if row is None or row[0] is None:
             return window, None
         return window, (sid, row[0], e, None, n, span)
-    seen = page_end - start
-    return window, (sid, page_end, e, None, n, max(seen * n / count, _MICROSECOND))
+    return window, (sid, page_end, e, None, n, _scaled(page_end - start, n, count, e - page_end))
+
+
+def _scaled(seen: timedelta, n: int, rows: int, rest: timedelta) -> timedelta:
+    """The span that should hold ``n`` rows where ``seen`` held ``rows``: at least a
+    microsecond, at most ``rest`` (in integers: a sparse range's guess could overflow)."""
+    us = seen // _MICROSECOND * n // rows
+    return timedelta(microseconds=max(1, min(us, rest // _MICROSECOND)))
 
 
 def _next_trades(
