@@ -239,7 +239,7 @@ class TestTrades:
         same-time trades longer than a page, hours-long holes and thinning and thickening
         rates, inside a range of millennia, and no page holds more than twice the size aimed at."""
         rng = random.Random(15)
-        base, stored = T0_NS, []
+        base, stored = T0_NS, list[Trade]()
         for _ in range(40):
             base += rng.choice([1, 1_000, 10**9, 3_600 * 10**9, 86_400 * 10**9])
             for _ in range(rng.choice([1, 1, 3, 9, 25])):
