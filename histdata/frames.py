@@ -46,12 +46,12 @@ _NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _INT64_MAX = 2**63 - 1
 
 
-def _fits(column: Any, scale: int) -> bool:
+def _rescaled(column: Any, scale: int) -> Any | None:
+    """``column`` as ``decimal128(38, scale)``, or None if a value would have to round."""
     try:
-        pc.cast(column, pa.decimal128(DECIMAL_PRECISION, scale))  # safe: refuses to round
+        return pc.cast(column, pa.decimal128(DECIMAL_PRECISION, scale))  # safe: refuses to round
     except pa.ArrowInvalid:
-        return False
-    return True
+        return None
 
 
 def _unscaled_int64(column: Any) -> Any:
@@ -68,33 +68,47 @@ def _unscaled_int64(column: Any) -> Any:
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
-def _fewest_digits(column: Any, largest: Any) -> int:
-    """The fewest fractional digits that hold every value of a decimal column exactly.
+def _trailing_digits(column: Any) -> int:
+    """The fewest fractional digits of a decimal column whose unscaled values fit in an
+    int64, counted in numpy from the values' trailing zeros."""
+    scale = int(column.type.scale)
+    values = _unscaled_int64(column)
+    if not np.any(values):
+        return 0
+    # A non-zero |value| below 2**63 < 10**19 has at most 18 trailing zeros, so the powers
+    # of ten stay within int64.
+    digits = scale
+    while digits and not np.any(values % 10 ** (scale - digits + 1)):
+        digits -= 1
+    return digits
 
-    Where every unscaled value fits in an int64 (prices and volumes at the wire's scales
-    do) the trailing zeros are counted in numpy, without a cast; otherwise one safe cast
-    tells whether the full scale is needed (as for VWAPs, which use it), and a binary search
-    of safe casts over the scales finds the rest.
+
+def _fewest_digits(column: Any, largest: Decimal) -> int:
+    """The fewest fractional digits that hold every value of a decimal column exactly
+    (``largest``: the greatest absolute value).
+
+    The column is brought to the finest scale at which every unscaled value fits in an
+    int64 (one safe cast, none when it is there already: prices and volumes at the wire's
+    scales are), and the trailing zeros are counted in numpy. Only when some value needs
+    finer digits than that (a VWAP of a price in the millions at 24 places) does a binary
+    search of safe casts over the finer scales find the answer.
     """
     scale = int(column.type.scale)
     if scale == 0:
         return 0
-    if sys.byteorder == "little" and largest.scaleb(scale) <= _INT64_MAX:
-        values = _unscaled_int64(column)
-        if not np.any(values):
-            return 0
-        # A non-zero |value| below 2**63 < 10**19 has at most 18 trailing zeros, so the
-        # powers of ten stay within int64.
-        digits = scale
-        while digits and not np.any(values % 10 ** (scale - digits + 1)):
-            digits -= 1
-        return digits
-    if not _fits(column, scale - 1):
-        return scale
-    low, high = 0, scale - 1
+    low = 0
+    room = scale  # the finest scale at which |largest| fits in an int64
+    while room >= 0 and largest.scaleb(room) > _INT64_MAX:
+        room -= 1
+    if sys.byteorder == "little" and room >= 0:
+        fitted = column if room == scale else _rescaled(column, room)
+        if fitted is not None:
+            return _trailing_digits(fitted)
+        low = room + 1
+    high = scale
     while low < high:
         middle = (low + high) // 2
-        if _fits(column, middle):
+        if _rescaled(column, middle) is not None:
             high = middle
         else:
             low = middle + 1

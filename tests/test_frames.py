@@ -36,9 +36,15 @@ _SCALES = st.sampled_from([0, 1, 8, 12, 24])
 def _columns(draw: st.DrawFn) -> pa.ChunkedArray:
     scale = draw(_SCALES)
     big = draw(st.booleans())  # values past int64 once unscaled take the cast search
+    # Trailing zeros let a column past int64 be rescaled into it (a VWAP at 24 places that
+    # has only 12), or not quite.
+    zeros = draw(st.integers(0, 7 if big else 20))
     digits = st.integers(-(10**30) if big else -(10**14), 10**30 if big else 10**14)
     values = draw(
-        st.lists(st.one_of(st.none(), digits.map(lambda n: Decimal(n).scaleb(-scale))), max_size=40)
+        st.lists(
+            st.one_of(st.none(), digits.map(lambda n: Decimal(n).scaleb(zeros - scale))),
+            max_size=40,
+        )
     )
     array = pa.array(values, pa.decimal128(DECIMAL_PRECISION, scale))
     cut = draw(st.integers(0, len(values)))
@@ -59,3 +65,18 @@ def test_all_zero_and_empty_columns_need_no_fraction() -> None:
         column = pa.array(values, pa.decimal128(DECIMAL_PRECISION, 12))
         narrowed = typed(pa.table({"v": column}), "exact").column("v")
         assert narrowed.type.scale == 0
+
+
+def test_vwaps_past_int64_narrow_at_and_just_past_the_int64_scale() -> None:
+    """A price in the millions at 24 places is past int64 unscaled: at 12 places it fits
+    (one rescale, then counted), at 13 or 14 it does not (the search starts just past 12)."""
+    for text, scale in [
+        ("1234567.123456789012", 12),
+        ("1234567.1234567890123", 13),
+        ("1234567.12345678901234", 14),
+        ("1234567.1", 1),
+    ]:
+        column = pa.array([Decimal(text), None, Decimal("2")], pa.decimal128(DECIMAL_PRECISION, 24))
+        narrowed = typed(pa.table({"vwap": column}), "exact").column("vwap")
+        assert narrowed.type.scale == scale, text
+        assert narrowed.to_pylist() == column.to_pylist()
