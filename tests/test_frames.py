@@ -58,6 +58,7 @@ def test_narrowed_scale_is_the_fewest_that_holds_every_value(column: pa.ChunkedA
     narrowed = typed(table, "exact").column("price")
     assert narrowed.type.scale == _reference_scale(column)
     assert narrowed.to_pylist() == column.to_pylist()
+    narrowed.validate(full=True)  # built from buffers: precision, nulls and lengths hold
 
 
 def test_all_zero_and_empty_columns_need_no_fraction() -> None:
