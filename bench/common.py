@@ -341,6 +341,7 @@ async def _serve_sim(args: argparse.Namespace) -> None:
         rest_rate_per_s=args.rest_limit or None,
         rest_burst=args.rest_burst,
         pairs=args.pairs,
+        own_process=True,
     )
     async with open_simulator(config) as sim:
         if args.paused:

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -365,7 +365,7 @@ def sim_main(argv: Sequence[str]) -> int:
     configure(parser)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    config = config_from(args)
+    config = replace(config_from(args), own_process=True)
 
     def dump(sim: Simulator, n: int) -> None:
         stats = sim.statistics()

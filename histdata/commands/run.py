@@ -10,6 +10,7 @@ journal keeps whatever was not committed and is replayed at the next start.
 from __future__ import annotations
 
 import argparse
+import gc
 
 import trio
 
@@ -54,6 +55,10 @@ def main(args: argparse.Namespace) -> int:
 
 async def _serve(config: Config, conninfo: str) -> None:
     service = Service(config, conninfo)
+    # Everything imported and built so far lives as long as the process. Out of the cycle
+    # collector's sight, a full collection scans only what the live path allocates: at
+    # 40,000 trades/s they ran every 1.5 s and took 25-100 ms each, scanning the modules.
+    gc.freeze()
     await service.run()
 
 

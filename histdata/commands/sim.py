@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from dataclasses import replace
 
 import trio
 
@@ -88,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"histdata sim: {exc}", file=sys.stderr)
         return 2
-    trio.run(_serve, config, args)
+    trio.run(_serve, replace(config, own_process=True), args)
     return 0
 
 
