@@ -148,6 +148,31 @@ class TestBatching:
             assert await gaps(storage, symbol, "trades", T0, end) == []
 
 
+    def test_split_balances_trades_and_keeps_a_symbol_whole(self, tmp_path: Path) -> None:
+        """Parts hold about equal trades; each symbol's trades and coverage are in one part."""
+        busy = {"BTC/USD": 300, "ETH/USD": 100, "SOL/USD": 100, "XRP/USD": 100}
+        end = T0 + timedelta(seconds=1)
+        batch = Batch(
+            tuple(t for s, n in busy.items() for t in trades(0, n, s)),
+            (),
+            tuple((s, CoverageSpan("trades", "live", T0, end)) for s in busy),
+        )
+        flusher = Flusher(
+            Channel("batches", 4, Overflow.BLOCK, weight=len),
+            lambda: None,  # type: ignore[arg-type,return-value]  # never written here
+            Journal(tmp_path, max_bytes=1_000_000),
+            writers=2,
+        )
+        parts = flusher._split(batch)
+        assert sorted(len(part.trades) for part in parts) == [300, 300]
+        for part in parts:
+            symbols = {t.symbol for t in part.trades}
+            assert {s for s, _ in part.coverage} == symbols
+            assert all(len([t for t in part.trades if t.symbol == s]) == busy[s] for s in symbols)
+        even = Batch(tuple(t for s in busy for t in trades(0, 100, s)))
+        assert [len(part.trades) for part in flusher._split(even)] == [200, 200]
+
+
 class TestOutage:
     async def test_outage_journals_then_replays_everything_once(
         self, database_url: str, pg_admin_dsn: str, tmp_path: Path
