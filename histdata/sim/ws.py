@@ -23,6 +23,7 @@ counted, as an exchange would, so a slow test client never stalls the market.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import time
@@ -371,8 +372,14 @@ def _rfc3339_now() -> str:
 
 def _rfc3339(time_ns: int, *, nanos: bool = False) -> str:
     seconds, fraction = divmod(time_ns, NS_PER_S)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = _second_stamp(seconds)
     return f"{stamp}.{fraction:09d}Z" if nanos else f"{stamp}.{fraction // 1000:06d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _second_stamp(seconds: int) -> str:
+    # Per trade, strftime was the simulator's costliest call; a tick's trades share seconds.
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _status(connection_id: int) -> dict[str, Any]:
