@@ -329,12 +329,14 @@ def parse_number_text(
         text = format(_decimal(value, name, reason, where, allow_zero=allow_zero), "f")
     else:
         raise RejectedInput(reason, f"{name} must be an exact decimal, got {value!r}", where=where)
-    if _NUMBER_TEXT.fullmatch(text) is None and _EXPONENT_TEXT.fullmatch(text) is not None:
-        text = format(Decimal(text), "f")
+    # One match on the common path (plain text): this runs twice per live trade.
     if _NUMBER_TEXT.fullmatch(text) is None:
-        raise RejectedInput(
-            reason, f"{name} must be a plain positive decimal, got {value!r}", where=where
-        )
+        if _EXPONENT_TEXT.fullmatch(text) is not None:
+            text = format(Decimal(text), "f")
+        if _NUMBER_TEXT.fullmatch(text) is None:
+            raise RejectedInput(
+                reason, f"{name} must be a plain positive decimal, got {value!r}", where=where
+            )
     if not allow_zero and not text.strip("0."):
         raise RejectedInput(reason, f"{name} must be > 0, got {value!r}", where=where)
     return text
