@@ -147,7 +147,6 @@ class TestBatching:
             assert await count_trades(storage, symbol, *FAR) == 50
             assert await gaps(storage, symbol, "trades", T0, end) == []
 
-
     def test_split_balances_trades_and_keeps_a_symbol_whole(self, tmp_path: Path) -> None:
         """Parts hold about equal trades; each symbol's trades and coverage are in one part."""
         busy = {"BTC/USD": 300, "ETH/USD": 100, "SOL/USD": 100, "XRP/USD": 100}
