@@ -48,6 +48,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # A step "kept up" when its last trade was stored this soon after trading stopped: one
 # batch age plus a write, not a backlog.
 KEPT_UP_DRAIN_S = 2.0
+# The storage probe's application_name (CommitProbe).
+PROBE_NAME = "histdata-bench-probe"
+# A probe commit this slow is a stall of the storage or the machine, not of histdata.
+STORAGE_STALL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,60 @@ class Step:
     sessions: int
     slow_client_drops: int
     journaled: int
+    sim_us_per_trade: float = 0.0  # the simulator's CPU per emitted trade: its code is fixed,
+    # so across days this compares the machines, not histdata
+    probe_max_s: float = 0.0  # the slowest one-row commit of the storage probe (CommitProbe)
+    io_stalled: float | None = None  # share of the window all tasks waited on I/O (PSI)
+
+
+class CommitProbe:
+    """A one-row INSERT committed every ``interval_s`` into its own table, timed.
+
+    It shares nothing with the service but the server and its WAL, so a slow probe commit
+    while the service is slow points at the storage (the WAL's fsync) or a frozen machine,
+    not at histdata: it is how a stall of the write path is told apart from a bottleneck
+    of ours. The table lives in the scratch database and goes with it.
+    """
+
+    def __init__(self, dsn: str, *, interval_s: float = 0.1) -> None:
+        self._dsn = dsn
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.slowest_s = 0.0
+        self.slow: list[tuple[float, float]] = []  # (Unix time, seconds) of commits over 0.5 s
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS _bench_commit_probe (at timestamptz)")
+        # Named, so that _backend_cpu leaves the probe's backend out of PostgreSQL's share.
+        self._thread = threading.Thread(target=self._run, name="commit-probe", daemon=True)
+
+    def __enter__(self) -> CommitProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True, application_name=PROBE_NAME) as conn:
+            while not self._stop.wait(self._interval_s):
+                began = time.monotonic()
+                conn.execute("INSERT INTO _bench_commit_probe VALUES (clock_timestamp())")
+                took = time.monotonic() - began
+                self.slowest_s = max(self.slowest_s, took)
+                if took >= STORAGE_STALL_S:
+                    self.slow.append((time.time() - took, took))
+
+
+def _io_stall_us() -> int | None:
+    """Microseconds all non-idle tasks have waited on I/O at once (PSI ``full``), or None."""
+    try:
+        for line in Path("/proc/pressure/io").read_text().splitlines():
+            if line.startswith("full"):
+                return int(line.rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
 
 
 def _cpu(pid: int) -> float:
@@ -117,6 +176,8 @@ def _backend_cpu(dsn: str) -> dict[int, float]:
             for row in conn.execute(
                 "SELECT pid FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name <> %s",
+                (PROBE_NAME,),
             )
         ]
     out = {}
@@ -255,15 +316,22 @@ def _measure(
     drain_timeout_s: float,
 ) -> Step:
     sim.wait_subscribed(recorded)
-    cpu0 = (_cpu(service.pid), _cpu(sim.process.pid))
-    pg0 = _backend_cpu(dsn)
-    sim.resume()
-    began = time.monotonic()
-    time.sleep(duration_s)
-    paused = sim.pause()
-    seconds = time.monotonic() - began
-    cpu1 = (_cpu(service.pid), _cpu(sim.process.pid))
-    pg1 = _backend_cpu(dsn)
+    probe = CommitProbe(dsn)
+    with probe:
+        cpu0 = (_cpu(service.pid), _cpu(sim.process.pid))
+        pg0 = _backend_cpu(dsn)
+        io0 = _io_stall_us()
+        sim.resume()
+        began = time.monotonic()
+        time.sleep(duration_s)
+        paused = sim.pause()
+        seconds = time.monotonic() - began
+        io1 = _io_stall_us()
+        cpu1 = (_cpu(service.pid), _cpu(sim.process.pid))
+        pg1 = _backend_cpu(dsn)
+    for at, took in probe.slow:
+        stamp = time.strftime("%H:%M:%S", time.gmtime(at))
+        say(f"live: the storage probe's commit at {stamp} UTC took {took:.2f} s")
     truth: dict[str, int] = paused["trades"]
     emitted = sum(truth.values())
     stopped = time.monotonic()
@@ -314,6 +382,9 @@ def _measure(
         sessions=int(ws["connections"]),
         slow_client_drops=int(ws["slow_clients_dropped"]),
         journaled=int(status.get("flusher", {}).get("trades_journaled", 0)),
+        sim_us_per_trade=(cpu1[1] - cpu0[1]) / max(emitted, 1) * 1e6,
+        probe_max_s=probe.slowest_s,
+        io_stalled=None if io0 is None or io1 is None else (io1 - io0) / 1e6 / seconds,
     )
 
 
@@ -355,6 +426,11 @@ def limit(step: Step, cores: int) -> str:
     ]
     if total >= 0.85 * cores:
         found.append(f"all {cores} cores busy ({total:.0%} of one core in all)")
+    if step.probe_max_s >= STORAGE_STALL_S:
+        found.append(
+            "the storage stalled: a one-row commit beside the service took"
+            f" {step.probe_max_s:.1f} s"
+        )
     if step.slow_client_drops:
         found.append(
             f"the simulator dropped the service as a slow client {step.slow_client_drops}x"
@@ -381,7 +457,8 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
             f"{s.journaled:,}",
             f"{s.stored_ids / (s.seconds + s.drain_s):,.0f}/s" if s.drained else "–",
             f"{s.service_cpu:.0%} / {s.db_cpu:.0%} / {s.sim_cpu:.0%}",
-            f"{s.service_us_per_trade:.1f} / {s.db_us_per_trade:.1f}",
+            f"{s.service_us_per_trade:.1f} / {s.db_us_per_trade:.1f} / {s.sim_us_per_trade:.1f}",
+            _ms(s.probe_max_s) + ("" if s.io_stalled is None else f" ({s.io_stalled:.0%})"),
             f"{s.peak_rss / 2**20:,.0f} MiB",
             f"{s.sessions} / {s.slow_client_drops}",
             "pass" if not failures(s) else "fail: " + ", ".join(failures(s)),
@@ -446,7 +523,15 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
         "over the trades stored: the cost of a trade, which a shared machine disturbs less "
         "than it does the shares. WS sessions / slow-client drops: the simulator "
         "disconnects a client whose outbox holds 2,048 unsent frames; each drop loses what was "
-        "queued unless the service repairs it (gap filling is off here).",
+        "queued unless the service repairs it (gap filling is off here). The simulator's "
+        "CPU per trade is a yardstick of the machine: its code does not change between runs "
+        "of the same commit, so a higher figure on another day means slower cores.",
+        "Storage probe: beside the service, the bench commits a one-row INSERT into a table "
+        "of its own every 100 ms and times it; it shares only the server and its WAL with "
+        f"the service, so a probe commit of {STORAGE_STALL_S:g} s or more marks a stall of "
+        "the storage (fsync) or of the machine, not of histdata, and the limit says so. I/O "
+        "stalled is the share of the trading window in which every runnable task waited on "
+        "I/O (Linux PSI `full`).",
     ]
     return Result(
         name="live",
@@ -464,7 +549,8 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
             "journaled",
             "store rate",
             "CPU service / PostgreSQL / sim",
-            "CPU µs per trade service / PostgreSQL",
+            "CPU µs per trade service / PostgreSQL / sim",
+            "slowest probe commit (I/O stalled)",
             "service peak RSS",
             "WS sessions / drops",
             "verdict",
