@@ -114,6 +114,51 @@ class TestTradeWrites:
         assert result.inserted == 0
         assert await count_trades(storage, "BTC/USD", T0, END) == 1
 
+    async def test_same_trade_from_another_source_a_millisecond_apart_is_a_duplicate(
+        self, storage: Storage
+    ) -> None:
+        """A live batch of new trades that holds one trade already stored from REST under
+        another time stores only the new ones: the batch is not taken for wholly new."""
+        await write_trades(storage, [trade(3, time_ns=T0_NS + 750_000_000)], source="rest")
+        live = [trade(i) for i in range(3, 8)]
+        live[0] = trade(3, time_ns=T0_NS + 750_700_000)  # 0.7 ms after its REST time
+        result = await write_trades(storage, live, source="live")
+        assert (result.inserted, result.present) == (4, 1)
+        stored = await read_trades(storage, "BTC/USD", T0, END)
+        assert [t.trade_id for t in stored] == [1003, 1004, 1005, 1006, 1007]
+
+    async def test_a_batch_holding_a_trade_twice_stores_it_once(self, storage: Storage) -> None:
+        """New trades with one of them twice: the plain insert fails on the key, and the
+        write is redone with the checks, its coverage and cursor still in one piece."""
+        span = CoverageSpan("trades", "rest", T0, T0 + timedelta(seconds=3))
+        batch = [trade(i) for i in range(6)] + [trade(2)]
+        result = await write_trades(
+            storage,
+            batch,
+            source="rest",
+            coverage=[("BTC/USD", span)],
+            cursor=("backfill:BTC/USD", "42"),
+        )
+        assert (result.inserted, result.present) == (6, 1)
+        stored = await read_trades(storage, "BTC/USD", T0, END)
+        assert [t.trade_id for t in stored] == [1000 + i for i in range(6)]
+        assert await get_cursor(storage, "backfill:BTC/USD") == "42"
+        assert await covered(storage, "BTC/USD", "trades", T0, END) == [(span.start, span.end)]
+
+    async def test_consecutive_batches_sharing_a_timestamp_are_all_kept(
+        self, storage: Storage
+    ) -> None:
+        """A batch whose first trade shares the previous batch's last timestamp (a sweep
+        split across two batches) keeps every trade of both."""
+        same = T0_NS + 500_000_000
+        first = [trade(0), trade(1, time_ns=same)]
+        second = [trade(2, time_ns=same), trade(3)]
+        assert (await write_trades(storage, first, source="live")).inserted == 2
+        assert (await write_trades(storage, second, source="live")).inserted == 2
+        assert (await write_trades(storage, second, source="live")).inserted == 0
+        stored = await read_trades(storage, "BTC/USD", T0, END)
+        assert [t.trade_id for t in stored] == [1000, 1001, 1002, 1003]
+
     async def test_trades_sharing_a_second_are_all_kept(self, storage: Storage) -> None:
         """Id-less CSV trades with identical time, price and volume are distinct rows by seq."""
         same = [Trade("BTC/USD", T0_NS, Decimal("50000"), Decimal("1"), seq=i) for i in range(5)]

@@ -7,6 +7,16 @@ batch, re-sending a batch adds nothing, and trades that share a timestamp are al
 differ in ``trade_id`` or ``seq``). Coverage and cursor updates passed with a write commit in
 the same transaction, so a kill between them cannot leave a cursor ahead of its data.
 
+**New trades skip the duplicate checks.** The conflict clause and the cross-source probe
+cost more than the insert itself (2,000 live trades: 17 ms plain, 40 ms with both). A live
+batch is almost always wholly new, which two index range probes per symbol prove: no stored
+trade in the batch's time range (where a key conflict would be), and no stored trade with
+an id in the batch's id range within the probe's window of its times (where a cross-source
+duplicate would be). Such a batch goes in with a plain ``INSERT``; any other batch takes
+the checked one. The proof holds under the per-symbol writers' lock; should a writer that
+does not take it insert a clashing row meanwhile, the plain insert fails on the key and the
+whole write is redone the checked way, so the rare race costs time, never a row.
+
 **Trades from sources that cannot dedupe against each other.** Kraken's 3-column CSV files
 have no trade ids and whole-second times; REST and WebSocket trades have ids and sub-second
 times, so the database key cannot tell that a CSV row and a REST trade are the same trade.
@@ -105,7 +115,12 @@ async def write_trades(
     """
     if not trades and not coverage and cursor is None:
         return WriteResult(0, 0)
-    return await storage.run(_write_trades, storage, trades, source, coverage, cursor)
+    try:
+        return await storage.run(_write_trades, storage, trades, source, coverage, cursor, True)
+    except psycopg.errors.UniqueViolation:
+        # The batch was proven new, and a writer outside the lock stored one of its trades
+        # before the plain insert: nothing committed; redo it with the checks (module docs).
+        return await storage.run(_write_trades, storage, trades, source, coverage, cursor, False)
 
 
 def _write_trades(
@@ -115,6 +130,7 @@ def _write_trades(
     source: TradeSource,
     coverage: Sequence[tuple[str, CoverageSpan]],
     cursor: tuple[str, str] | None,
+    unchecked_if_new: bool,
 ) -> WriteResult:
     inserted = 0
     if trades:
@@ -156,17 +172,12 @@ def _write_trades(
                             t.seq,
                         )
                     )
+            new = unchecked_if_new and _staged_are_new(cur)
             cur.execute(
-                "INSERT INTO trades (symbol_id, time, time_ns, price, volume, side, ord_type,"
-                " trade_id, seq, source)"
-                " SELECT s.symbol_id, s.time, s.time_ns, s.price::numeric, s.volume::numeric,"
-                ' s.side::"char", s.ord_type::"char", s.trade_id, s.seq, %s::"char"'
-                " FROM _stage_trades_text s"
-                " WHERE s.trade_id IS NULL OR NOT EXISTS (SELECT 1 FROM trades t"
-                "  WHERE t.symbol_id = s.symbol_id AND t.trade_id = s.trade_id"
-                "  AND t.time BETWEEN s.time - %s AND s.time + %s)"
-                " ON CONFLICT DO NOTHING",
-                (_SOURCE_CODE[source], _SAME_TRADE_WINDOW, _SAME_TRADE_WINDOW),
+                _INSERT_STAGED if new else _INSERT_STAGED_CHECKED,
+                (_SOURCE_CODE[source],)
+                if new
+                else (_SOURCE_CODE[source], _SAME_TRADE_WINDOW, _SAME_TRADE_WINDOW),
             )
             inserted = max(cur.rowcount, 0)
         if inserted:  # delivered at commit only: query nodes read the new rows by key
@@ -178,6 +189,46 @@ def _write_trades(
     if cursor is not None:
         store_cursor(conn, *cursor)
     return WriteResult(inserted=inserted, present=len(trades) - inserted)
+
+
+_INSERT_STAGED = (
+    "INSERT INTO trades (symbol_id, time, time_ns, price, volume, side, ord_type,"
+    " trade_id, seq, source)"
+    " SELECT s.symbol_id, s.time, s.time_ns, s.price::numeric, s.volume::numeric,"
+    ' s.side::"char", s.ord_type::"char", s.trade_id, s.seq, %s::"char"'
+    " FROM _stage_trades_text s"
+)
+# The same, skipping trades stored under their key or (with an id) from another source.
+_INSERT_STAGED_CHECKED = (
+    _INSERT_STAGED + " WHERE s.trade_id IS NULL OR NOT EXISTS (SELECT 1 FROM trades t"
+    "  WHERE t.symbol_id = s.symbol_id AND t.trade_id = s.trade_id"
+    "  AND t.time BETWEEN s.time - %s AND s.time + %s)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+def _staged_are_new(cur: psycopg.Cursor[Any]) -> bool:
+    """True when no staged trade can clash with a stored one (see the module docs).
+
+    A key clash needs a stored trade at a staged time, so within a symbol's time range; a
+    cross-source duplicate needs a stored trade with a staged id (so within the id range)
+    within the probe window of a staged time. Two index range probes per symbol, which
+    find nothing for a live batch: the previous batch lies before it in both time and id.
+    Duplicates within the batch itself are left to the key: the plain insert then fails.
+    """
+    cur.execute(
+        "SELECT NOT EXISTS (SELECT FROM (SELECT symbol_id, min(time) AS lo, max(time) AS hi,"
+        "  min(trade_id) AS id_lo, max(trade_id) AS id_hi"
+        "  FROM _stage_trades_text GROUP BY symbol_id) b"
+        " WHERE EXISTS (SELECT FROM trades t"
+        "   WHERE t.symbol_id = b.symbol_id AND t.time BETWEEN b.lo AND b.hi)"
+        " OR EXISTS (SELECT FROM trades t WHERE t.symbol_id = b.symbol_id"
+        "   AND t.trade_id BETWEEN b.id_lo AND b.id_hi"
+        "   AND t.time BETWEEN b.lo - %s AND b.hi + %s))",
+        (_SAME_TRADE_WINDOW, _SAME_TRADE_WINDOW),
+    )
+    row = cur.fetchone()
+    return bool(row and row[0])
 
 
 async def copy_new_trades(
