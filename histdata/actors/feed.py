@@ -402,9 +402,10 @@ class Feed:
         self._trade_count += len(event.trades)
         if self._publish is not None and not event.snapshot:
             self._publish.publish_trades(event.trades)
-        for trade in event.trades:
-            self._last_trade_at[trade.symbol] = now
-            self._trades_by_symbol[trade.symbol] += 1
+        # Counted per symbol, not per trade (Counter counts in C): this runs per frame.
+        for symbol, count in Counter([trade.symbol for trade in event.trades]).items():
+            self._last_trade_at[symbol] = now
+            self._trades_by_symbol[symbol] += count
         await self._trades.send_many(event.trades)  # notifies
 
     async def _mark(self, claims: Claims, now_ns: int, loss_before: int) -> int:

@@ -398,11 +398,12 @@ def parse_ws_trades(
     trades: list[LiveTrade] = []
     rejections: list[RejectedInput] = []
     for index, row in enumerate(_rows(frame_data, where)):
-        row_where = f"{where} row {index}"
         try:
-            trades.append(_ws_trade(row, registry, row_where, now))
+            trades.append(_ws_trade(row, registry, where, now))
         except RejectedInput as rejection:
-            rejections.append(rejection)
+            # Located here rather than per row up front: the string showed in profiles.
+            row_where = f"{where} row {index}"
+            rejections.append(RejectedInput(rejection.reason, rejection.detail, where=row_where))
     return trades, rejections
 
 
