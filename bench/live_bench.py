@@ -416,7 +416,7 @@ _CORE_BOUND = 0.85
 # The cores are taken to be the limit when this share of them was busy over the trading
 # window, whoever used it: the three processes' own times leave out the driver, the kernel's
 # work for their sockets and PostgreSQL's background writers.
-_MACHINE_BOUND = 0.90
+_MACHINE_BOUND = 0.85
 
 
 def failures(step: Step) -> list[str]:
@@ -452,7 +452,10 @@ def limit(step: Step, cores: int) -> str:
     ]
     busy = step.machine_busy
     if total >= 0.85 * cores or (busy is not None and busy >= _MACHINE_BOUND):
-        machine_wide = "" if busy is None else f"; the machine {busy:.0%} busy"
+        machine_wide = ""
+        if busy is not None:
+            outside = max(0.0, busy * cores - total)
+            machine_wide = f"; the machine {busy:.0%} busy, {outside:.0%} of a core outside them"
         found.append(
             f"all {cores} cores busy (the three processes {total:.0%} of one core{machine_wide})"
         )
@@ -540,7 +543,7 @@ def result(steps: list[Step], args: argparse.Namespace, command: str, where: str
         f"well: {within}; without loss but with a backlog the buffer absorbed: {buffered}. "
         "Target on this machine when otherwise quiet: 40,000 trades/s with p99 < 1 s.",
         "Limit: a process at 85% of one core or more, all cores busy (the three processes "
-        "together at 85% of the machine, or the machine 90% busy whoever used it), or the "
+        "together at 85% of the machine, or the machine 85% busy whoever used it), or the "
         "simulator short of the rate asked by more than 10%; these are read from the failing "
         "step's CPU columns. Machine busy is the share of all cores not idle over the trading "
         "window (`/proc/stat`), the bench's driver, the kernel and other tenants included.",
