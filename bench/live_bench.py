@@ -133,7 +133,6 @@ class CommitProbe:
         self.slow: list[tuple[float, float]] = []  # (Unix time, seconds) of commits over 0.5 s
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS _bench_commit_probe (at timestamptz)")
-        # Named, so that _backend_cpu leaves the probe's backend out of PostgreSQL's share.
         self._thread = threading.Thread(target=self._run, name="commit-probe", daemon=True)
 
     def __enter__(self) -> CommitProbe:
@@ -145,6 +144,7 @@ class CommitProbe:
         self._thread.join()
 
     def _run(self) -> None:
+        # Named, so that _backend_cpu leaves the probe's backend out of PostgreSQL's share.
         with psycopg.connect(self._dsn, autocommit=True, application_name=PROBE_NAME) as conn:
             while not self._stop.wait(self._interval_s):
                 began = time.monotonic()
