@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from histdata.model import CoverageSpan, Stream
-from histdata.storage.database import Storage
+from histdata.storage.database import Storage, lock_symbols
 
 __all__ = [
     "CoverageReport",
@@ -119,11 +119,7 @@ def add_coverages(
     spans = [(storage.symbol_id(conn, sym), sp) for sym, sp in coverage if sp.end > sp.start]
     if not spans:
         return
-    conn.execute(
-        "SELECT pg_advisory_xact_lock(%s, sid)"
-        " FROM (SELECT sid FROM unnest(%s::int4[]) AS sid ORDER BY sid) AS ordered",
-        (_COVERAGE_LOCK, sorted({sid for sid, _ in spans})),
-    )
+    lock_symbols(conn, _COVERAGE_LOCK, (sid for sid, _ in spans))
     added = [(sid, sp.stream, sp.source, sp.start, sp.end) for sid, sp in spans]
     merged = conn.execute(
         "DELETE FROM coverage c USING unnest(%s::int2[], %s::text[], %s::text[],"

@@ -37,7 +37,7 @@ from histdata.storage.migrations import HYPERTABLES, check_schema, hypertables, 
 from histdata.storage.symbol_table import load_into
 from histdata.symbols import SymbolRegistry
 
-__all__ = ["Buffer", "Storage", "StorageStatistics", "copy_csv", "open_storage"]
+__all__ = ["Buffer", "Storage", "StorageStatistics", "copy_csv", "lock_symbols", "open_storage"]
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
@@ -231,6 +231,20 @@ class Storage:
 Buffer = bytes | bytearray | memoryview
 # copy_csv hands psycopg its rows in slices of this size rather than one large buffer.
 _COPY_WRITE_BYTES = 1 << 20
+
+
+def lock_symbols(conn: Connection, lock_class: int, symbol_ids: Iterable[int]) -> None:
+    """Take ``pg_advisory_xact_lock(lock_class, id)`` for each symbol id, in one statement.
+
+    The ids are locked in ascending order, so two transactions locking overlapping sets
+    queue rather than deadlock; one statement, because a round trip per symbol made
+    writes of hundreds of symbols slow (each has to win the GIL back from the event loop).
+    """
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(%s, sid)"
+        " FROM (SELECT sid FROM unnest(%s::int4[]) AS sid ORDER BY sid) AS ordered",
+        (lock_class, sorted(set(symbol_ids))),
+    )
 
 
 def copy_csv(conn: Connection, statement: str, rows_csv: Buffer, rows: int, what: str) -> None:

@@ -49,7 +49,7 @@ from histdata.model import (
 )
 from histdata.storage.coverage import Range, add_coverages
 from histdata.storage.cursors import store_cursor
-from histdata.storage.database import Buffer, Storage, copy_csv
+from histdata.storage.database import Buffer, Storage, copy_csv, lock_symbols
 
 __all__ = [
     "KEY_ORDER_SCAN",
@@ -146,14 +146,8 @@ def _write_trades(
         ids = {symbol: storage.symbol_id(conn, symbol) for symbol in {t.symbol for t in trades}}
         # The cross-source probe below reads, then inserts: two writers of the same trade
         # (one from REST, one live, 1 µs apart) would both find nothing and both insert.
-        # Per symbol, in id order (no deadlock), writers of trades take turns. One statement
-        # for all of them: a batch of 500 pairs took 500 round trips, each of which had to
-        # win the GIL back from the event loop (p99 lag of seconds at 1,650 trades/s).
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(%s, sid)"
-            " FROM (SELECT sid FROM unnest(%s::int4[]) AS sid ORDER BY sid) AS ordered",
-            (_TRADES_LOCK, sorted(ids.values())),
-        )
+        # Per symbol, in id order (no deadlock), writers of trades take turns.
+        lock_symbols(conn, _TRADES_LOCK, ids.values())
         with conn.cursor() as cur:
             with cur.copy(
                 "COPY _stage_trades (symbol_id, time_us, time_ns, price, volume, side,"
